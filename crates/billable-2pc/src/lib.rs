@@ -1,0 +1,1 @@
+//! Two-phase commit for billable actions: reserve, run, store the response, charge.

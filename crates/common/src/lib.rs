@@ -1,0 +1,30 @@
+//! Small pieces shared by the DreamNet layers.
+//!
+//! Kept deliberately small: only code that two or more layer crates truly share lives here.
+//!
+//! - [`problem`]: RFC 9457 `application/problem+json` rejections.
+//! - [`body`]: a response body that is either the inner service's body or a buffered one, and
+//!   request-body buffering with a size limit.
+//! - [`clock`]: an injectable wall clock so TTLs, windows and breakers are testable.
+//! - [`backends`]: how tests find (or loudly skip) the Redis and PostgreSQL servers.
+//!
+//! ```
+//! use dreamnet_common::problem::Problem;
+//! use http::StatusCode;
+//!
+//! let response = Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+//!     .detail("cluster wolf-pack is over its per-minute limit")
+//!     .trace_id("mbx2k9q1-3f9a0c1e77d24b6a")
+//!     .into_response();
+//! assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(response.headers()["content-type"], "application/problem+json");
+//! ```
+
+pub mod backends;
+pub mod body;
+pub mod clock;
+pub mod problem;
+
+pub use body::ResponseBody;
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use problem::Problem;

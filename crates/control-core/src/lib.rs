@@ -1,0 +1,1 @@
+//! The control plane: kill switches, multi-window rate limits and circuit breakers.

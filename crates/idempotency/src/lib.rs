@@ -1,0 +1,1 @@
+//! IETF `Idempotency-Key` semantics as a tower layer, with memory, Redis and PostgreSQL stores.

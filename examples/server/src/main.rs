@@ -1,0 +1,3 @@
+//! The DreamNet example server: every layer wired onto real endpoints.
+
+fn main() {}
