@@ -5,7 +5,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 fn placeholder(c: &mut Criterion) {
     c.bench_function("stack/placeholder", |b| {
-        b.iter(|| std::hint::black_box(1 + 1))
+        b.iter(|| std::hint::black_box(1 + 1));
     });
 }
 
