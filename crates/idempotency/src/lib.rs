@@ -1,1 +1,22 @@
 //! IETF `Idempotency-Key` semantics as a tower layer, with memory, Redis and PostgreSQL stores.
+//!
+//! The building blocks here (key parsing, scopes, fingerprints, stored responses and the
+//! problem responses) are shared with the billable layer.
+
+pub mod fingerprint;
+pub mod key;
+pub mod problems;
+pub mod scope;
+pub mod stored;
+
+pub use fingerprint::Fingerprint;
+pub use key::{key_from_headers, IdempotencyKey, KeyError, DEFAULT_KEY_HEADERS, MAX_KEY_LEN};
+pub use scope::{DefaultScope, ScopeExtractor};
+pub use stored::{CorruptRecord, StoredResponse, DEFAULT_REPLAYED_HEADERS, IDEMPOTENT_REPLAYED};
+
+/// The trace id of a request, from the `dreamnet-trace-id` layer's extension, if present.
+pub fn trace_id_of(extensions: &http::Extensions) -> Option<&str> {
+    extensions
+        .get::<dreamnet_trace_id::TraceContext>()
+        .map(dreamnet_trace_id::TraceContext::trace_id)
+}

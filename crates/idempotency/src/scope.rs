@@ -1,0 +1,135 @@
+//! Key scopes: whose key is it?
+//!
+//! A key is stored as (scope, key), so one client can never replay or block another
+//! client's key (the IETF draft's "unique composite key"; the "unscoped keys leak one user's
+//! response to another" pitfall).
+
+use http::{header, request::Parts, HeaderName};
+use sha2::{Digest, Sha256};
+
+/// The header [`DefaultScope`] reads the account from.
+pub const ACCOUNT_ID_HEADER: HeaderName = HeaderName::from_static("x-account-id");
+
+/// The longest `X-Account-Id` [`DefaultScope`] accepts.
+pub const MAX_ACCOUNT_ID_LEN: usize = 128;
+
+/// The scope shared by requests that carry no account and no credentials.
+pub const ANONYMOUS_SCOPE: &str = "anonymous";
+
+/// Maps a request to the scope its idempotency keys live in.
+///
+/// Implemented for closures, so a route can scope by anything it trusts:
+///
+/// ```
+/// use dreamnet_idempotency::ScopeExtractor;
+///
+/// let by_tenant = |parts: &http::request::Parts| {
+///     parts.headers.get("x-tenant").and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned()
+/// };
+/// let (parts, ()) = http::Request::builder().header("x-tenant", "t1").body(()).unwrap().into_parts();
+/// assert_eq!(by_tenant.scope(&parts), "t1");
+/// ```
+pub trait ScopeExtractor: Send + Sync + 'static {
+    /// The scope of this request's key.
+    fn scope(&self, parts: &Parts) -> String;
+}
+
+impl<F> ScopeExtractor for F
+where
+    F: Fn(&Parts) -> String + Send + Sync + 'static,
+{
+    fn scope(&self, parts: &Parts) -> String {
+        self(parts)
+    }
+}
+
+/// The default scope: `account:<id>` from a valid `X-Account-Id` (1..=128 chars of
+/// `[A-Za-z0-9._@:-]`), else `auth:<sha256-hex>` of the `Authorization` header (never the raw
+/// credential, which would otherwise end up in the store and its logs), else `anonymous`.
+///
+/// The prefixes keep the three namespaces apart: no account id can collide with a
+/// credential hash or the anonymous scope.
+///
+/// `X-Account-Id` is trusted as sent: put the layer behind something that sets or checks it
+/// (an auth gateway), or use a [`ScopeExtractor`] that reads your verified identity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultScope;
+
+impl ScopeExtractor for DefaultScope {
+    fn scope(&self, parts: &Parts) -> String {
+        if let Some(account) = parts
+            .headers
+            .get(&ACCOUNT_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| valid_account_id(v))
+        {
+            return format!("account:{account}");
+        }
+        if let Some(auth) = parts.headers.get(header::AUTHORIZATION) {
+            return format!("auth:{}", hex::encode(Sha256::digest(auth.as_bytes())));
+        }
+        ANONYMOUS_SCOPE.to_owned()
+    }
+}
+
+fn valid_account_id(id: &str) -> bool {
+    (1..=MAX_ACCOUNT_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b':' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut builder = http::Request::builder();
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn account_then_authorization_then_anonymous() {
+        assert_eq!(
+            DefaultScope.scope(&parts(&[("x-account-id", "acct_1")])),
+            "account:acct_1"
+        );
+        let auth = DefaultScope.scope(&parts(&[("authorization", "Bearer secret")]));
+        assert!(auth.starts_with("auth:"));
+        assert_eq!(auth.len(), 5 + 64);
+        assert!(!auth.contains("secret"));
+        assert_eq!(DefaultScope.scope(&parts(&[])), ANONYMOUS_SCOPE);
+        let both = parts(&[("x-account-id", "a"), ("authorization", "Bearer secret")]);
+        assert_eq!(DefaultScope.scope(&both), "account:a");
+    }
+
+    #[test]
+    fn invalid_account_id_falls_back() {
+        let long = "a".repeat(129);
+        assert_eq!(
+            DefaultScope.scope(&parts(&[("x-account-id", &long)])),
+            ANONYMOUS_SCOPE
+        );
+        assert_eq!(
+            DefaultScope.scope(&parts(&[("x-account-id", "a b")])),
+            ANONYMOUS_SCOPE
+        );
+        assert_eq!(
+            DefaultScope.scope(&parts(&[("x-account-id", "")])),
+            ANONYMOUS_SCOPE
+        );
+        let credentials =
+            DefaultScope.scope(&parts(&[("x-account-id", "{x}"), ("authorization", "t")]));
+        assert!(credentials.starts_with("auth:"));
+    }
+
+    #[test]
+    fn different_credentials_get_different_scopes() {
+        let a = DefaultScope.scope(&parts(&[("authorization", "Bearer a")]));
+        let b = DefaultScope.scope(&parts(&[("authorization", "Bearer b")]));
+        assert_ne!(a, b);
+    }
+}
