@@ -1,0 +1,275 @@
+//! Run-time configuration: the command line / environment part ([`Config`]) and the TOML
+//! file part ([`FileConfig`]).
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+/// The default listen address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:5000";
+/// The account charged when a mint request carries no `X-Account-Id`.
+pub const DEFAULT_ACCOUNT: &str = "default";
+/// The price of `POST /api/mint-dream` in minor units when the config names none.
+pub const DEFAULT_MINT_DREAM_PRICE: u64 = 100;
+/// The price of `POST /api/mint-dream-token` in minor units when the config names none.
+pub const DEFAULT_MINT_TOKEN_PRICE: u64 = 25;
+/// The currency of the default prices.
+pub const DEFAULT_CURRENCY: &str = "USD";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, with the request span's fields (`trace_id`, `span_id`).
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" | "pretty" | "human" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (expected text or json)"
+            )),
+        }
+    }
+}
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen (`--addr`, `DREAMNET_ADDR`).
+    pub addr: SocketAddr,
+    /// Redis for control state, rate-limit counters and idempotency records; memory when `None`.
+    pub redis_url: Option<String>,
+    /// Key prefix in Redis (lets several deployments, or tests, share one Redis).
+    pub redis_prefix: String,
+    /// PostgreSQL for the billing ledger; memory when `None`.
+    pub database_url: Option<String>,
+    /// PostgreSQL schema for the ledger tables.
+    pub database_schema: Option<String>,
+    /// The admin bearer token; generated when `None`.
+    pub admin_token: Option<String>,
+    /// The parsed `--config` file (defaults when no file is given).
+    pub file: FileConfig,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: DEFAULT_ADDR.parse().expect("valid default address"),
+            redis_url: None,
+            redis_prefix: "dreamnet:".to_owned(),
+            database_url: None,
+            database_schema: None,
+            admin_token: None,
+            file: FileConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The `--config` TOML file.
+///
+/// ```toml
+/// [control]                 # clusters, limits and breaker settings (dreamnet-control-core)
+///
+/// [billing]
+/// currency = "USD"
+/// default_account = "default"
+/// reservation_timeout_seconds = 300
+/// sweep_interval_seconds = 30
+///
+/// [billing.prices]          # minor units (cents) per billable action
+/// mint-dream = 100
+/// mint-dream-token = 25
+///
+/// [billing.accounts.acme]   # credit lines; accounts not listed are unlimited
+/// credit = 10000
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// The control plane's configuration, handed to `dreamnet-control-core` as is.
+    pub control: Option<toml::Value>,
+    /// Prices, accounts and the sweeper.
+    pub billing: BillingConfig,
+}
+
+/// The `[billing]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BillingConfig {
+    /// The currency of every price and credit line.
+    pub currency: String,
+    /// The account charged when a request carries no `X-Account-Id`.
+    pub default_account: String,
+    /// Minor units per billable action (`mint-dream`, `mint-dream-token`).
+    pub prices: BTreeMap<String, u64>,
+    /// Credit lines per account; accounts not listed are unlimited.
+    pub accounts: BTreeMap<String, AccountConfig>,
+    /// A `pending` reservation older than this is voided by the sweeper.
+    pub reservation_timeout_seconds: u64,
+    /// How often the sweeper looks for stuck reservations.
+    pub sweep_interval_seconds: u64,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        Self {
+            currency: DEFAULT_CURRENCY.to_owned(),
+            default_account: DEFAULT_ACCOUNT.to_owned(),
+            prices: BTreeMap::new(),
+            accounts: BTreeMap::new(),
+            reservation_timeout_seconds: 300,
+            sweep_interval_seconds: 30,
+        }
+    }
+}
+
+impl BillingConfig {
+    /// The price of `action` in minor units.
+    pub fn price(&self, action: &str) -> u64 {
+        self.prices.get(action).copied().unwrap_or(match action {
+            "mint-dream-token" => DEFAULT_MINT_TOKEN_PRICE,
+            _ => DEFAULT_MINT_DREAM_PRICE,
+        })
+    }
+}
+
+/// One `[billing.accounts.<id>]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// The credit line in minor units.
+    pub credit: u64,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this server.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The path given.
+        path: String,
+        /// The parse error.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl FileConfig {
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    /// When the text is not valid TOML for this server.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: "<inline>".to_owned(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is not valid TOML for this server.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let billing = &self.billing;
+        if billing.currency.len() != 3 || !billing.currency.bytes().all(|b| b.is_ascii_uppercase())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "billing.currency must be an ISO 4217 code such as \"USD\", got {:?}",
+                billing.currency
+            )));
+        }
+        if billing.default_account.is_empty() {
+            return Err(ConfigError::Invalid(
+                "billing.default_account must not be empty".to_owned(),
+            ));
+        }
+        if billing.reservation_timeout_seconds == 0 || billing.sweep_interval_seconds == 0 {
+            return Err(ConfigError::Invalid(
+                "billing.reservation_timeout_seconds and sweep_interval_seconds must be > 0"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_a_file() {
+        let config = FileConfig::from_toml("").unwrap();
+        assert_eq!(config.billing.currency, "USD");
+        assert_eq!(config.billing.price("mint-dream"), DEFAULT_MINT_DREAM_PRICE);
+        assert_eq!(
+            config.billing.price("mint-dream-token"),
+            DEFAULT_MINT_TOKEN_PRICE
+        );
+        assert!(config.billing.accounts.is_empty());
+    }
+
+    #[test]
+    fn prices_and_accounts_from_toml() {
+        let config = FileConfig::from_toml(
+            r#"
+            [billing]
+            currency = "EUR"
+            [billing.prices]
+            mint-dream = 7
+            [billing.accounts.acme]
+            credit = 500
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.billing.currency, "EUR");
+        assert_eq!(config.billing.price("mint-dream"), 7);
+        assert_eq!(config.billing.accounts["acme"].credit, 500);
+    }
+
+    #[test]
+    fn rejects_typos_and_bad_values() {
+        assert!(FileConfig::from_toml("[billing]\ncurency = \"USD\"").is_err());
+        assert!(FileConfig::from_toml("[billing]\ncurrency = \"dollars\"").is_err());
+        assert!(FileConfig::from_toml("[billing.prices]\nmint-dream = -1").is_err());
+        assert!(FileConfig::from_toml("[billing.accounts.a]\ncredit = 1.5").is_err());
+    }
+}

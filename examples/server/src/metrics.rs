@@ -1,0 +1,117 @@
+//! HTTP counters and the Prometheus text rendering of `/metrics`.
+
+use std::{
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use axum::{
+    extract::{Request, State},
+    middleware::Next,
+    response::Response,
+};
+
+/// Requests answered, by status code (an array indexed by code keeps the hot path lock-free).
+#[derive(Clone)]
+pub struct HttpMetrics {
+    by_status: Arc<[AtomicU64; 600]>,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self {
+            by_status: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
+        }
+    }
+}
+
+impl std::fmt::Debug for HttpMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpMetrics").finish_non_exhaustive()
+    }
+}
+
+impl HttpMetrics {
+    /// Counts one response.
+    pub fn record(&self, status: u16) {
+        if let Some(counter) = self.by_status.get(usize::from(status)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes `dreamnet_http_responses_total{code}` in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        family(
+            out,
+            "dreamnet_http_responses_total",
+            "counter",
+            "HTTP responses sent, by status code.",
+        );
+        for (code, counter) in self.by_status.iter().enumerate() {
+            let n = counter.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(out, "dreamnet_http_responses_total{{code=\"{code}\"}} {n}");
+            }
+        }
+    }
+}
+
+/// Middleware counting every response by status.
+pub(crate) async fn count(
+    State(metrics): State<HttpMetrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    metrics.record(response.status().as_u16());
+    response
+}
+
+/// Writes the `# HELP` and `# TYPE` lines of a metric family.
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Escapes a label value (backslash, double quote, newline).
+#[allow(dead_code)] // used once the control-plane metrics are wired
+pub(crate) fn label(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counted_codes_only() {
+        let metrics = HttpMetrics::default();
+        metrics.record(200);
+        metrics.record(200);
+        metrics.record(404);
+        metrics.record(999);
+        let mut out = String::new();
+        metrics.render(&mut out);
+        assert!(out.contains("# TYPE dreamnet_http_responses_total counter"));
+        assert!(out.contains("dreamnet_http_responses_total{code=\"200\"} 2\n"));
+        assert!(out.contains("dreamnet_http_responses_total{code=\"404\"} 1\n"));
+        assert!(!out.contains("code=\"500\""));
+    }
+
+    #[test]
+    fn escapes_labels() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,114 @@
+//! problem+json for every error, including the ones axum produces itself.
+
+use axum::{
+    body::Body,
+    extract::Request,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use dreamnet_common::{problem::PROBLEM_JSON, Problem};
+use dreamnet_trace_id::TraceContext;
+use http::{header, Extensions, StatusCode};
+use http_body_util::BodyExt;
+
+/// The trace id of a request, from the [`TraceContext`] the trace-id layer stored.
+pub(crate) fn trace_id(extensions: &Extensions) -> Option<String> {
+    extensions
+        .get::<TraceContext>()
+        .map(|ctx| ctx.trace_id().to_owned())
+}
+
+/// A problem+json response with the request's trace id.
+pub(crate) fn respond(
+    status: StatusCode,
+    detail: impl Into<String>,
+    extensions: &Extensions,
+) -> Response {
+    Problem::from_status(status)
+        .detail(detail)
+        .maybe_trace_id(trace_id(extensions))
+        .into_response()
+        .map(Body::new)
+}
+
+/// Converts a `Problem` into an axum response.
+pub(crate) fn into_axum(problem: Problem) -> Response {
+    problem.into_response().map(Body::new)
+}
+
+/// Bodies of non-problem error responses longer than this are not quoted as the detail.
+const MAX_QUOTED_DETAIL: usize = 512;
+
+/// Middleware: any error response (status >= 400) that is not already problem+json (axum's
+/// 405, extractor rejections, a layer's plain-text error) is rewritten as problem+json with
+/// the trace id, keeping its status and headers (`Allow`, `WWW-Authenticate`, ...).
+pub(crate) async fn problem_errors(request: Request, next: Next) -> Response {
+    let trace = trace_id(request.extensions());
+    let response = next.run(request).await;
+    let status = response.status();
+    if status.as_u16() < 400 || is_problem(response.headers()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match http_body_util::Limited::new(body, MAX_QUOTED_DETAIL)
+        .collect()
+        .await
+    {
+        Ok(collected) => String::from_utf8(collected.to_bytes().to_vec()).unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let detail = if text.trim().is_empty() {
+        default_detail(status).to_owned()
+    } else {
+        text.trim().to_owned()
+    };
+    let problem = Problem::from_status(status)
+        .detail(detail)
+        .maybe_trace_id(trace);
+    let body = problem.to_json();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(PROBLEM_JSON),
+    );
+    Response::from_parts(parts, Body::from(body))
+}
+
+fn is_problem(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON))
+}
+
+fn default_detail(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "no such route",
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route",
+        StatusCode::PAYLOAD_TOO_LARGE => "request body too large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported media type",
+        _ => "request failed",
+    }
+}
+
+/// The router's fallback: 404 problem+json.
+pub(crate) async fn not_found(request: Request) -> impl IntoResponse {
+    respond(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", request.method(), request.uri().path()),
+        request.extensions(),
+    )
+}
+
+/// The router's 405 fallback.
+pub(crate) async fn method_not_allowed(request: Request) -> impl IntoResponse {
+    respond(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+        request.extensions(),
+    )
+}
