@@ -1,4 +1,10 @@
-use std::sync::Arc;
+use crate::traceparent::{w3c_span_id, w3c_trace_id};
+use std::{future::Future, sync::Arc};
+
+tokio::task_local! {
+    /// The context of the request whose future is being polled (set by the trace-id layer).
+    static CURRENT: TraceContext;
+}
 
 /// The trace a request belongs to, stored in the request's extensions by the trace-id layer.
 ///
@@ -71,12 +77,93 @@ impl TraceContext {
     }
 }
 
+impl TraceContext {
+    /// The context of the request being served by the current task, if any.
+    ///
+    /// [`TraceIdLayer`](crate::TraceIdLayer) scopes each request's context while the inner
+    /// service's future is polled, so handlers and the outbound
+    /// [`PropagateTraceLayer`](crate::PropagateTraceLayer) can find it without access to the
+    /// request. A task started with `tokio::spawn` does not inherit it: wrap the spawned
+    /// future with [`TraceContext::scope`].
+    ///
+    /// ```
+    /// use dreamnet_trace_id::TraceContext;
+    ///
+    /// assert!(TraceContext::current().is_none());
+    /// let ctx = TraceContext::new("job-42");
+    /// let seen = ctx.clone().sync_scope(TraceContext::current);
+    /// assert_eq!(seen, Some(ctx));
+    /// ```
+    #[must_use]
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// Runs `future` with this context as [`TraceContext::current`] while it is polled.
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, future)
+    }
+
+    /// The future of [`TraceContext::scope`], with its type spelled out for hand-written
+    /// futures.
+    pub(crate) fn scoped<F: Future>(
+        self,
+        future: F,
+    ) -> tokio::task::futures::TaskLocalFuture<Self, F> {
+        CURRENT.scope(self, future)
+    }
+
+    /// Runs `f` with this context as [`TraceContext::current`].
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
+
+    /// The trace id in W3C form (32 lowercase hex digits, not all zero).
+    ///
+    /// A trace id that already has that form (any case) is returned in lower case; a
+    /// hyphenated UUID gives its 32 digits; any other id (e.g. a generated `timestamp-hex` id)
+    /// is mapped to the first 128 bits of its SHA-256, so the mapping is the same on every
+    /// service. See [`w3c_trace_id`](crate::w3c_trace_id).
+    #[must_use]
+    pub fn w3c_trace_id(&self) -> std::borrow::Cow<'_, str> {
+        w3c_trace_id(&self.trace_id)
+    }
+
+    /// The W3C `traceparent` naming this span as the parent of an outbound call:
+    /// `00-<w3c trace id>-<span id>-01`.
+    ///
+    /// ```
+    /// use dreamnet_trace_id::{TraceContext, Traceparent};
+    ///
+    /// let ctx = TraceContext::from_parts("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", None);
+    /// assert_eq!(ctx.traceparent(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    ///
+    /// // Non-W3C trace ids are mapped, so the header is always valid.
+    /// let ctx = TraceContext::new("mbx2k9q1-3f9a0c1e77d24b6a");
+    /// assert!(Traceparent::parse(&ctx.traceparent()).is_some());
+    /// ```
+    #[must_use]
+    pub fn traceparent(&self) -> String {
+        let trace_id = self.w3c_trace_id();
+        let span_id = w3c_span_id(&self.span_id);
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        out.push_str(&trace_id);
+        out.push('-');
+        out.push_str(&span_id);
+        out.push_str("-01");
+        out
+    }
+}
+
 /// A random, non-zero W3C span id: 16 lowercase hex digits.
 pub(crate) fn new_span_id() -> String {
     loop {
-        let id: u64 = rand::random();
+        let id = rand::RngCore::next_u64(&mut rand::rng());
         if id != 0 {
-            return format!("{id:016x}");
+            let mut span = String::with_capacity(16);
+            crate::id::push_hex_u64(&mut span, id);
+            return span;
         }
     }
 }

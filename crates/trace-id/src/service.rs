@@ -1,0 +1,248 @@
+//! [`TraceId`]: the server-side service.
+
+use crate::{
+    context::{new_span_id, TraceContext},
+    future::ResponseFuture,
+    id::{is_valid_trace_id, valid_trace_id, MakeTraceId, TimestampHex},
+    layer::{Shared, TraceIdLayer},
+    traceparent::{w3c_trace_id, Traceparent},
+};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+use tower_service::Service;
+use tracing::Instrument;
+
+/// The service made by [`TraceIdLayer`]: resolves the request's trace id, stores a
+/// [`TraceContext`] in its extensions, runs the inner service inside the request's span and
+/// context, and sets the trace id header on the response.
+pub struct TraceId<S, M = TimestampHex> {
+    inner: S,
+    shared: Arc<Shared<M>>,
+}
+
+impl<S> TraceId<S> {
+    /// Wraps `inner` with the default configuration.
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&TraceIdLayer::new(), inner)
+    }
+
+    /// A [`TraceIdLayer`] with the default configuration.
+    #[must_use]
+    pub fn layer() -> TraceIdLayer {
+        TraceIdLayer::new()
+    }
+}
+
+impl<S, M> TraceId<S, M> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<M>>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, M> Clone for TraceId<S, M> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug, M> fmt::Debug for TraceId<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TraceId")
+            .field("inner", &self.inner)
+            .field("trace_id_header", &self.shared.names.trace_id)
+            .field("make_trace_id", &std::any::type_name::<M>())
+            .finish()
+    }
+}
+
+/// Where the request's trace id came from (the span's `trace_source` field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Header,
+    Traceparent,
+    Generated,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Header => "header",
+            Self::Traceparent => "traceparent",
+            Self::Generated => "generated",
+        }
+    }
+}
+
+/// Why an incoming trace id header was not used. Never holds the value itself.
+#[derive(Clone, Copy, Debug)]
+enum Rejected {
+    Invalid { len: usize },
+    Repeated,
+}
+
+struct Resolved {
+    context: TraceContext,
+    header: HeaderValue,
+    source: Source,
+    rejected: Option<Rejected>,
+    drop_tracestate: bool,
+}
+
+fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resolved {
+    let headers = request.headers();
+    let mut values = headers.get_all(&shared.names.trace_id).iter();
+    let (incoming, rejected) = match (values.next(), values.next()) {
+        (None, _) => (None, None),
+        (Some(value), None) => match valid_trace_id(value) {
+            Some(id) => (Some((id, value)), None),
+            None => (None, Some(Rejected::Invalid { len: value.len() })),
+        },
+        // Intermediaries disagree on which of several values counts: use none of them.
+        (Some(_), Some(_)) => (None, Some(Rejected::Repeated)),
+    };
+    let traceparent = Traceparent::from_headers(headers, &shared.names.traceparent);
+    let drop_tracestate = traceparent.is_none() && headers.contains_key(&shared.names.tracestate);
+
+    let (trace_id, header, parent, source): (Arc<str>, HeaderValue, Option<Arc<str>>, Source) =
+        if let Some((id, value)) = incoming {
+            // The caller's span is our parent only if its traceparent names the same trace
+            // (our own client layer sends the W3C form of X-Trace-Id there).
+            let parent = traceparent
+                .filter(|tp| tp.trace_id() == w3c_trace_id(id))
+                .map(|tp| Arc::from(tp.parent_id()));
+            (Arc::from(id), value.clone(), parent, Source::Header)
+        } else if let Some(tp) = traceparent {
+            let header = HeaderValue::from_str(tp.trace_id())
+                .expect("32 lowercase hex digits are a valid header value");
+            (
+                Arc::from(tp.trace_id()),
+                header,
+                Some(Arc::from(tp.parent_id())),
+                Source::Traceparent,
+            )
+        } else {
+            let id = generate(&*shared.make, request);
+            let trace_id = Arc::from(id.as_str());
+            let header = HeaderValue::from_maybe_shared(Bytes::from(id))
+                .expect("a valid trace id is a valid header value");
+            (trace_id, header, None, Source::Generated)
+        };
+
+    Resolved {
+        context: TraceContext::from_parts(trace_id, new_span_id(), parent),
+        header,
+        source,
+        rejected,
+        drop_tracestate,
+    }
+}
+
+fn generate<B, M: MakeTraceId>(make: &M, request: &Request<B>) -> String {
+    let id = make.make_trace_id(request);
+    if is_valid_trace_id(&id) {
+        id
+    } else {
+        tracing::warn!(
+            len = id.len(),
+            "MakeTraceId policy produced an invalid trace id; generated a timestamp-hex id instead"
+        );
+        TimestampHex::new().generate()
+    }
+}
+
+impl<S, M, ReqBody, ResBody> Service<Request<ReqBody>> for TraceId<S, M>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    M: MakeTraceId,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let names = &self.shared.names;
+        let Resolved {
+            context,
+            header,
+            source,
+            rejected,
+            drop_tracestate,
+        } = resolve(&self.shared, &request);
+
+        // Inner layers and handlers see the effective id, never a rejected one.
+        if source != Source::Header {
+            request
+                .headers_mut()
+                .insert(&names.trace_id, header.clone());
+        }
+        if drop_tracestate {
+            request.headers_mut().remove(&names.tracestate);
+        }
+
+        // Field values are only evaluated when the span is enabled.
+        let span = tracing::info_span!(
+            "request",
+            method = request.method().as_str(),
+            path = request.uri().path(),
+            trace_id = context.trace_id(),
+            span_id = context.span_id(),
+            parent_span_id = context.parent_span_id(),
+            trace_source = source.as_str(),
+        );
+        request.extensions_mut().insert(context.clone());
+
+        let inner = {
+            let _entered = span.enter();
+            match rejected {
+                Some(Rejected::Invalid { len }) => tracing::debug!(
+                    header = names.trace_id.as_str(),
+                    len,
+                    "ignored an invalid incoming trace id"
+                ),
+                Some(Rejected::Repeated) => tracing::debug!(
+                    header = names.trace_id.as_str(),
+                    "ignored a trace id header sent more than once"
+                ),
+                None => {}
+            }
+            if drop_tracestate {
+                tracing::debug!("dropped tracestate: no valid traceparent");
+            }
+            context.clone().sync_scope(|| self.inner.call(request))
+        };
+
+        ResponseFuture::new(
+            context.scoped(inner).instrument(span),
+            names.trace_id.clone(),
+            header,
+        )
+    }
+}

@@ -1,0 +1,5 @@
+//! Service-level tests of the server and client layers.
+
+mod capture;
+mod propagate;
+mod server;
