@@ -2,12 +2,12 @@
 
 use axum::{
     extract::{Request, State},
-    middleware::{self, Next},
+    middleware,
     response::{IntoResponse, Response},
     routing::{any, get, post},
     Router,
 };
-use dreamnet_trace_id::TraceContext;
+use dreamnet_trace_id::TraceIdLayer;
 use http::{header, Extensions, HeaderValue};
 use tokio::task::JoinHandle;
 
@@ -110,7 +110,7 @@ impl App {
                 shared.http.clone(),
                 metrics::count,
             ))
-            .layer(middleware::from_fn(provisional_trace));
+            .layer(TraceIdLayer::new());
 
         let _ = config;
         Ok(Self {
@@ -160,16 +160,4 @@ async fn render_metrics(State(shared): State<Shared>) -> Response {
         out,
     )
         .into_response()
-}
-
-/// Stand-in until the trace-id layer is wired: a trace id per request and `X-Trace-Id`.
-async fn provisional_trace(mut request: Request, next: Next) -> Response {
-    let ctx = TraceContext::new(hex::encode(rand::random::<[u8; 8]>()));
-    let id = ctx.trace_id().to_owned();
-    request.extensions_mut().insert(ctx);
-    let mut response = next.run(request).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-trace-id", value);
-    }
-    response
 }

@@ -1,0 +1,214 @@
+//! A real server on 127.0.0.1:0 and a small HTTP/1.1 client for the integration tests.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use dreamnet_server::{serve, App, Config, Shutdown};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use serde_json::Value;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+pub const TOKEN: &str = "test-admin-token";
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
+            panic!(
+                "not JSON ({err}): {} {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts a problem+json error with the given status, carrying the response's trace id.
+    pub fn assert_problem(&self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "body: {}",
+            self.text()
+        );
+        let json = self.json();
+        assert_eq!(json["status"], status);
+        assert!(json["title"].is_string());
+        assert!(json["type"].is_string());
+        let trace = self
+            .header("x-trace-id")
+            .expect("X-Trace-Id on every response");
+        assert_eq!(json["traceId"], trace, "problem carries the trace id");
+        json
+    }
+}
+
+/// An HTTP client for one server.
+#[derive(Clone)]
+pub struct Http {
+    pub base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Http {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(body.into())).expect("request");
+        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
+            .await
+            .expect("response within 30 s")
+            .expect("HTTP request");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        let reply = Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        };
+        assert!(
+            reply.header("x-trace-id").is_some(),
+            "every response carries X-Trace-Id: {} {path} -> {}",
+            "",
+            reply.status
+        );
+        reply
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let auth = format!("Bearer {TOKEN}");
+        self.send(Method::GET, path, &[("authorization", &auth)], Bytes::new())
+            .await
+    }
+
+    pub async fn admin_post(&self, path: &str, json: &str) -> Reply {
+        let auth = format!("Bearer {TOKEN}");
+        self.send(
+            Method::POST,
+            path,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            Bytes::copy_from_slice(json.as_bytes()),
+        )
+        .await
+    }
+
+    pub async fn post_json(&self, path: &str, headers: &[(&str, &str)], json: &str) -> Reply {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.send(
+            Method::POST,
+            path,
+            &all,
+            Bytes::copy_from_slice(json.as_bytes()),
+        )
+        .await
+    }
+}
+
+/// A server running in this test process on a real TCP socket.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub http: Http,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<std::io::Result<Shutdown>>>,
+    app: Option<App>,
+}
+
+impl TestServer {
+    /// Memory stores, the test admin token.
+    pub async fn start() -> Self {
+        Self::start_with(Config::default()).await
+    }
+
+    pub async fn start_with(mut config: Config) -> Self {
+        config.admin_token = Some(TOKEN.to_owned());
+        let app = App::build(config).await.expect("app builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = app.router();
+        let handle = tokio::spawn(serve(
+            listener,
+            router,
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(5),
+        ));
+        Self {
+            addr,
+            http: Http::new(addr),
+            stop: Some(stop),
+            handle: Some(handle),
+            app: Some(app),
+        }
+    }
+
+    /// Signals shutdown and waits for `serve` to return.
+    pub async fn stop(mut self) -> Shutdown {
+        let _ = self.stop.take().expect("running").send(());
+        let outcome = self
+            .handle
+            .take()
+            .expect("running")
+            .await
+            .expect("serve task")
+            .expect("serve");
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+        outcome
+    }
+}
+
+/// A random lowercase suffix for keys, prefixes and schema names.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", hex::encode(rand::random::<[u8; 6]>()))
+}
