@@ -1,17 +1,29 @@
 //! IETF `Idempotency-Key` semantics as a tower layer, with memory, Redis and PostgreSQL stores.
 //!
-//! The building blocks here (key parsing, scopes, fingerprints, stored responses and the
-//! problem responses) are shared with the billable layer.
+//! The building blocks (key parsing, scopes, fingerprints, stored responses and the problem
+//! responses) are shared with the billable layer.
 
 pub mod fingerprint;
 pub mod key;
+mod layer;
+pub mod memory;
 pub mod problems;
 pub mod scope;
+mod service;
+pub mod store;
 pub mod stored;
 
 pub use fingerprint::Fingerprint;
 pub use key::{key_from_headers, IdempotencyKey, KeyError, DEFAULT_KEY_HEADERS, MAX_KEY_LEN};
+pub use layer::{
+    IdempotencyLayer, IdempotencyLayerBuilder, DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_TTL,
+};
+pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use scope::{DefaultScope, ScopeExtractor};
+pub use service::{Idempotency, ResponseFuture, LOG_TARGET};
+pub use store::{
+    Claim, ClaimRequest, Completion, FencingToken, IdempotencyStore, StoreError, StoreFuture,
+};
 pub use stored::{CorruptRecord, StoredResponse, DEFAULT_REPLAYED_HEADERS, IDEMPOTENT_REPLAYED};
 
 /// The trace id of a request, from the `dreamnet-trace-id` layer's extension, if present.

@@ -1,0 +1,256 @@
+//! [`IdempotencyLayer`] and its builder.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use http::{HeaderName, Method, StatusCode};
+use tower_layer::Layer;
+
+use crate::{
+    memory::MemoryStore, service::Idempotency, store::IdempotencyStore, DefaultScope,
+    ScopeExtractor, DEFAULT_KEY_HEADERS, DEFAULT_REPLAYED_HEADERS,
+};
+
+/// The default time a completed response is kept and replayed: 600 s (the seed's 10 min).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
+/// The default in-flight lease: how long a claim blocks retries if its attempt never ends.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// The default limit for buffered request and response bodies: 1 MiB.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+
+/// Applies `Idempotency-Key` semantics to the wrapped service (see the crate docs).
+///
+/// Cheap to clone: the configuration is shared.
+pub struct IdempotencyLayer {
+    config: Arc<Config>,
+}
+
+pub(crate) struct Config {
+    pub(crate) store: Arc<dyn IdempotencyStore>,
+    pub(crate) key_headers: Vec<HeaderName>,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) required: bool,
+    pub(crate) scope: Arc<dyn ScopeExtractor>,
+    pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) ttl: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) max_request_body: usize,
+    pub(crate) max_response_body: usize,
+    pub(crate) replayed_headers: Vec<HeaderName>,
+    pub(crate) store_status: Arc<dyn Fn(StatusCode) -> bool + Send + Sync>,
+}
+
+impl Clone for IdempotencyLayer {
+    fn clone(&self) -> Self {
+        Self {
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl fmt::Debug for IdempotencyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.config.fmt(f)
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("key_headers", &self.key_headers)
+            .field("methods", &self.methods)
+            .field("required", &self.required)
+            .field("fingerprint_headers", &self.fingerprint_headers)
+            .field("ttl", &self.ttl)
+            .field("lease", &self.lease)
+            .field("max_request_body", &self.max_request_body)
+            .field("max_response_body", &self.max_response_body)
+            .field("replayed_headers", &self.replayed_headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for IdempotencyLayer {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl IdempotencyLayer {
+    /// A layer with the defaults and the given store.
+    pub fn new(store: impl IdempotencyStore) -> Self {
+        Self::builder().store(store).build()
+    }
+
+    /// A builder with the defaults: an in-memory store, `Idempotency-Key` then
+    /// `X-Idempotency-Key`, POST and PATCH, key optional, [`DefaultScope`], no fingerprinted
+    /// headers, TTL 600 s, lease 30 s, 1 MiB body limits, [`DEFAULT_REPLAYED_HEADERS`], and
+    /// responses with status < 500 stored.
+    pub fn builder() -> IdempotencyLayerBuilder {
+        IdempotencyLayerBuilder {
+            store: None,
+            key_headers: DEFAULT_KEY_HEADERS.to_vec(),
+            methods: vec![Method::POST, Method::PATCH],
+            required: false,
+            scope: Arc::new(DefaultScope),
+            fingerprint_headers: Vec::new(),
+            ttl: DEFAULT_TTL,
+            lease: DEFAULT_LEASE,
+            max_request_body: DEFAULT_MAX_BODY,
+            max_response_body: DEFAULT_MAX_BODY,
+            replayed_headers: DEFAULT_REPLAYED_HEADERS.to_vec(),
+            store_status: Arc::new(|status: StatusCode| status.as_u16() < 500),
+        }
+    }
+
+    /// The store this layer uses.
+    pub fn store(&self) -> &Arc<dyn IdempotencyStore> {
+        &self.config.store
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency::new(inner, Arc::clone(&self.config))
+    }
+}
+
+/// Builds an [`IdempotencyLayer`]; see [`IdempotencyLayer::builder`] for the defaults.
+#[must_use]
+pub struct IdempotencyLayerBuilder {
+    store: Option<Arc<dyn IdempotencyStore>>,
+    key_headers: Vec<HeaderName>,
+    methods: Vec<Method>,
+    required: bool,
+    scope: Arc<dyn ScopeExtractor>,
+    fingerprint_headers: Vec<HeaderName>,
+    ttl: Duration,
+    lease: Duration,
+    max_request_body: usize,
+    max_response_body: usize,
+    replayed_headers: Vec<HeaderName>,
+    store_status: Arc<dyn Fn(StatusCode) -> bool + Send + Sync>,
+}
+
+impl fmt::Debug for IdempotencyLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayerBuilder")
+            .field("key_headers", &self.key_headers)
+            .field("methods", &self.methods)
+            .field("required", &self.required)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdempotencyLayerBuilder {
+    /// The store (default: a fresh [`MemoryStore`]).
+    pub fn store(self, store: impl IdempotencyStore) -> Self {
+        self.shared_store(Arc::new(store))
+    }
+
+    /// A store shared with other layers or code.
+    pub fn shared_store(mut self, store: Arc<dyn IdempotencyStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The headers the key is read from, first present wins (default: `Idempotency-Key`,
+    /// `X-Idempotency-Key`).
+    pub fn key_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.key_headers = names.into_iter().collect();
+        self
+    }
+
+    /// The methods the layer applies to (default: POST, PATCH). Others pass through.
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Whether a key is required on those methods: without one the answer is 400 and the
+    /// handler does not run (default: optional, a request without a key passes through).
+    pub fn required(mut self, required: bool) -> Self {
+        self.required = required;
+        self
+    }
+
+    /// The scope extractor (default: [`DefaultScope`]).
+    pub fn scope(mut self, scope: impl ScopeExtractor) -> Self {
+        self.scope = Arc::new(scope);
+        self
+    }
+
+    /// Request headers included in the fingerprint (default: none).
+    pub fn fingerprint_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.fingerprint_headers = names.into_iter().collect();
+        self
+    }
+
+    /// How long a completed response is kept and replayed (default 600 s).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long a claim blocks retries if its attempt never completes, e.g. after a crash
+    /// (default 30 s). Set it above the handler's longest run: an attempt still running when
+    /// its lease ends can be overtaken by a retry, and its own response is then not stored.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The largest request body buffered; larger is 413 (default 1 MiB).
+    pub fn max_request_body(mut self, bytes: usize) -> Self {
+        self.max_request_body = bytes;
+        self
+    }
+
+    /// The largest response body stored; a larger or streaming (unknown size) response is
+    /// passed through unstored and the key released (default 1 MiB).
+    pub fn max_response_body(mut self, bytes: usize) -> Self {
+        self.max_response_body = bytes;
+        self
+    }
+
+    /// The response headers stored and replayed (default [`DEFAULT_REPLAYED_HEADERS`];
+    /// `Set-Cookie`, `Date` and framing headers are never replayed).
+    pub fn replayed_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.replayed_headers = names.into_iter().collect();
+        self
+    }
+
+    /// Which statuses are stored (default: < 500). A response not stored releases the key,
+    /// so a retry runs the handler again.
+    pub fn store_status(
+        mut self,
+        store: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.store_status = Arc::new(store);
+        self
+    }
+
+    /// Builds the layer.
+    pub fn build(self) -> IdempotencyLayer {
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::default()));
+        IdempotencyLayer {
+            config: Arc::new(Config {
+                store,
+                key_headers: self.key_headers,
+                methods: self.methods,
+                required: self.required,
+                scope: self.scope,
+                fingerprint_headers: self.fingerprint_headers,
+                ttl: self.ttl,
+                lease: self.lease,
+                max_request_body: self.max_request_body,
+                max_response_body: self.max_response_body,
+                replayed_headers: self.replayed_headers,
+                store_status: self.store_status,
+            }),
+        }
+    }
+}

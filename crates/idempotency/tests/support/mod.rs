@@ -1,0 +1,272 @@
+//! Shared test support: backends, a counting handler, request helpers.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod suite;
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use dreamnet_common::ManualClock;
+use dreamnet_idempotency::{
+    Claim, ClaimRequest, Completion, FencingToken, IdempotencyLayer, IdempotencyStore, MemoryStore,
+    StoreError, StoreFuture, StoredResponse,
+};
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use tokio::sync::Semaphore;
+
+type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A store under test, plus what the suite needs around it.
+pub struct Backend {
+    pub name: &'static str,
+    /// The store under test.
+    pub store: Arc<dyn IdempotencyStore>,
+    /// A second handle on the same state (another connection / pool): a second replica.
+    pub replica: Arc<dyn IdempotencyStore>,
+    /// A store of the same kind that cannot reach its server.
+    pub unreachable: Arc<dyn IdempotencyStore>,
+    /// The fake clock, for stores that take an injected clock.
+    pub clock: Option<ManualClock>,
+    /// Writes a foreign value under (scope, key), for stores where that is possible.
+    pub corrupt: Option<Box<dyn Fn(String, String) -> BoxFut + Send + Sync>>,
+    pub cleanup: Option<BoxFut>,
+}
+
+impl Backend {
+    pub async fn memory() -> Option<Self> {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let store: Arc<dyn IdempotencyStore> = Arc::new(
+            MemoryStore::builder()
+                .clock(Arc::new(clock.clone()))
+                .build(),
+        );
+        Some(Self {
+            name: "memory",
+            replica: Arc::clone(&store),
+            store,
+            unreachable: Arc::new(Unreachable),
+            clock: Some(clock),
+            corrupt: None,
+            cleanup: None,
+        })
+    }
+
+    /// Lease used by tests that wait for a lease to end.
+    pub fn short_lease(&self) -> Duration {
+        if self.clock.is_some() {
+            dreamnet_idempotency::DEFAULT_LEASE
+        } else {
+            Duration::from_millis(400)
+        }
+    }
+
+    /// TTL used by tests that wait for a TTL to end.
+    pub fn short_ttl(&self) -> Duration {
+        if self.clock.is_some() {
+            dreamnet_idempotency::DEFAULT_TTL
+        } else {
+            Duration::from_millis(1500)
+        }
+    }
+
+    /// Moves the fake clock forward; real-time backends just let time pass while polling.
+    pub fn advance(&self, by: Duration) {
+        if let Some(clock) = &self.clock {
+            clock.advance(by);
+        }
+    }
+
+    pub async fn cleanup(self) {
+        if let Some(cleanup) = self.cleanup {
+            cleanup.await;
+        }
+    }
+}
+
+/// A store that cannot be reached (for the memory backend, which always can).
+struct Unreachable;
+
+impl IdempotencyStore for Unreachable {
+    fn claim<'a>(&'a self, _: ClaimRequest<'a>) -> StoreFuture<'a, Claim> {
+        Box::pin(async { Err(StoreError::unavailable("connection refused")) })
+    }
+    fn complete<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: FencingToken,
+        _: &'a StoredResponse,
+        _: Duration,
+    ) -> StoreFuture<'a, Completion> {
+        Box::pin(async { Err(StoreError::unavailable("connection refused")) })
+    }
+    fn release<'a>(&'a self, _: &'a str, _: &'a str, _: FencingToken) -> StoreFuture<'a, bool> {
+        Box::pin(async { Err(StoreError::unavailable("connection refused")) })
+    }
+}
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// The handler's error type (a handler error must release the key).
+#[derive(Debug)]
+pub struct HandlerError;
+
+/// A counting handler with behaviour picked by path:
+/// `/ok` 201 JSON with `Location` and `Set-Cookie`; `/fail` 500; `/error` an inner error;
+/// `/panic` panics; `/stream` a streaming body; `/big` a 4 KiB body.
+/// With `x-block: 1` it waits for a permit from `gate` first.
+#[derive(Clone)]
+pub struct Handler {
+    pub calls: Arc<AtomicUsize>,
+    pub gate: Arc<Semaphore>,
+}
+
+impl Handler {
+    pub fn new() -> Self {
+        Self {
+            calls: Arc::new(AtomicUsize::new(0)),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub async fn handle(
+        self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Body>, HandlerError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if request.headers().get("x-block").is_some() {
+            self.gate.acquire().await.expect("gate open").forget();
+        }
+        let path = request.uri().path().to_owned();
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .expect("infallible")
+            .to_bytes();
+        let echo = String::from_utf8_lossy(&body).into_owned();
+        let json = Bytes::from(format!("{{\"call\":{n},\"echo\":{echo:?}}}"));
+        let response = match path.as_str() {
+            "/fail" => Response::builder()
+                .status(500)
+                .body(Full::new(json).boxed()),
+            "/error" => return Err(HandlerError),
+            "/panic" => panic!("handler panicked on purpose"),
+            "/stream" => {
+                let frames = futures_util::stream::iter(vec![
+                    Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(b"chunk-1,"))),
+                    Ok(http_body::Frame::data(Bytes::from(format!("call-{n}")))),
+                ]);
+                Response::builder()
+                    .status(200)
+                    .body(StreamBody::new(frames).boxed())
+            }
+            "/big" => Response::builder()
+                .status(200)
+                .body(Full::new(Bytes::from(vec![b'x'; 4096])).boxed()),
+            _ => Response::builder()
+                .status(StatusCode::CREATED)
+                .header("content-type", "application/json")
+                .header("location", format!("/things/{n}"))
+                .header("set-cookie", "session=secret")
+                .header("x-call", n.to_string())
+                .body(Full::new(json).boxed()),
+        };
+        Ok(response.expect("valid response"))
+    }
+}
+
+/// Builds a service: `layer` around the counting handler.
+pub fn service(
+    layer: &IdempotencyLayer,
+    handler: &Handler,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<dreamnet_common::ResponseBody<Body>>,
+    Error = HandlerError,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    let handler = handler.clone();
+    tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(tower::service_fn(move |r| handler.clone().handle(r)))
+}
+
+/// A request builder with a key and an account.
+pub fn post(path: &str, key: Option<&str>, account: &str, body: &str) -> Request<Full<Bytes>> {
+    let mut builder = Request::post(path).header("x-account-id", account);
+    if let Some(key) = key {
+        builder = builder.header("idempotency-key", key);
+    }
+    builder
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("valid request")
+}
+
+/// Sends one request and reads the whole response.
+pub async fn send<S>(
+    service: &S,
+    request: Request<Full<Bytes>>,
+) -> (StatusCode, http::HeaderMap, String)
+where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = Response<dreamnet_common::ResponseBody<Body>>,
+            Error = HandlerError,
+        > + Clone,
+{
+    use tower::ServiceExt;
+    let response = service
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("no handler error");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// A random suffix so parallel tests (and other engineers' tests) never share keys.
+pub fn unique(prefix: &str) -> String {
+    use std::hash::{BuildHasher, RandomState};
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let random = RandomState::new().hash_one((n, std::process::id()));
+    format!("{prefix}-{random:016x}")
+}
+
+/// Polls `check` until it returns `Some`, or panics after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
