@@ -1,0 +1,311 @@
+//! [`BillableLayer`]: configuration and the small policies (pricing, account).
+
+use std::{sync::Arc, time::Duration};
+
+use dreamnet_common::Problem;
+use dreamnet_idempotency::{
+    DefaultScope, ScopeExtractor, DEFAULT_KEY_HEADERS, DEFAULT_REPLAYED_HEADERS,
+};
+use http::{request::Parts, HeaderName};
+use tower_layer::Layer;
+
+use crate::{ledger::Amount, service::Billable, Ledger};
+
+/// The default reservation timeout: a pending reservation older than this is voided by
+/// recovery (5 minutes).
+pub const DEFAULT_RESERVATION_TIMEOUT: Duration = Duration::from_secs(300);
+/// The default request body limit (1 MiB).
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// The default limit of a response body the layer stores (1 MiB).
+pub const DEFAULT_RESPONSE_LIMIT: usize = 1024 * 1024;
+/// The header [`AccountHeader`] reads by default.
+pub const ACCOUNT_ID_HEADER: HeaderName = HeaderName::from_static("x-account-id");
+
+/// The price of one request, in minor units of the layer's currency.
+///
+/// Implemented for closures; [`FixedPrice`] is the constant one. A pricing function sees the
+/// request head and the buffered body, and may refuse the request with a problem (e.g. 400
+/// for an unknown plan).
+// A problem is only built on the rejection path, so its size costs nothing on the hot path.
+#[allow(clippy::result_large_err)]
+pub trait Pricing: Send + Sync + 'static {
+    /// The amount to reserve for this request.
+    ///
+    /// # Errors
+    /// A problem response to send instead of running the request.
+    fn price(&self, parts: &Parts, body: &[u8]) -> Result<Amount, Problem>;
+}
+
+#[allow(clippy::result_large_err)]
+impl<F> Pricing for F
+where
+    F: Fn(&Parts, &[u8]) -> Result<Amount, Problem> + Send + Sync + 'static,
+{
+    fn price(&self, parts: &Parts, body: &[u8]) -> Result<Amount, Problem> {
+        self(parts, body)
+    }
+}
+
+/// A constant price.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedPrice(pub Amount);
+
+#[allow(clippy::result_large_err)]
+impl Pricing for FixedPrice {
+    fn price(&self, _: &Parts, _: &[u8]) -> Result<Amount, Problem> {
+        Ok(self.0)
+    }
+}
+
+/// Which account pays for a request. `None` answers 400 (missing account).
+///
+/// Implemented for closures over the request head and the buffered body (so an account can
+/// come from a JSON field such as a wallet).
+pub trait AccountExtractor: Send + Sync + 'static {
+    /// The account to charge.
+    fn account(&self, parts: &Parts, body: &[u8]) -> Option<String>;
+}
+
+impl<F> AccountExtractor for F
+where
+    F: Fn(&Parts, &[u8]) -> Option<String> + Send + Sync + 'static,
+{
+    fn account(&self, parts: &Parts, body: &[u8]) -> Option<String> {
+        self(parts, body)
+    }
+}
+
+/// The default account: a header (`X-Account-Id` by default) of 1..=128 characters of
+/// `[A-Za-z0-9._@:-]`.
+///
+/// The header is trusted as sent: put the layer behind authentication that sets or checks
+/// it, or supply an [`AccountExtractor`] that reads your verified identity.
+#[derive(Debug, Clone)]
+pub struct AccountHeader(pub HeaderName);
+
+impl Default for AccountHeader {
+    fn default() -> Self {
+        Self(ACCOUNT_ID_HEADER)
+    }
+}
+
+impl AccountExtractor for AccountHeader {
+    fn account(&self, parts: &Parts, _: &[u8]) -> Option<String> {
+        let value = parts.headers.get(&self.0)?.to_str().ok()?;
+        let valid = (1..=128).contains(&value.len())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._@:-".contains(&b));
+        valid.then(|| value.to_owned())
+    }
+}
+
+/// Reported by a handler in its response extensions when the work cost less than the
+/// reservation: that amount is charged and the rest released (a partial post). A cost above
+/// the reservation is refused: the reservation is voided and the client gets a 500 problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActualCost(pub Amount);
+
+/// Put in the request extensions by the layer before the handler runs, so the handler can
+/// name the action (e.g. `actionId` in a response body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedAction {
+    /// The action id.
+    pub id: crate::ActionId,
+    /// The account charged.
+    pub account: String,
+    /// The amount held.
+    pub amount: Amount,
+    /// The currency.
+    pub currency: String,
+}
+
+/// Makes every request through it a billable action: reserve, run, store, charge.
+///
+/// ```
+/// use dreamnet_billable::{BillableLayer, MemoryLedger};
+/// use std::time::Duration;
+///
+/// let ledger = MemoryLedger::new();
+/// let layer = BillableLayer::new(ledger, "mint-dream", 250)
+///     .currency("USD")
+///     .reservation_timeout(Duration::from_secs(120));
+/// # let _ = layer;
+/// ```
+pub struct BillableLayer<L> {
+    pub(crate) ledger: Arc<L>,
+    pub(crate) action: Arc<str>,
+    pub(crate) pricing: Arc<dyn Pricing>,
+    pub(crate) currency: Arc<str>,
+    pub(crate) account: Arc<dyn AccountExtractor>,
+    pub(crate) scope: Arc<dyn ScopeExtractor>,
+    pub(crate) timeout: Duration,
+    pub(crate) key_headers: Arc<[HeaderName]>,
+    pub(crate) fingerprint_headers: Arc<[HeaderName]>,
+    pub(crate) replayed_headers: Arc<[HeaderName]>,
+    pub(crate) body_limit: usize,
+    pub(crate) response_limit: usize,
+    pub(crate) in_flight_retry_after: Duration,
+}
+
+impl<L> Clone for BillableLayer<L> {
+    fn clone(&self) -> Self {
+        Self {
+            ledger: self.ledger.clone(),
+            action: self.action.clone(),
+            pricing: self.pricing.clone(),
+            currency: self.currency.clone(),
+            account: self.account.clone(),
+            scope: self.scope.clone(),
+            timeout: self.timeout,
+            key_headers: self.key_headers.clone(),
+            fingerprint_headers: self.fingerprint_headers.clone(),
+            replayed_headers: self.replayed_headers.clone(),
+            body_limit: self.body_limit,
+            response_limit: self.response_limit,
+            in_flight_retry_after: self.in_flight_retry_after,
+        }
+    }
+}
+
+impl<L> std::fmt::Debug for BillableLayer<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BillableLayer")
+            .field("action", &self.action)
+            .field("currency", &self.currency)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L: Ledger> BillableLayer<L> {
+    /// A layer for `action` at a fixed `price` (minor units, currency `USD` unless set),
+    /// charging the account named by `X-Account-Id`, keys scoped by [`DefaultScope`].
+    pub fn new(ledger: L, action: impl Into<Arc<str>>, price: Amount) -> Self {
+        Self::with_shared_ledger(Arc::new(ledger), action, price)
+    }
+
+    /// Like [`new`](Self::new), sharing a ledger the caller also uses (recovery, the API).
+    pub fn with_shared_ledger(ledger: Arc<L>, action: impl Into<Arc<str>>, price: Amount) -> Self {
+        Self {
+            ledger,
+            action: action.into(),
+            pricing: Arc::new(FixedPrice(price)),
+            currency: Arc::from("USD"),
+            account: Arc::new(AccountHeader::default()),
+            scope: Arc::new(DefaultScope),
+            timeout: DEFAULT_RESERVATION_TIMEOUT,
+            key_headers: Arc::from(DEFAULT_KEY_HEADERS.to_vec()),
+            fingerprint_headers: Arc::from(Vec::new()),
+            replayed_headers: Arc::from(DEFAULT_REPLAYED_HEADERS.to_vec()),
+            body_limit: DEFAULT_BODY_LIMIT,
+            response_limit: DEFAULT_RESPONSE_LIMIT,
+            in_flight_retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+impl<L> BillableLayer<L> {
+    /// A fixed price in minor units.
+    #[must_use]
+    pub fn price(mut self, price: Amount) -> Self {
+        self.pricing = Arc::new(FixedPrice(price));
+        self
+    }
+
+    /// A pricing policy (a closure over the request head and body, or a [`Pricing`]).
+    #[must_use]
+    pub fn pricing(mut self, pricing: impl Pricing) -> Self {
+        self.pricing = Arc::new(pricing);
+        self
+    }
+
+    /// The currency charged (e.g. `USD`, `EUR`).
+    #[must_use]
+    pub fn currency(mut self, currency: impl Into<Arc<str>>) -> Self {
+        self.currency = currency.into();
+        self
+    }
+
+    /// Which account pays (default: [`AccountHeader`], `X-Account-Id`).
+    #[must_use]
+    pub fn account(mut self, account: impl AccountExtractor) -> Self {
+        self.account = Arc::new(account);
+        self
+    }
+
+    /// The idempotency scope of keys (default: [`DefaultScope`]).
+    #[must_use]
+    pub fn scope(mut self, scope: impl ScopeExtractor) -> Self {
+        self.scope = Arc::new(scope);
+        self
+    }
+
+    /// How long a reservation stays pending before recovery voids it (default 5 min).
+    /// Handlers that may run longer need a longer timeout: a response that arrives after the
+    /// timeout is not kept and not charged.
+    #[must_use]
+    pub fn reservation_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The headers an idempotency key is read from, first present wins (default:
+    /// `Idempotency-Key`, `X-Idempotency-Key`).
+    #[must_use]
+    pub fn key_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.key_headers = headers.into_iter().collect();
+        self
+    }
+
+    /// Request headers included in the fingerprint (default: none).
+    #[must_use]
+    pub fn fingerprint_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.fingerprint_headers = headers.into_iter().collect();
+        self
+    }
+
+    /// Response headers stored and replayed (default: [`DEFAULT_REPLAYED_HEADERS`]).
+    #[must_use]
+    pub fn replayed_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.replayed_headers = headers.into_iter().collect();
+        self
+    }
+
+    /// The largest request body buffered (default 1 MiB); larger is 413.
+    #[must_use]
+    pub fn body_limit(mut self, limit: usize) -> Self {
+        self.body_limit = limit;
+        self
+    }
+
+    /// The largest response body stored (default 1 MiB). A 2xx response that is larger or
+    /// streaming cannot be kept, so it is passed through, the reservation voided and nothing
+    /// charged.
+    #[must_use]
+    pub fn response_limit(mut self, limit: usize) -> Self {
+        self.response_limit = limit;
+        self
+    }
+
+    /// The `Retry-After` of a 409 for a key whose first request is still running
+    /// (default 1 s).
+    #[must_use]
+    pub fn in_flight_retry_after(mut self, retry_after: Duration) -> Self {
+        self.in_flight_retry_after = retry_after;
+        self
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Arc<L> {
+        &self.ledger
+    }
+}
+
+impl<S, L> Layer<S> for BillableLayer<L> {
+    type Service = Billable<S, L>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Billable::new(inner, Arc::new(self.clone()))
+    }
+}

@@ -1,0 +1,112 @@
+//! The problem+json responses only the billable layer produces. Key, fingerprint and store
+//! problems are [`dreamnet_idempotency::problems`].
+
+use dreamnet_common::Problem;
+use http::StatusCode;
+
+use crate::ledger::Amount;
+
+/// The problem type of a 402: the account's available credit is below the price.
+pub const INSUFFICIENT_FUNDS: &str = "https://dreamnet.dev/problems/insufficient-funds";
+/// The problem type of a 400: the request names no billable account.
+pub const MISSING_ACCOUNT: &str = "https://dreamnet.dev/problems/missing-account";
+/// The problem type of a 409: the account is kept in another currency.
+pub const CURRENCY_MISMATCH: &str = "https://dreamnet.dev/problems/currency-mismatch";
+/// The problem type of a 500: the handler reported a cost above the reservation.
+pub const COST_EXCEEDS_RESERVATION: &str = "https://dreamnet.dev/problems/cost-exceeds-reservation";
+/// The problem type of a 500: the reservation timed out before the handler finished.
+pub const RESERVATION_EXPIRED: &str = "https://dreamnet.dev/problems/reservation-expired";
+/// The problem type of a 500: the handler panicked or its response could not be read.
+pub const HANDLER_FAILED: &str = "https://dreamnet.dev/problems/handler-failed";
+/// The problem type of a 500: the pricing policy produced a negative price.
+pub const INVALID_PRICE: &str = "https://dreamnet.dev/problems/invalid-price";
+
+/// 402: the account cannot cover the action; nothing was held and the handler did not run.
+pub fn insufficient_funds(
+    account: &str,
+    available: Amount,
+    required: Amount,
+    currency: &str,
+    trace_id: Option<&str>,
+) -> Problem {
+    Problem::new(StatusCode::PAYMENT_REQUIRED, "Insufficient Funds")
+        .type_uri(INSUFFICIENT_FUNDS)
+        .detail(format!(
+            "account {account} has {available} {currency} (minor units) available; \
+             this action requires {required}"
+        ))
+        .maybe_trace_id(trace_id)
+}
+
+/// 400: no account could be extracted from the request.
+pub fn missing_account(trace_id: Option<&str>) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "Missing Account")
+        .type_uri(MISSING_ACCOUNT)
+        .detail("this endpoint is billable and the request names no account to charge")
+        .maybe_trace_id(trace_id)
+}
+
+/// 409: the account exists in another currency than the route charges in.
+pub fn currency_mismatch(
+    account: &str,
+    account_currency: &str,
+    requested: &str,
+    trace_id: Option<&str>,
+) -> Problem {
+    Problem::new(StatusCode::CONFLICT, "Currency Mismatch")
+        .type_uri(CURRENCY_MISMATCH)
+        .detail(format!(
+            "account {account} is kept in {account_currency}; this action charges {requested}"
+        ))
+        .maybe_trace_id(trace_id)
+}
+
+/// 500: the handler reported an actual cost above what was reserved; the reservation was
+/// voided and nothing was charged.
+pub fn cost_exceeds_reservation(
+    reserved: Amount,
+    actual: Amount,
+    trace_id: Option<&str>,
+) -> Problem {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Cost Exceeds Reservation",
+    )
+    .type_uri(COST_EXCEEDS_RESERVATION)
+    .detail(format!(
+        "the handler reported a cost of {actual}, above the {reserved} reserved; \
+             the reservation was voided and nothing was charged"
+    ))
+    .maybe_trace_id(trace_id)
+}
+
+/// 500: the reservation timed out (and was voided) before the response could be kept.
+pub fn reservation_expired(trace_id: Option<&str>) -> Problem {
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Reservation Expired")
+        .type_uri(RESERVATION_EXPIRED)
+        .detail(
+            "the handler finished after the reservation timed out; nothing was charged and \
+             the response was not kept, so a retry with the same key runs again",
+        )
+        .maybe_trace_id(trace_id)
+}
+
+/// 500: the handler panicked or its response body failed; the reservation was voided.
+pub fn handler_failed(what: &str, trace_id: Option<&str>) -> Problem {
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+        .type_uri(HANDLER_FAILED)
+        .detail(format!(
+            "{what}; the reservation was voided and nothing was charged"
+        ))
+        .maybe_trace_id(trace_id)
+}
+
+/// 500: the pricing policy returned a negative amount.
+pub fn invalid_price(amount: Amount, trace_id: Option<&str>) -> Problem {
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Invalid Price")
+        .type_uri(INVALID_PRICE)
+        .detail(format!(
+            "the route's pricing produced {amount}; prices are non-negative minor units"
+        ))
+        .maybe_trace_id(trace_id)
+}
