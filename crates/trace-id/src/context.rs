@@ -33,7 +33,7 @@ impl TraceContext {
     pub fn new(trace_id: impl Into<Arc<str>>) -> Self {
         Self {
             trace_id: trace_id.into(),
-            span_id: new_span_id().into(),
+            span_id: new_span_id(),
             parent_span_id: None,
         }
     }
@@ -71,7 +71,7 @@ impl TraceContext {
     pub fn child(&self) -> Self {
         Self {
             trace_id: Arc::clone(&self.trace_id),
-            span_id: new_span_id().into(),
+            span_id: new_span_id(),
             parent_span_id: Some(Arc::clone(&self.span_id)),
         }
     }
@@ -156,14 +156,17 @@ impl TraceContext {
     }
 }
 
-/// A random, non-zero W3C span id: 16 lowercase hex digits.
-pub(crate) fn new_span_id() -> String {
+/// A random, non-zero W3C span id: 16 lowercase hex digits, in one allocation.
+pub(crate) fn new_span_id() -> Arc<str> {
+    let mut rng = rand::rng();
     loop {
-        let id = rand::RngCore::next_u64(&mut rand::rng());
+        let id = rand::RngCore::next_u64(&mut rng);
         if id != 0 {
-            let mut span = String::with_capacity(16);
-            crate::id::push_hex_u64(&mut span, id);
-            return span;
+            let mut digits = [0u8; 16];
+            for (i, digit) in digits.iter_mut().enumerate() {
+                *digit = crate::id::HEX[((id >> (60 - 4 * i)) & 0xf) as usize];
+            }
+            return Arc::from(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
         }
     }
 }

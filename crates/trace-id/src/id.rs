@@ -147,32 +147,25 @@ fn system_millis() -> u64 {
 const BASE36: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 pub(crate) const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// `base36(millis)-hex16(random)`, built in one allocation of the exact size.
+/// `base36(millis)-hex16(random)`, built on the stack, then one allocation of the exact size.
 pub(crate) fn format_id(millis: u64, random: u64) -> String {
-    // u64::MAX has 13 base36 digits.
-    let mut digits = [0u8; 13];
-    let mut start = digits.len();
+    // u64::MAX has 13 base36 digits; then '-' and 16 hex digits.
+    let mut buf = [0u8; 13 + 1 + 16];
+    let mut start = 13;
     let mut n = millis;
     loop {
         start -= 1;
-        digits[start] = BASE36[(n % 36) as usize];
+        buf[start] = BASE36[(n % 36) as usize];
         n /= 36;
         if n == 0 {
             break;
         }
     }
-    let mut id = String::with_capacity(digits.len() - start + 17);
-    id.extend(digits[start..].iter().map(|&b| char::from(b)));
-    id.push('-');
-    push_hex_u64(&mut id, random);
-    id
-}
-
-/// Appends `value` as 16 lowercase hex digits.
-pub(crate) fn push_hex_u64(out: &mut String, value: u64) {
-    for shift in (0..16).rev() {
-        out.push(char::from(HEX[((value >> (shift * 4)) & 0xf) as usize]));
+    buf[13] = b'-';
+    for (i, digit) in buf[14..].iter_mut().enumerate() {
+        *digit = HEX[((random >> (60 - 4 * i)) & 0xf) as usize];
     }
+    String::from(std::str::from_utf8(&buf[start..]).expect("base36 and hex digits are ASCII"))
 }
 
 #[cfg(test)]
