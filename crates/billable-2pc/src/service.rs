@@ -19,7 +19,7 @@ use dreamnet_idempotency::{
 use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use tower_service::Service;
 
 use crate::{
@@ -30,7 +30,8 @@ use crate::{
 
 /// The billable service: see [`BillableLayer`].
 ///
-/// The inner service receives the buffered request as `Request<Full<Bytes>>`, with a
+/// The request body is buffered (up to the body limit) and handed to the inner service
+/// rebuilt as the same body type (`From<Bytes>`: `Full<Bytes>`, axum's `Body`, ...), with a
 /// [`ReservedAction`] in its extensions.
 pub struct Billable<S, L> {
     inner: S,
@@ -67,11 +68,11 @@ pub type ResponseFuture<B, E> =
 
 impl<S, L, ReqB, ResB> Service<Request<ReqB>> for Billable<S, L>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     L: Ledger,
-    ReqB: Body<Data = Bytes> + Send + 'static,
+    ReqB: Body<Data = Bytes> + From<Bytes> + Send + 'static,
     ReqB::Error: std::fmt::Display + Send,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: std::fmt::Display + Send,
@@ -105,9 +106,9 @@ async fn handle<S, L, ReqB, ResB>(
     request: Request<ReqB>,
 ) -> Result<Response<ResponseBody<ResB>>, S::Error>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResB>>,
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
     L: Ledger,
-    ReqB: Body<Data = Bytes>,
+    ReqB: Body<Data = Bytes> + From<Bytes>,
     ReqB::Error: std::fmt::Display,
     ResB: Body<Data = Bytes>,
     ResB::Error: std::fmt::Display + Send,
@@ -206,7 +207,7 @@ where
         amount: action.amount,
         currency: action.currency.clone(),
     });
-    let outcome = AssertUnwindSafe(inner.call(Request::from_parts(parts, Full::new(body))))
+    let outcome = AssertUnwindSafe(inner.call(Request::from_parts(parts, ReqB::from(body))))
         .catch_unwind()
         .await;
     let response = match outcome {

@@ -19,4 +19,4 @@ async fn memory() -> Option<suite::Fixture> {
     })
 }
 
-ledger_suite!(memory);
+ledger_suite!(memory, proptest_cases = 128);

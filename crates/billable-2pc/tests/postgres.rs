@@ -46,4 +46,4 @@ async fn postgres() -> Option<suite::Fixture> {
     })
 }
 
-ledger_suite!(postgres);
+ledger_suite!(postgres, proptest_cases = 8);
