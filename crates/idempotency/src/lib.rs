@@ -8,6 +8,8 @@ pub mod key;
 mod layer;
 pub mod memory;
 pub mod problems;
+#[cfg(feature = "redis")]
+pub mod redis_store;
 pub mod scope;
 mod service;
 pub mod store;
@@ -19,6 +21,8 @@ pub use layer::{
     IdempotencyLayer, IdempotencyLayerBuilder, DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_TTL,
 };
 pub use memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "redis")]
+pub use redis_store::{RedisStore, RedisStoreBuilder};
 pub use scope::{DefaultScope, ScopeExtractor};
 pub use service::{Idempotency, ResponseFuture, LOG_TARGET};
 pub use store::{

@@ -45,3 +45,9 @@ mod memory {
     use super::*;
     conformance!(Backend::memory);
 }
+
+#[cfg(feature = "redis")]
+mod redis {
+    use super::*;
+    conformance!(Backend::redis);
+}

@@ -61,6 +61,73 @@ impl Backend {
         })
     }
 
+    #[cfg(feature = "redis")]
+    pub async fn redis() -> Option<Self> {
+        use dreamnet_idempotency::RedisStore;
+        let url = dreamnet_common::backends::redis_url();
+        let prefix = format!("{}:", unique("dreamnet-test-idem"));
+        let store = match RedisStore::builder(&url).prefix(&prefix).connect().await {
+            Ok(store) => store,
+            Err(err) => {
+                dreamnet_common::backends::unavailable("redis", &err);
+                return None;
+            }
+        };
+        let replica = RedisStore::builder(&url)
+            .prefix(&prefix)
+            .connect()
+            .await
+            .expect("second connection");
+        let unreachable = RedisStore::builder("redis://127.0.0.1:1")
+            .prefix(&prefix)
+            .connect_lazy()
+            .expect("valid URL");
+        let client = redis::Client::open(url.as_str()).expect("valid URL");
+        let raw = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("raw connection");
+        let keys = store.clone();
+        let corrupt_conn = raw.clone();
+        let corrupt = move |scope: String, key: String| -> BoxFut {
+            let record = keys.record_key(&scope, &key);
+            let mut conn = corrupt_conn.clone();
+            Box::pin(async move {
+                redis::cmd("SET")
+                    .arg(&record)
+                    .arg("not ours")
+                    .arg("PX")
+                    .arg(60_000)
+                    .exec_async(&mut conn)
+                    .await
+                    .expect("SET");
+            })
+        };
+        let mut cleanup_conn = raw;
+        let cleanup = Box::pin(async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query_async(&mut cleanup_conn)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL")
+                    .arg(keys)
+                    .query_async(&mut cleanup_conn)
+                    .await;
+            }
+        });
+        Some(Self {
+            name: "redis",
+            store: Arc::new(store),
+            replica: Arc::new(replica),
+            unreachable: Arc::new(unreachable),
+            clock: None,
+            corrupt: Some(Box::new(corrupt)),
+            cleanup: Some(cleanup),
+        })
+    }
+
     /// Lease used by tests that wait for a lease to end.
     pub fn short_lease(&self) -> Duration {
         if self.clock.is_some() {

@@ -1,0 +1,388 @@
+//! The Redis store (feature `redis`): for several replicas sharing one key space.
+
+use std::{sync::Arc, time::Duration};
+
+use redis::{
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    Script, Value,
+};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    store::{
+        Claim, ClaimRequest, Completion, FencingToken, IdempotencyStore, StoreError, StoreFuture,
+    },
+    CorruptRecord, StoredResponse,
+};
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "dreamnet:";
+
+/// Claims in one atomic step. Time is Redis server time (`TIME`), so replicas with skewed
+/// clocks agree. The record is a hash `{v, state, fp, trace, token, until[, resp]}` with a
+/// `PX` expiry: the lease while in flight, the TTL once completed. A fencing token is the
+/// server time in microseconds, or the previous token + 1 if that is larger, so it grows
+/// across take-overs and across records (a key that expired and is claimed again).
+const CLAIM: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' and kind ~= 'hash' then return {'corrupt', 'not a hash'} end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local token = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if kind == 'hash' then
+  local r = redis.call('HMGET', KEYS[1], 'v', 'state', 'fp', 'trace', 'token', 'until')
+  local old_token, until_ms = tonumber(r[5]), tonumber(r[6])
+  if r[1] ~= '1' or (r[2] ~= 'p' and r[2] ~= 'c') or not r[3] or not old_token or not until_ms then
+    return {'corrupt', 'unexpected fields'}
+  end
+  if r[2] == 'c' or until_ms > now_ms then
+    local trace = r[4] or ''
+    if r[3] ~= ARGV[1] then return {'mismatch', trace} end
+    if r[2] == 'c' then
+      local resp = redis.call('HGET', KEYS[1], 'resp')
+      if not resp then return {'corrupt', 'no response'} end
+      return {'completed', trace, resp}
+    end
+    return {'inflight', trace, until_ms - now_ms}
+  end
+  if old_token >= token then token = old_token + 1 end
+end
+local lease = tonumber(ARGV[3])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', '1', 'state', 'p', 'fp', ARGV[1], 'trace', ARGV[2],
+  'token', string.format('%.0f', token), 'until', string.format('%.0f', now_ms + lease))
+redis.call('PEXPIRE', KEYS[1], lease)
+return {'proceed', string.format('%.0f', token)}
+";
+
+/// Stores the response if the token still holds the key.
+const COMPLETE: &str = r"
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return 0 end
+local r = redis.call('HMGET', KEYS[1], 'state', 'token')
+if r[1] ~= 'p' or r[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'c', 'resp', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// Deletes the record if the token still holds the key.
+const RELEASE: &str = r"
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return 0 end
+local r = redis.call('HMGET', KEYS[1], 'state', 'token')
+if r[1] ~= 'p' or r[2] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+";
+
+/// A Redis [`IdempotencyStore`].
+///
+/// - One Lua script per operation (`EVALSHA`, loaded on first use): a claim, a completion
+///   and a release are one round trip each; a replay is one round trip.
+/// - Redis server time; `PX` expiry (lease while in flight, TTL once completed).
+/// - Keys `<prefix>idem:{<scope>}:<key>`: the hash tag keeps a scope's keys in one Redis
+///   Cluster slot; a scope with characters outside `[A-Za-z0-9._@:-]` (or longer than 128)
+///   is replaced by `sha256:<hex>` so it cannot break the tag.
+/// - Every operation times out (default 2 s), so an unreachable server fails fast (503).
+///
+/// Clones share the connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    op_timeout: Duration,
+    claim: Script,
+    complete: Script,
+    release: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("op_timeout", &self.inner.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RedisStore`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    connection_timeout: Duration,
+    response_timeout: Duration,
+    op_timeout: Duration,
+}
+
+impl RedisStoreBuilder {
+    /// The key prefix (default `dreamnet:`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long a connection attempt may take (default 1 s).
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// How long Redis may take to answer a command (default 1 s).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// The deadline for a whole store operation, reconnecting included (default 2 s).
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// Connects now; fails if Redis cannot be reached.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] for an invalid URL or an unreachable server.
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let store = self.connect_lazy()?;
+        let mut conn = store.inner.conn.clone();
+        let ping = redis::cmd("PING");
+        let ping = ping.query_async::<String>(&mut conn);
+        tokio::time::timeout(store.inner.op_timeout, ping)
+            .await
+            .map_err(|_| StoreError::unavailable("redis: connect timed out"))?
+            .map_err(StoreError::unavailable)?;
+        Ok(store)
+    }
+
+    /// Builds the store without connecting: the first operation connects (and an
+    /// unreachable server then answers 503). Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] for an invalid URL.
+    pub fn connect_lazy(self) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(self.url.as_str()).map_err(StoreError::unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connection_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(StoreError::unavailable)?;
+        Ok(RedisStore::from_parts(conn, self.prefix, self.op_timeout))
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379`) with the defaults.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] for an invalid URL or an unreachable server.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// A builder for `url`.
+    pub fn builder(url: &str) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.to_owned(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            connection_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            op_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// A store on an existing connection manager (prefix `dreamnet:`, 2 s operation timeout).
+    pub fn from_connection_manager(conn: ConnectionManager) -> Self {
+        Self::from_parts(conn, DEFAULT_PREFIX.to_owned(), Duration::from_secs(2))
+    }
+
+    fn from_parts(conn: ConnectionManager, prefix: String, op_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                conn,
+                prefix,
+                op_timeout,
+                claim: Script::new(CLAIM),
+                complete: Script::new(COMPLETE),
+                release: Script::new(RELEASE),
+            }),
+        }
+    }
+
+    /// The Redis key of (scope, key), for operators and tests.
+    pub fn record_key(&self, scope: &str, key: &str) -> String {
+        let safe = (1..=128).contains(&scope.len())
+            && !scope.starts_with("sha256:")
+            && scope.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b':' | b'-')
+            });
+        if safe {
+            format!("{}idem:{{{scope}}}:{key}", self.inner.prefix)
+        } else {
+            let hash = hex::encode(Sha256::digest(scope.as_bytes()));
+            format!("{}idem:{{sha256:{hash}}}:{key}", self.inner.prefix)
+        }
+    }
+
+    async fn run(&self, script: &Script, key: String, args: &[&[u8]]) -> Result<Value, StoreError> {
+        let mut invocation = script.key(key);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut conn = self.inner.conn.clone();
+        match tokio::time::timeout(self.inner.op_timeout, invocation.invoke_async(&mut conn)).await
+        {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(StoreError::unavailable(err)),
+            Err(_) => Err(StoreError::unavailable("redis: operation timed out")),
+        }
+    }
+}
+
+fn millis_arg(d: Duration) -> String {
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+        .to_string()
+}
+
+fn text(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn trace(value: Option<&Value>) -> Option<String> {
+    value
+        .and_then(text)
+        .filter(|t| !t.is_empty())
+        .map(|t| String::from_utf8_lossy(t).into_owned())
+}
+
+fn unexpected() -> StoreError {
+    StoreError::unavailable("redis: unexpected script reply")
+}
+
+fn parse_claim(value: &Value) -> Result<Claim, StoreError> {
+    let Value::Array(items) = value else {
+        return Err(unexpected());
+    };
+    let tag = items.first().and_then(text).ok_or_else(unexpected)?;
+    match tag {
+        b"proceed" => {
+            let token = items
+                .get(1)
+                .and_then(text)
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .and_then(|t| t.parse::<u64>().ok())
+                .ok_or_else(unexpected)?;
+            Ok(Claim::Proceed(FencingToken(token)))
+        }
+        b"inflight" => {
+            let remaining = match items.get(2) {
+                Some(Value::Int(ms)) => u64::try_from(*ms).unwrap_or(0),
+                _ => return Err(unexpected()),
+            };
+            Ok(Claim::InFlight {
+                retry_after: Duration::from_millis(remaining),
+                original_trace_id: trace(items.get(1)),
+            })
+        }
+        b"mismatch" => Ok(Claim::Mismatch {
+            original_trace_id: trace(items.get(1)),
+        }),
+        b"completed" => {
+            let bytes = items.get(2).and_then(text).ok_or_else(unexpected)?;
+            Ok(Claim::Completed {
+                response: StoredResponse::decode(bytes)?,
+                original_trace_id: trace(items.get(1)),
+            })
+        }
+        b"corrupt" => Err(CorruptRecord::new("foreign value under the key").into()),
+        _ => Err(unexpected()),
+    }
+}
+
+fn parse_flag(value: &Value) -> Result<bool, StoreError> {
+    match value {
+        Value::Int(n) => Ok(*n == 1),
+        _ => Err(unexpected()),
+    }
+}
+
+impl IdempotencyStore for RedisStore {
+    fn claim<'a>(&'a self, request: ClaimRequest<'a>) -> StoreFuture<'a, Claim> {
+        Box::pin(async move {
+            let key = self.record_key(request.scope, request.key);
+            let lease = millis_arg(request.lease);
+            let value = self
+                .run(
+                    &self.inner.claim,
+                    key,
+                    &[
+                        request.fingerprint.as_str().as_bytes(),
+                        request.trace_id.unwrap_or("").as_bytes(),
+                        lease.as_bytes(),
+                    ],
+                )
+                .await?;
+            parse_claim(&value)
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        scope: &'a str,
+        key: &'a str,
+        token: FencingToken,
+        response: &'a StoredResponse,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Completion> {
+        Box::pin(async move {
+            let token = token.0.to_string();
+            let ttl = millis_arg(ttl);
+            let encoded = response.encode();
+            let value = self
+                .run(
+                    &self.inner.complete,
+                    self.record_key(scope, key),
+                    &[token.as_bytes(), &encoded, ttl.as_bytes()],
+                )
+                .await?;
+            Ok(if parse_flag(&value)? {
+                Completion::Stored
+            } else {
+                Completion::Superseded
+            })
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        scope: &'a str,
+        key: &'a str,
+        token: FencingToken,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let token = token.0.to_string();
+            let value = self
+                .run(
+                    &self.inner.release,
+                    self.record_key(scope, key),
+                    &[token.as_bytes()],
+                )
+                .await?;
+            parse_flag(&value)
+        })
+    }
+}
