@@ -10,10 +10,11 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use dreamnet_benches::{bare_handler, runtime};
+use dreamnet_common::ManualClock;
 use dreamnet_trace_id::{PropagateTraceLayer, TimestampHex, TraceContext, TraceIdLayer};
 use http::{HeaderValue, Request};
 use http_body_util::Full;
-use std::hint::black_box;
+use std::{hint::black_box, sync::Arc};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -93,6 +94,14 @@ fn generator(c: &mut Criterion) {
     let make = TimestampHex::new();
     c.bench_function("trace_id/generate_id", |b| {
         b.iter(|| black_box(make.generate()));
+    });
+    // The same without the system clock read, to tell the clock's share apart.
+    let fixed = TimestampHex::with_clock(Arc::new(ManualClock::new(1_749_000_000_000)));
+    c.bench_function("trace_id/generate_id/fixed_clock", |b| {
+        b.iter(|| black_box(fixed.generate()));
+    });
+    c.bench_function("trace_id/system_time_now", |b| {
+        b.iter(|| black_box(std::time::SystemTime::now()));
     });
 }
 
