@@ -1,11 +1,63 @@
 //! Two-phase commit for billable actions: reserve, run, store the response, charge.
+//!
+//! [`BillableLayer`] makes a paid endpoint charge exactly once, and only for work that was
+//! done and whose response was kept (TigerBeetle's pending transfers, Stripe's manual
+//! capture, but the hold is taken *before* the handler runs):
+//!
+//! 1. an `Idempotency-Key` is required (400 without one); the key, scoped per client, is
+//!    recorded with the request fingerprint by [`Ledger::reserve`], which atomically holds the
+//!    price on the account, or answers 402 when the account's available credit is short;
+//! 2. the handler runs (it finds a [`ReservedAction`] in the request extensions);
+//! 3. on 2xx its response is stored with the action ([`Ledger::confirm`], state `confirmed`)
+//!    and the charge posted ([`Ledger::charge`], state `charged`); a non-2xx, an error or a
+//!    panic voids the hold (state `failed`) and charges nothing;
+//! 4. the same key again replays the stored response and charges nothing; while the first is
+//!    running it is 409, with another payload 422.
+//!
+//! [`recover`] (at start-up) and a [`Sweeper`] (in the background) void reservations left
+//! pending past their timeout by a crash, and post charges left unposted after the response
+//! was stored. [`BillableApi`] serves stats, action status and accounts.
+//!
+//! ```
+//! use dreamnet_billable::{BillableLayer, Ledger, MemoryLedger};
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use std::sync::Arc;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let ledger = Arc::new(MemoryLedger::new());
+//! ledger.add_credit("acct-1", 1_000, "USD").await.unwrap();
+//! let mint = ServiceBuilder::new()
+//!     .layer(BillableLayer::with_shared_ledger(ledger.clone(), "mint-dream", 250))
+//!     .service_fn(|_req: Request<Full<Bytes>>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("minted"))))
+//!     });
+//! let request = || {
+//!     Request::post("/api/mint-dream")
+//!         .header("x-account-id", "acct-1")
+//!         .header("idempotency-key", "order-42")
+//!         .body(Full::new(Bytes::from("{}")))
+//!         .unwrap()
+//! };
+//! assert_eq!(mint.clone().oneshot(request()).await.unwrap().status(), 200);
+//! let replay = mint.oneshot(request()).await.unwrap();
+//! assert_eq!(replay.headers()["idempotent-replayed"], "true");
+//! let account = ledger.account("acct-1").await.unwrap().unwrap();
+//! assert_eq!((account.charged, account.available()), (250, Some(750)));
+//! # });
+//! ```
 
+pub mod api;
 mod layer;
 pub mod ledger;
 pub mod problems;
 mod recovery;
 mod service;
+mod time;
 
+pub use api::{AllowAll, Authorize, BillableApi, StatsView};
 pub use layer::{
     AccountExtractor, AccountHeader, ActualCost, BillableLayer, FixedPrice, Pricing,
     ReservedAction, ACCOUNT_ID_HEADER, DEFAULT_BODY_LIMIT, DEFAULT_RESERVATION_TIMEOUT,
