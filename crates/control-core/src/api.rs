@@ -1,0 +1,578 @@
+//! [`ControlApi`]: the control HTTP API (`/api/control...`) as a tower service.
+//!
+//! | method, path (relative to the mount point) | body | success |
+//! |---|---|---|
+//! | `GET /` | | 200 [`ControlView`](crate::ControlView) |
+//! | `GET /kill-switch` | | 200 [`KillSwitchView`](crate::KillSwitchView) |
+//! | `POST /kill-switch/enable` | `{reason, disabledBy?, ttlSeconds?}` (reason required) | 200 kill switch |
+//! | `POST /kill-switch/disable` | `{reason?, disabledBy?}` or empty | 200 kill switch |
+//! | `GET /cluster/{id}` | | 200 [`ClusterView`](crate::ClusterView) |
+//! | `POST /cluster/{id}/disable` | `{reason, disabledBy?, ttlSeconds?}` (reason required) | 200 cluster |
+//! | `POST /cluster/{id}/enable` | `{reason?, disabledBy?}` or empty | 200 cluster |
+//! | `GET /cluster/{id}/rate-limit` | | 200 [`RateLimitView`](crate::RateLimitView) |
+//! | `POST /cluster/{id}/rate-limit` | `{requestsPerMinute?, requestsPerHour?, requestsPerDay?, requestsPerSecond?, enabled?, windows?, reason?, disabledBy?}` | 200 rate limit |
+//! | `GET /cluster/{id}/circuit-breaker` | | 200 [`BreakerView`](crate::BreakerView) |
+//! | `POST /cluster/{id}/circuit-breaker/trip` / `reset` | `{reason?, disabledBy?}` or empty | 200 breaker |
+//! | `GET /audit?limit=100&cluster=id` | | 200 `{"entries": [...]}` newest first |
+//! | `GET /metrics` | | 200 [`MetricsSnapshot`](crate::MetricsSnapshot) |
+//!
+//! Errors are problem+json: 400 (malformed JSON, wrong types, negative or non-integer
+//! limits, unknown fields, missing reason), 404 (unknown path or cluster), 405 (wrong
+//! method, with `Allow`), 413 (body over 64 KiB), 503 (store unreachable; nothing changed),
+//! and whatever the [`Authorize`] hook answers (e.g. 401). A refused request changes nothing.
+
+// A `Problem` is the response we answer with; boxing it would buy nothing on these cold paths.
+#![allow(clippy::result_large_err)]
+
+use std::{
+    convert::Infallible, fmt, future::Future, pin::Pin, sync::Arc, task::Context, task::Poll,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{header, request::Parts, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::Full;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tower_service::Service;
+
+use crate::{
+    config::WindowConfig,
+    plane::{ControlError, ControlPlane, RateLimitUpdate},
+    store::memory::AUDIT_CAPACITY,
+};
+use dreamnet_common::{body::buffer_limited, body::BufferError, Problem};
+use dreamnet_trace_id::TraceContext;
+
+/// Largest accepted request body.
+const BODY_LIMIT: usize = 64 * 1024;
+/// Longest accepted `ttlSeconds` (one year).
+const MAX_TTL_SECONDS: u64 = 366 * 86_400;
+
+/// Decides whether a request may use the control API. The server owns authentication;
+/// this hook makes it one line.
+pub trait Authorize: Send + Sync + 'static {
+    /// `Ok(())` to proceed, or the problem to answer with (e.g. 401).
+    ///
+    /// # Errors
+    /// The rejection.
+    fn authorize(&self, parts: &Parts) -> Result<(), Problem>;
+}
+
+impl<F> Authorize for F
+where
+    F: Fn(&Parts) -> Result<(), Problem> + Send + Sync + 'static,
+{
+    fn authorize(&self, parts: &Parts) -> Result<(), Problem> {
+        self(parts)
+    }
+}
+
+/// Lets every request through (the default: mount the API behind your own auth layer).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl Authorize for AllowAll {
+    fn authorize(&self, _parts: &Parts) -> Result<(), Problem> {
+        Ok(())
+    }
+}
+
+/// `Authorization: Bearer <token>`, compared in constant time; otherwise 401 with
+/// `WWW-Authenticate: Bearer`.
+#[derive(Clone)]
+pub struct BearerToken {
+    token: Arc<[u8]>,
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+impl BearerToken {
+    /// Accepts this token.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self {
+            token: Arc::from(token.into().into_bytes()),
+        }
+    }
+}
+
+impl Authorize for BearerToken {
+    fn authorize(&self, parts: &Parts) -> Result<(), Problem> {
+        use subtle::ConstantTimeEq;
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        match given {
+            Some(given) if !self.token.is_empty() && bool::from(given.ct_eq(&self.token)) => Ok(()),
+            _ => Err(Problem::new(StatusCode::UNAUTHORIZED, "Unauthorized")
+                .detail("a valid admin bearer token is required")
+                .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
+        }
+    }
+}
+
+/// The control HTTP API as a tower service (see the module docs for the routes).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use dreamnet_control_core::{BearerToken, ControlApi, ControlPlane};
+/// use tower::ServiceExt;
+/// # use http_body_util::Full; use bytes::Bytes;
+///
+/// let plane = ControlPlane::builder().build();
+/// let api = ControlApi::new(plane)
+///     .strip_prefix("/api/control")
+///     .authorize(BearerToken::new("s3cret"));
+/// let request = http::Request::get("/api/control/kill-switch")
+///     .header("authorization", "Bearer s3cret")
+///     .body(Full::<Bytes>::default())
+///     .unwrap();
+/// let response = api.oneshot(request).await.unwrap();
+/// assert_eq!(response.status(), 200);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ControlApi {
+    plane: ControlPlane,
+    prefix: Option<Arc<str>>,
+    authorizer: Arc<dyn Authorize>,
+}
+
+impl fmt::Debug for ControlApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlApi")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlApi {
+    /// The API over `plane`, routing on the whole path, letting every request through.
+    pub fn new(plane: ControlPlane) -> Self {
+        Self {
+            plane,
+            prefix: None,
+            authorizer: Arc::new(AllowAll),
+        }
+    }
+
+    /// Routes on the path after `prefix` (e.g. `/api/control`); other paths are 404.
+    #[must_use]
+    pub fn strip_prefix(mut self, prefix: &str) -> Self {
+        let prefix = prefix.trim_end_matches('/');
+        self.prefix = (!prefix.is_empty()).then(|| Arc::from(prefix));
+        self
+    }
+
+    /// Checks every request with `authorizer` before anything else.
+    #[must_use]
+    pub fn authorize(mut self, authorizer: impl Authorize) -> Self {
+        self.authorizer = Arc::new(authorizer);
+        self
+    }
+
+    /// Answers one request.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: fmt::Display,
+    {
+        let (parts, body) = req.into_parts();
+        let trace_id = parts
+            .extensions
+            .get::<TraceContext>()
+            .map(|t| t.trace_id().to_owned());
+        let result = match self.authorizer.authorize(&parts) {
+            Err(problem) => Err(problem),
+            Ok(()) => self.route(&parts, body).await,
+        };
+        match result {
+            Ok(response) => response,
+            Err(problem) => problem.maybe_trace_id(trace_id).into_response(),
+        }
+    }
+
+    async fn route<B>(&self, parts: &Parts, body: B) -> Result<Response<Full<Bytes>>, Problem>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: fmt::Display,
+    {
+        let path = parts.uri.path();
+        let path = match &self.prefix {
+            None => path,
+            Some(prefix) => match path.strip_prefix(&**prefix) {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+                _ => return Err(not_found("no such control endpoint")),
+            },
+        };
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let method = &parts.method;
+        let plane = &self.plane;
+        match segments.as_slice() {
+            [] => {
+                allow(method, &Method::GET)?;
+                ok(&plane.overview().await)
+            }
+            ["kill-switch"] => {
+                allow(method, &Method::GET)?;
+                ok(&plane.kill_switch())
+            }
+            ["kill-switch", "enable"] => {
+                allow(method, &Method::POST)?;
+                let b: SwitchBody = parse(parts, body, false).await?;
+                let view = plane
+                    .engage_kill_switch(&b.reason()?, b.actor(), b.ttl()?)
+                    .await
+                    .map_err(problem)?;
+                ok(&view)
+            }
+            ["kill-switch", "disable"] => {
+                allow(method, &Method::POST)?;
+                let b: NoteBody = parse(parts, body, true).await?;
+                let view = plane
+                    .release_kill_switch(b.reason.as_deref(), b.actor())
+                    .await
+                    .map_err(problem)?;
+                ok(&view)
+            }
+            ["audit"] => {
+                allow(method, &Method::GET)?;
+                let query = AuditQuery::parse(parts.uri.query())?;
+                let mut entries = plane
+                    .audit(if query.cluster.is_some() {
+                        AUDIT_CAPACITY
+                    } else {
+                        query.limit
+                    })
+                    .await
+                    .map_err(problem)?;
+                if let Some(cluster) = &query.cluster {
+                    entries.retain(|e| e.cluster.as_deref() == Some(cluster.as_str()));
+                    entries.truncate(query.limit);
+                }
+                ok(&serde_json::json!({ "entries": entries }))
+            }
+            ["metrics"] => {
+                allow(method, &Method::GET)?;
+                ok(&plane.metrics())
+            }
+            ["cluster", id, rest @ ..] => self.cluster_route(parts, body, id, rest).await,
+            _ => Err(not_found("no such control endpoint")),
+        }
+    }
+
+    async fn cluster_route<B>(
+        &self,
+        parts: &Parts,
+        body: B,
+        id: &str,
+        rest: &[&str],
+    ) -> Result<Response<Full<Bytes>>, Problem>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: fmt::Display,
+    {
+        let known = matches!(
+            rest,
+            [] | ["enable" | "disable" | "rate-limit" | "circuit-breaker"]
+                | ["circuit-breaker", "trip" | "reset"]
+        );
+        if !known {
+            return Err(not_found("no such control endpoint"));
+        }
+        let plane = &self.plane;
+        if !plane.has_cluster(id) {
+            return Err(not_found(&format!("unknown cluster {id:?}")));
+        }
+        let method = &parts.method;
+        match rest {
+            [] => {
+                allow(method, &Method::GET)?;
+                let mut view = plane.cluster(id).ok_or_else(|| unknown(id))?;
+                view.usage.windows = plane.usage(id).await.unwrap_or_default();
+                ok(&view)
+            }
+            ["disable"] => {
+                allow(method, &Method::POST)?;
+                let b: SwitchBody = parse(parts, body, false).await?;
+                let view = plane
+                    .disable_cluster(id, &b.reason()?, b.actor(), b.ttl()?)
+                    .await
+                    .map_err(problem)?;
+                ok(&view)
+            }
+            ["enable"] => {
+                allow(method, &Method::POST)?;
+                let b: NoteBody = parse(parts, body, true).await?;
+                let view = plane
+                    .enable_cluster(id, b.reason.as_deref(), b.actor())
+                    .await
+                    .map_err(problem)?;
+                ok(&view)
+            }
+            ["rate-limit"] => {
+                if method == Method::GET {
+                    return ok(&plane.rate_limit(id).ok_or_else(|| unknown(id))?);
+                }
+                allow_any(method, &[Method::GET, Method::POST])?;
+                let b: RateLimitBody = parse(parts, body, false).await?;
+                let (update, reason, actor) = b.into_update()?;
+                let view = plane
+                    .set_rate_limit(id, &update, &actor, reason.as_deref())
+                    .await
+                    .map_err(problem)?;
+                ok(&view)
+            }
+            ["circuit-breaker"] => {
+                allow(method, &Method::GET)?;
+                ok(&plane.breaker(id).ok_or_else(|| unknown(id))?)
+            }
+            ["circuit-breaker", action] => {
+                allow(method, &Method::POST)?;
+                let b: NoteBody = parse(parts, body, true).await?;
+                let view = if *action == "trip" {
+                    plane.trip_breaker(id, b.reason.as_deref(), b.actor()).await
+                } else {
+                    plane
+                        .reset_breaker(id, b.reason.as_deref(), b.actor())
+                        .await
+                };
+                ok(&view.map_err(problem)?)
+            }
+            _ => Err(not_found("no such control endpoint")),
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for ControlApi
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: fmt::Display,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let api = self.clone();
+        Box::pin(async move { Ok(api.handle(req).await) })
+    }
+}
+
+/// `{reason, disabledBy, ttlSeconds}`: engaging a switch.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SwitchBody {
+    reason: Option<String>,
+    disabled_by: Option<String>,
+    ttl_seconds: Option<u64>,
+}
+
+impl SwitchBody {
+    fn reason(&self) -> Result<String, Problem> {
+        match self.reason.as_deref().map(str::trim) {
+            Some(r) if !r.is_empty() => Ok(r.to_owned()),
+            _ => Err(bad_request("a non-empty \"reason\" is required")),
+        }
+    }
+
+    fn actor(&self) -> &str {
+        actor(self.disabled_by.as_deref())
+    }
+
+    fn ttl(&self) -> Result<Option<Duration>, Problem> {
+        match self.ttl_seconds {
+            None => Ok(None),
+            Some(s) if (1..=MAX_TTL_SECONDS).contains(&s) => Ok(Some(Duration::from_secs(s))),
+            Some(_) => Err(bad_request(&format!(
+                "\"ttlSeconds\" must be an integer in 1..={MAX_TTL_SECONDS}"
+            ))),
+        }
+    }
+}
+
+/// `{reason?, disabledBy?}`: releasing a switch, breaker actions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NoteBody {
+    reason: Option<String>,
+    disabled_by: Option<String>,
+}
+
+impl NoteBody {
+    fn actor(&self) -> &str {
+        actor(self.disabled_by.as_deref())
+    }
+}
+
+fn actor(given: Option<&str>) -> &str {
+    given
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("api")
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RateLimitBody {
+    requests_per_second: Option<u64>,
+    requests_per_minute: Option<u64>,
+    requests_per_hour: Option<u64>,
+    requests_per_day: Option<u64>,
+    enabled: Option<bool>,
+    windows: Option<Vec<WindowConfig>>,
+    reason: Option<String>,
+    disabled_by: Option<String>,
+}
+
+impl RateLimitBody {
+    fn into_update(self) -> Result<(RateLimitUpdate, Option<String>, String), Problem> {
+        let update = RateLimitUpdate {
+            requests_per_second: self.requests_per_second,
+            requests_per_minute: self.requests_per_minute,
+            requests_per_hour: self.requests_per_hour,
+            requests_per_day: self.requests_per_day,
+            enabled: self.enabled,
+            windows: self.windows,
+        };
+        if update == RateLimitUpdate::default() {
+            return Err(bad_request(
+                "nothing to change: give requestsPerMinute, requestsPerHour, requestsPerDay, enabled or windows",
+            ));
+        }
+        let actor = actor(self.disabled_by.as_deref()).to_owned();
+        Ok((update, self.reason, actor))
+    }
+}
+
+struct AuditQuery {
+    limit: usize,
+    cluster: Option<String>,
+}
+
+impl AuditQuery {
+    fn parse(query: Option<&str>) -> Result<Self, Problem> {
+        let mut out = Self {
+            limit: 100,
+            cluster: None,
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "limit" => {
+                    out.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=AUDIT_CAPACITY).contains(n))
+                        .ok_or_else(|| {
+                            bad_request(&format!(
+                                "\"limit\" must be an integer in 1..={AUDIT_CAPACITY}"
+                            ))
+                        })?;
+                }
+                "cluster" => out.cluster = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+async fn parse<T, B>(parts: &Parts, body: B, empty_ok: bool) -> Result<T, Problem>
+where
+    T: DeserializeOwned + Default,
+    B: Body<Data = Bytes>,
+    B::Error: fmt::Display,
+{
+    let bytes = buffer_limited(&parts.headers, body, BODY_LIMIT)
+        .await
+        .map_err(|e| match e {
+            BufferError::TooLarge { limit } => {
+                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large")
+                    .detail(format!("the request body is larger than {limit} bytes"))
+            }
+            BufferError::Body(e) => {
+                bad_request(&format!("the request body could not be read: {e}"))
+            }
+        })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        if empty_ok {
+            return Ok(T::default());
+        }
+        return Err(bad_request("a JSON body is required"));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))
+}
+
+fn ok<T: Serialize>(value: &T) -> Result<Response<Full<Bytes>>, Problem> {
+    let body = serde_json::to_vec(value).map_err(|e| {
+        Problem::from_status(StatusCode::INTERNAL_SERVER_ERROR).detail(e.to_string())
+    })?;
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+fn allow(method: &Method, allowed: &Method) -> Result<(), Problem> {
+    allow_any(method, std::slice::from_ref(allowed))
+}
+
+fn allow_any(method: &Method, allowed: &[Method]) -> Result<(), Problem> {
+    if allowed.contains(method) {
+        return Ok(());
+    }
+    let list = allowed
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(
+        Problem::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+            .detail(format!("use {list}"))
+            .header(
+                header::ALLOW,
+                HeaderValue::try_from(list).unwrap_or_else(|_| HeaderValue::from_static("GET")),
+            ),
+    )
+}
+
+fn bad_request(detail: &str) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "Bad Request").detail(detail)
+}
+
+fn not_found(detail: &str) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "Not Found").detail(detail)
+}
+
+fn unknown(id: &str) -> Problem {
+    not_found(&format!("unknown cluster {id:?}"))
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(problem)`
+fn problem(error: ControlError) -> Problem {
+    match &error {
+        ControlError::UnknownCluster(id) => unknown(id),
+        ControlError::Invalid(detail) => bad_request(detail),
+        ControlError::Store(_) | ControlError::Contended => {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+                .detail(format!("{error}; nothing was changed"))
+                .retry_after_millis(1000)
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! The Redis store (feature `redis`): shared control state and rate-limit counters.
+//!
+//! Keys (prefix default `dreamnet:`; the hash tag keeps each script on one cluster slot):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `{prefix}ctl:{state}:version` | string | state version, +1 per change |
+//! | `{prefix}ctl:{state}:doc` | string | the [`ControlState`] as JSON |
+//! | `{prefix}ctl:{state}:audit` | list | audit entries as JSON, newest first, capped |
+//! | `{prefix}ctl:{<cluster>}:epoch` | string | bumped after every change, read by the rate-limit script |
+//! | `{prefix}ctl:{<cluster>}:rl:<window>:<seconds>` | hash `s`, `c` | window start (ms) and count; expires after the window |
+//!
+//! One admission decision is one `EVALSHA` of [`TAKE_SCRIPT`]: it reads Redis server time,
+//! checks every window, takes one unit from each only if all admit, and returns the
+//! cluster's epoch so the plane notices a change made elsewhere in the same round trip.
+
+use std::{sync::Arc, time::Duration};
+
+use redis::{aio::ConnectionManager, AsyncCommands, Client, Script};
+
+use super::{BoxFuture, ControlStore, StoreError};
+use crate::{
+    config::WindowConfig,
+    state::{AuditEntry, ControlState, Versioned},
+    store::memory::AUDIT_CAPACITY,
+    window::{window_millis, Taken},
+};
+
+/// The rate-limit script: a mirror of [`crate::window::decide`] on Redis server time.
+///
+/// `KEYS[1]` the cluster's epoch key, `KEYS[2..]` one counter per window; `ARGV` is
+/// `limit, window_ms` per window. Returns `{admitted, now_ms, epoch, count...}`.
+pub const TAKE_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #KEYS - 1
+local starts, counts = {}, {}
+local admitted = 1
+for i = 1, n do
+  local limit = tonumber(ARGV[2 * i - 1])
+  local len = tonumber(ARGV[2 * i])
+  local start = now - (now % len)
+  local slot = redis.call('HMGET', KEYS[i + 1], 's', 'c')
+  local count = 0
+  if tonumber(slot[1]) == start then count = tonumber(slot[2]) or 0 end
+  starts[i] = start
+  counts[i] = count
+  if count >= limit then admitted = 0 end
+end
+if admitted == 1 then
+  for i = 1, n do
+    counts[i] = counts[i] + 1
+    redis.call('HSET', KEYS[i + 1], 's', starts[i], 'c', counts[i])
+    redis.call('PEXPIREAT', KEYS[i + 1], starts[i] + tonumber(ARGV[2 * i]) + 60000)
+  end
+end
+local epoch = tonumber(redis.call('GET', KEYS[1]) or '0')
+local out = {admitted, now, epoch}
+for i = 1, n do out[#out + 1] = counts[i] end
+return out
+";
+
+/// The state compare-and-swap: `KEYS` version, doc, audit; `ARGV` expected version, the
+/// state JSON, the audit entry JSON, the audit capacity. Returns the new version or -1.
+const CAS_SCRIPT: &str = r"
+local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+if v ~= tonumber(ARGV[1]) then return -1 end
+v = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('LPUSH', KEYS[3], ARGV[3])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
+return v
+";
+
+/// Control state and counters in Redis, shared by every replica using the same prefix.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    timeout: Duration,
+    take: Arc<Script>,
+    cas: Arc<Script>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: &redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// Connects now (and fails if Redis cannot be reached). Must run inside tokio.
+    ///
+    /// # Errors
+    /// A bad URL or an unreachable server.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let store = Self::lazy(url)?;
+        let mut conn = store.conn.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(store.timeout * 2, ping).await {
+            Ok(Ok(_)) => Ok(store),
+            Ok(Err(e)) => Err(unavailable(&e)),
+            Err(_) => Err(StoreError::Unavailable("connect timed out".to_owned())),
+        }
+    }
+
+    /// A store that connects on first use and reconnects by itself, so a plane can start
+    /// (from its configuration) while Redis is down. Must be called inside tokio.
+    ///
+    /// # Errors
+    /// A bad URL.
+    pub fn lazy(url: &str) -> Result<Self, StoreError> {
+        let client = Client::open(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let timeout = Duration::from_millis(500);
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| unavailable(&e))?;
+        Ok(Self::from_manager(conn))
+    }
+
+    /// Uses an existing connection manager.
+    pub fn from_manager(conn: ConnectionManager) -> Self {
+        Self {
+            conn,
+            prefix: Arc::from("dreamnet:"),
+            timeout: Duration::from_millis(500),
+            take: Arc::new(Script::new(TAKE_SCRIPT)),
+            cas: Arc::new(Script::new(CAS_SCRIPT)),
+        }
+    }
+
+    /// Sets the key prefix (default `dreamnet:`). Replicas sharing state use the same one.
+    ///
+    /// # Panics
+    /// When the prefix contains `{` or `}` (it would change the keys' hash tags).
+    #[must_use]
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        assert!(
+            !prefix.contains(['{', '}']),
+            "a Redis key prefix must not contain braces"
+        );
+        self.prefix = Arc::from(prefix);
+        self
+    }
+
+    /// Sets the time limit of one store operation (default 500 ms); past it the plane
+    /// treats Redis as unreachable.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Deletes every key under this store's prefix (tests, or a full reset).
+    ///
+    /// # Errors
+    /// An unreachable server.
+    pub async fn purge(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}ctl:*", self.prefix);
+        let keys: Vec<String> = {
+            let mut iter = conn
+                .scan_match::<_, String>(&pattern)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let mut keys = Vec::new();
+            while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
+                keys.push(key.map_err(|e| unavailable(&e))?);
+            }
+            keys
+        };
+        let mut deleted = 0;
+        for key in keys {
+            deleted += conn.del::<_, u64>(key).await.map_err(|e| unavailable(&e))?;
+        }
+        Ok(deleted)
+    }
+
+    fn state_key(&self, what: &str) -> String {
+        format!("{}ctl:{{state}}:{what}", self.prefix)
+    }
+
+    fn epoch_key(&self, cluster: &str) -> String {
+        format!("{}ctl:{{{cluster}}}:epoch", self.prefix)
+    }
+
+    fn counter_key(&self, cluster: &str, window: &WindowConfig) -> String {
+        format!(
+            "{}ctl:{{{cluster}}}:rl:{}:{}",
+            self.prefix, window.name, window.seconds
+        )
+    }
+
+    async fn timed<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, redis::RedisError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(result) => result.map_err(|e| unavailable(&e)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+impl ControlStore for RedisStore {
+    fn take<'a>(
+        &'a self,
+        cluster: &'a str,
+        windows: &'a [WindowConfig],
+        _now_millis: u64,
+    ) -> BoxFuture<'a, Result<Taken, StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.take.key(self.epoch_key(cluster));
+            for window in windows {
+                invocation
+                    .key(self.counter_key(cluster, window))
+                    .arg(window.limit)
+                    .arg(window_millis(window));
+            }
+            let mut conn = self.conn.clone();
+            let reply: Vec<i64> = self.timed(invocation.invoke_async(&mut conn)).await?;
+            if reply.len() != 3 + windows.len() {
+                return Err(corrupt("rate-limit script answered the wrong shape"));
+            }
+            let num = |v: i64| u64::try_from(v).map_err(|_| corrupt("negative counter"));
+            Ok(Taken {
+                admitted: reply[0] == 1,
+                now_millis: num(reply[1])?,
+                epoch: Some(num(reply[2])?),
+                counts: reply[3..]
+                    .iter()
+                    .map(|&c| num(c))
+                    .collect::<Result<_, _>>()?,
+            })
+        })
+    }
+
+    fn load(&self) -> BoxFuture<'_, Result<Option<Versioned>, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let keys = [self.state_key("version"), self.state_key("doc")];
+            let (version, doc): (Option<u64>, Option<String>) =
+                self.timed(conn.mget(&keys)).await?;
+            match (version.unwrap_or(0), doc) {
+                (0, _) => Ok(None),
+                (_, None) => Err(corrupt("state version without a document")),
+                (version, Some(doc)) => {
+                    let state: ControlState = serde_json::from_str(&doc).map_err(corrupt)?;
+                    Ok(Some(Versioned { version, state }))
+                }
+            }
+        })
+    }
+
+    fn version(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let version: Option<u64> = self.timed(conn.get(self.state_key("version"))).await?;
+            Ok(version.unwrap_or(0))
+        })
+    }
+
+    fn compare_and_swap<'a>(
+        &'a self,
+        expected: u64,
+        state: &'a ControlState,
+        audit: &'a AuditEntry,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let doc = serde_json::to_string(state).map_err(corrupt)?;
+            let mut entry = audit.clone();
+            entry.version = expected + 1;
+            let entry = serde_json::to_string(&entry).map_err(corrupt)?;
+            let mut conn = self.conn.clone();
+            let mut invocation = self.cas.key(self.state_key("version"));
+            invocation
+                .key(self.state_key("doc"))
+                .key(self.state_key("audit"))
+                .arg(expected)
+                .arg(doc)
+                .arg(entry)
+                .arg(AUDIT_CAPACITY);
+            let version: i64 = self.timed(invocation.invoke_async(&mut conn)).await?;
+            Ok(u64::try_from(version).ok())
+        })
+    }
+
+    fn audit(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
+        Box::pin(async move {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let mut conn = self.conn.clone();
+            let stop = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
+            let raw: Vec<String> = self
+                .timed(conn.lrange(self.state_key("audit"), 0, stop))
+                .await?;
+            raw.iter()
+                .map(|s| serde_json::from_str(s).map_err(corrupt))
+                .collect()
+        })
+    }
+
+    fn notify<'a>(&'a self, clusters: &'a [String]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            for cluster in clusters {
+                pipe.incr(self.epoch_key(cluster), 1).ignore();
+            }
+            let mut conn = self.conn.clone();
+            self.timed(pipe.query_async::<()>(&mut conn)).await
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A unique key prefix per test, so parallel runs never collide.
+    pub(crate) fn unique_prefix() -> String {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!(
+            "dreamnet-test:{}:{nanos:x}:{}:",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A store on the test Redis with a fresh prefix, or `None` (after a loud skip notice).
+    pub(crate) async fn store() -> Option<Arc<RedisStore>> {
+        let url = dreamnet_common::backends::redis_url();
+        match RedisStore::connect(&url).await {
+            Ok(store) => Some(Arc::new(store.prefix(&unique_prefix()))),
+            Err(e) => {
+                dreamnet_common::backends::unavailable("redis", &e);
+                None
+            }
+        }
+    }
+
+    crate::store::conformance::conformance_tests!(store(), |s: Arc<RedisStore>| async move {
+        s.purge().await.unwrap();
+    });
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn windows_roll_over_on_server_time() {
+        let Some(store) = store().await else { return };
+        let windows = [WindowConfig::new("second", 1, 1)];
+        assert!(store.take("c", &windows, 0).await.unwrap().admitted);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let taken = store.take("c", &windows, 0).await.unwrap();
+            if taken.admitted {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the 1 s window never rolled over"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store.purge().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_is_an_error_fast() {
+        let store = RedisStore::lazy("redis://127.0.0.1:1").unwrap();
+        let started = std::time::Instant::now();
+        let err = store
+            .take("c", &[WindowConfig::new("w", 1, 60)], 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(store.load().await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+}
