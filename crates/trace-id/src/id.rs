@@ -283,4 +283,25 @@ mod tests {
         }
         assert_eq!(seen.len(), 2 * PER_THREAD);
     }
+
+    proptest::proptest! {
+        /// The validator is exactly the allow-list `^[A-Za-z0-9._-]{1,128}$`.
+        #[test]
+        fn validator_matches_the_allow_list(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let expected = (1..=128).contains(&bytes.len())
+                && bytes.iter().all(|b| b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-".contains(b));
+            proptest::prop_assert_eq!(is_valid_trace_id_bytes(&bytes), expected);
+        }
+
+        /// Any timestamp and random part give a valid id that decodes back.
+        #[test]
+        fn ids_round_trip(millis in proptest::num::u64::ANY, random in proptest::num::u64::ANY) {
+            let id = format_id(millis, random);
+            proptest::prop_assert!(is_valid_trace_id(&id));
+            let (m, r) = id.split_once('-').unwrap();
+            proptest::prop_assert_eq!(u64::from_str_radix(m, 36).unwrap(), millis);
+            proptest::prop_assert_eq!(u64::from_str_radix(r, 16).unwrap(), random);
+            proptest::prop_assert_eq!(r.len(), 16);
+        }
+    }
 }

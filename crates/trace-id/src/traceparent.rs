@@ -299,4 +299,45 @@ mod tests {
             assert!(is_lower_hex(&span) && !is_all_zero(&span));
         }
     }
+
+    proptest::proptest! {
+        /// Well-formed parts parse back to themselves; all-zero ids never parse.
+        #[test]
+        fn parse_accepts_exactly_the_valid_form(
+            trace in "[0-9a-f]{32}",
+            parent in "[0-9a-f]{16}",
+            flags in "[0-9a-f]{2}",
+        ) {
+            let value = tp("00", &trace, &parent, &flags);
+            let parsed = Traceparent::parse(&value);
+            if is_all_zero(&trace) || is_all_zero(&parent) {
+                proptest::prop_assert!(parsed.is_none());
+            } else {
+                let parsed = parsed.unwrap();
+                proptest::prop_assert_eq!(parsed.trace_id(), trace.as_str());
+                proptest::prop_assert_eq!(parsed.parent_id(), parent.as_str());
+                proptest::prop_assert_eq!(format!("{:02x}", parsed.flags()), flags);
+            }
+        }
+
+        /// Arbitrary strings never panic the parser, and what parses is well-formed.
+        #[test]
+        fn parse_never_panics(
+            value in proptest::prop_oneof!["\\PC{0,80}", "00-\\PC{32}-\\PC{16}-\\PC{2}", "00-[0-9a-fA-F\\-é]{32}-[0-9a-f]{14}é"],
+        ) {
+            if let Some(parsed) = Traceparent::parse(&value) {
+                proptest::prop_assert_eq!(value.len(), 55);
+                proptest::prop_assert!(value.starts_with("00-"));
+                proptest::prop_assert!(is_lower_hex(parsed.trace_id()) && !is_all_zero(parsed.trace_id()));
+            }
+        }
+
+        /// The W3C mapping of any valid trace id is a valid W3C trace id.
+        #[test]
+        fn w3c_mapping_always_valid(id in "[A-Za-z0-9._-]{1,128}") {
+            let w3c = w3c_trace_id(&id);
+            proptest::prop_assert_eq!(w3c.len(), 32);
+            proptest::prop_assert!(is_lower_hex(&w3c) && !is_all_zero(&w3c));
+        }
+    }
 }

@@ -529,3 +529,32 @@ impl TraceIdLayer {
         tower_layer::Layer::layer(self, inner)
     }
 }
+
+use proptest::strategy::Strategy as _;
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+
+    /// Whatever bytes a client sends as X-Trace-Id (and traceparent), the response carries a
+    /// valid trace id, and it is the client's value exactly when that value is valid.
+    #[test]
+    fn any_incoming_header_gives_a_valid_response_id(
+        raw in proptest::prop_oneof![
+            proptest::collection::vec(0x20u8..=0xff, 0..300),
+            "[A-Za-z0-9._-]{0,140}".prop_map(String::into_bytes),
+            "[ -~]{0,140}".prop_map(String::into_bytes),
+        ],
+        tp in "\\PC{0,60}",
+    ) {
+        let Ok(incoming) = HeaderValue::from_bytes(&raw) else { return Ok(()) };
+        let mut headers = vec![("x-trace-id", incoming.clone())];
+        if let Ok(tp) = HeaderValue::from_str(&tp) {
+            headers.push(("traceparent", tp));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let response = runtime.block_on(send(request(&headers)));
+        let ctx = assert_consistent(&response);
+        proptest::prop_assert!(is_valid_trace_id(ctx.trace_id()));
+        proptest::prop_assert_eq!(crate::id::is_valid_trace_id_bytes(&raw), ctx.trace_id().as_bytes() == raw.as_slice());
+    }
+}
