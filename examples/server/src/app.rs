@@ -1,5 +1,7 @@
 //! Building the application: stores, layers and routes.
 
+use std::{sync::Arc, time::Duration};
+
 use axum::{
     extract::{Request, State},
     middleware,
@@ -7,12 +9,15 @@ use axum::{
     routing::{any, get, post},
     Router,
 };
+use dreamnet_billable::{ledger::postgres::pool_for, MemoryLedger, PostgresLedger, Sweeper};
+use dreamnet_idempotency::{DefaultScope, IdempotencyLayer, IdempotencyStore, MemoryStore};
 use dreamnet_trace_id::TraceIdLayer;
 use http::{header, Extensions, HeaderValue};
 use tokio::task::JoinHandle;
 
 use crate::{
     auth::{self, AdminToken},
+    billing::{self, BillingState, SharedLedger},
     config::Config,
     handlers::{self, MintKind},
     metrics::{self, HttpMetrics},
@@ -52,6 +57,7 @@ impl std::fmt::Debug for App {
 #[derive(Clone)]
 struct Shared {
     http: HttpMetrics,
+    ledger: SharedLedger,
 }
 
 impl App {
@@ -64,29 +70,73 @@ impl App {
             Some(token) if !token.is_empty() => (token.to_owned(), false),
             _ => (AdminToken::generate(), true),
         };
-        let shared = Shared {
-            http: HttpMetrics::default(),
-        };
         let token = AdminToken::new(&admin_token);
 
-        let cluster_routes = Router::new()
-            .route("/api/{cluster}/echo", any(handlers::echo))
-            .route("/api/{cluster}/status/{code}", any(handlers::status));
+        let ledger = ledger(&config).await?;
+        let billing = BillingState {
+            ledger: ledger.clone(),
+            config: Arc::new(config.file.billing.clone()),
+        };
+        billing::apply_credit_lines(&billing)
+            .await
+            .map_err(BuildError::Ledger)?;
+        // A crash (or a shutdown past its grace period) may have left reservations behind:
+        // void the expired pending ones, charge the confirmed ones, before serving.
+        let report = dreamnet_billable::recover(&*ledger)
+            .await
+            .map_err(|e| BuildError::Ledger(format!("start-up recovery failed: {e}")))?;
+        tracing::info!(
+            voided = report.voided,
+            charged = report.charged,
+            skipped = report.skipped,
+            "ledger recovery done"
+        );
+        let sweeper = Sweeper::new(ledger.clone())
+            .interval(Duration::from_secs(billing.config.sweep_interval_seconds))
+            .spawn();
 
+        let idempotency_store = idempotency_store(&config).await?;
+        let idempotency = IdempotencyLayer::builder()
+            .shared_store(idempotency_store)
+            .scope(DefaultScope)
+            .max_request_body(handlers::MAX_BODY_BYTES)
+            .build();
+
+        let shared = Shared {
+            http: HttpMetrics::default(),
+            ledger: ledger.clone(),
+        };
+
+        let cluster_routes = Router::new()
+            .route(
+                "/api/{cluster}/echo",
+                any(handlers::echo).layer(idempotency.clone()),
+            )
+            .route(
+                "/api/{cluster}/status/{code}",
+                any(handlers::status).layer(idempotency),
+            );
+
+        let mint_dream = billing::mint_layer(&billing, "mint-dream").map_err(BuildError::Ledger)?;
+        let mint_token =
+            billing::mint_layer(&billing, "mint-dream-token").map_err(BuildError::Ledger)?;
         let mint_routes = Router::new()
             .route(
                 "/api/mint-dream",
                 post(|request: Request| handlers::mint(MintKind::Dream, request))
+                    .route_layer(mint_dream)
                     .route_layer(middleware::from_fn(handlers::validate_mint)),
             )
             .route(
                 "/api/mint-dream-token",
                 post(|request: Request| handlers::mint(MintKind::Token, request))
+                    .route_layer(mint_token)
                     .route_layer(middleware::from_fn(handlers::validate_mint)),
             );
 
         let admin_routes = Router::new()
             .route("/api/control", get(|| async { "control api pending" }))
+            .merge(billing::routes(billing.clone()))
             .route_layer(middleware::from_fn_with_state(
                 token.clone(),
                 auth::require_admin,
@@ -112,12 +162,11 @@ impl App {
             ))
             .layer(TraceIdLayer::new());
 
-        let _ = config;
         Ok(Self {
             router,
             admin_token,
             token_generated,
-            tasks: Vec::new(),
+            tasks: vec![sweeper],
         })
     }
 
@@ -136,22 +185,54 @@ impl App {
         self.token_generated
     }
 
-    /// Stops the background tasks (the sweeper).
+    /// Stops the background tasks (the sweeper). A sweep cut short is harmless: every
+    /// ledger transition it makes is atomic and the next sweep (here or on another
+    /// replica) picks up what is left.
     pub async fn shutdown(self) {
         for task in self.tasks {
             task.abort();
+            let _ = task.await;
         }
     }
 }
 
+async fn ledger(config: &Config) -> Result<SharedLedger, BuildError> {
+    let Some(url) = config.database_url.as_deref() else {
+        tracing::info!("billing ledger: memory (not shared between replicas, lost on exit)");
+        return Ok(Arc::new(MemoryLedger::new()));
+    };
+    let pool = pool_for(url).map_err(|e| BuildError::Ledger(e.to_string()))?;
+    let mut builder = PostgresLedger::builder(pool);
+    if let Some(schema) = &config.database_schema {
+        builder = builder.schema(schema.clone());
+    }
+    let ledger = builder
+        .build()
+        .await
+        .map_err(|e| BuildError::Ledger(e.to_string()))?;
+    tracing::info!(schema = ledger.schema(), "billing ledger: PostgreSQL");
+    Ok(Arc::new(ledger))
+}
+
+async fn idempotency_store(config: &Config) -> Result<Arc<dyn IdempotencyStore>, BuildError> {
+    if config.redis_url.is_some() {
+        tracing::warn!(
+            "idempotency records: memory (dreamnet-idempotency has no Redis store yet); \
+             replicas do not share echo/status idempotency"
+        );
+    }
+    Ok(Arc::new(MemoryStore::new()))
+}
+
 /// The action id the billable layer attached to the request, if any.
-pub(crate) fn action_id(_extensions: &Extensions) -> Option<String> {
-    None
+pub(crate) fn action_id(extensions: &Extensions) -> Option<String> {
+    billing::action_id(extensions)
 }
 
 async fn render_metrics(State(shared): State<Shared>) -> Response {
     let mut out = String::with_capacity(4096);
     shared.http.render(&mut out);
+    metrics::render_billing(&mut out, shared.ledger.as_ref()).await;
     (
         [(
             header::CONTENT_TYPE,

@@ -20,12 +20,14 @@
 
 mod app;
 mod auth;
+mod billing;
 mod config;
 mod handlers;
 mod metrics;
 mod problem;
 mod serve;
 mod telemetry;
+mod time;
 
 pub use app::{App, BuildError};
 pub use auth::AdminToken;

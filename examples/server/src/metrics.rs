@@ -8,6 +8,8 @@ use std::{
     },
 };
 
+use dreamnet_billable::{ActionState, Ledger};
+
 use axum::{
     extract::{Request, State},
     middleware::Next,
@@ -70,6 +72,57 @@ pub(crate) async fn count(
     response
 }
 
+/// Writes the ledger's counts and amounts per state (`dreamnet_billable_actions{state}`,
+/// `dreamnet_billable_amount{state,currency}`, minor units) and whether the ledger answered.
+pub(crate) async fn render_billing(out: &mut String, ledger: &dyn Ledger) {
+    let stats = ledger.stats().await;
+    family(
+        out,
+        "dreamnet_billable_ledger_up",
+        "gauge",
+        "1 when the billing ledger answered the stats query, 0 otherwise.",
+    );
+    let _ = writeln!(
+        out,
+        "dreamnet_billable_ledger_up {}",
+        u8::from(stats.is_ok())
+    );
+    let Ok(stats) = stats else {
+        return;
+    };
+    family(
+        out,
+        "dreamnet_billable_actions",
+        "gauge",
+        "Billable actions in the ledger, by state.",
+    );
+    for state in ActionState::ALL {
+        let _ = writeln!(
+            out,
+            "dreamnet_billable_actions{{state=\"{}\"}} {}",
+            state.as_str(),
+            stats.count(state)
+        );
+    }
+    family(
+        out,
+        "dreamnet_billable_amount",
+        "gauge",
+        "Amounts of billable actions in minor units (cents), by state and currency.",
+    );
+    for (currency, amounts) in &stats.amounts {
+        for state in ActionState::ALL {
+            let _ = writeln!(
+                out,
+                "dreamnet_billable_amount{{state=\"{}\",currency=\"{}\"}} {}",
+                state.as_str(),
+                label(currency),
+                amounts.get(state)
+            );
+        }
+    }
+}
+
 /// Writes the `# HELP` and `# TYPE` lines of a metric family.
 pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -77,7 +130,6 @@ pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Escapes a label value (backslash, double quote, newline).
-#[allow(dead_code)] // used once the control-plane metrics are wired
 pub(crate) fn label(value: &str) -> String {
     let mut escaped = String::with_capacity(value.len());
     for c in value.chars() {
