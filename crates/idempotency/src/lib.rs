@@ -7,6 +7,8 @@ pub mod fingerprint;
 pub mod key;
 mod layer;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres_store;
 pub mod problems;
 #[cfg(feature = "redis")]
 pub mod redis_store;
@@ -21,6 +23,8 @@ pub use layer::{
     IdempotencyLayer, IdempotencyLayerBuilder, DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_TTL,
 };
 pub use memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "postgres")]
+pub use postgres_store::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisStore, RedisStoreBuilder};
 pub use scope::{DefaultScope, ScopeExtractor};

@@ -51,3 +51,9 @@ mod redis {
     use super::*;
     conformance!(Backend::redis);
 }
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    conformance!(Backend::postgres);
+}

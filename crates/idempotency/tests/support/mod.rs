@@ -128,6 +128,69 @@ impl Backend {
         })
     }
 
+    #[cfg(feature = "postgres")]
+    pub async fn postgres() -> Option<Self> {
+        use dreamnet_idempotency::PostgresStore;
+        let url = dreamnet_common::backends::database_url();
+        let (admin, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            Ok(pair) => pair,
+            Err(err) => {
+                dreamnet_common::backends::unavailable("postgresql", &err);
+                return None;
+            }
+        };
+        tokio::spawn(connection);
+        let schema = unique("t_idem").replace('-', "_");
+        admin
+            .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+            .await
+            .expect("create schema");
+        let store = PostgresStore::builder(&url)
+            .schema(&schema)
+            .connect()
+            .await
+            .expect("store");
+        let replica = PostgresStore::builder(&url)
+            .schema(&schema)
+            .connect()
+            .await
+            .expect("replica store");
+        let unreachable = PostgresStore::builder("postgres://postgres@127.0.0.1:1/test")
+            .schema(&schema)
+            .connect_lazy()
+            .expect("valid URL");
+        let admin = Arc::new(admin);
+        let table = store.table().to_owned();
+        let corrupt_admin = Arc::clone(&admin);
+        let corrupt = move |scope: String, key: String| -> BoxFut {
+            let admin = Arc::clone(&corrupt_admin);
+            let sql = format!(
+                "INSERT INTO {table} (scope, key, fingerprint, trace_id, state, token, expires_at, response)
+                 VALUES ($1, $2, 'not-a-digest', NULL, 'completed', 1, now() + interval '1 minute', '\\x00ff'::bytea)"
+            );
+            Box::pin(async move {
+                admin
+                    .execute(&sql, &[&scope, &key])
+                    .await
+                    .expect("insert foreign row");
+            })
+        };
+        let cleanup = Box::pin(async move {
+            let _ = admin
+                .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+                .await;
+        });
+        Some(Self {
+            name: "postgres",
+            store: Arc::new(store),
+            replica: Arc::new(replica),
+            unreachable: Arc::new(unreachable),
+            clock: None,
+            corrupt: Some(Box::new(corrupt)),
+            cleanup: Some(cleanup),
+        })
+    }
+
     /// Lease used by tests that wait for a lease to end.
     pub fn short_lease(&self) -> Duration {
         if self.clock.is_some() {
