@@ -196,7 +196,7 @@ impl Backend {
         if self.clock.is_some() {
             dreamnet_idempotency::DEFAULT_LEASE
         } else {
-            Duration::from_millis(400)
+            Duration::from_millis(1500)
         }
     }
 
@@ -205,7 +205,7 @@ impl Backend {
         if self.clock.is_some() {
             dreamnet_idempotency::DEFAULT_TTL
         } else {
-            Duration::from_millis(1500)
+            Duration::from_millis(2000)
         }
     }
 
