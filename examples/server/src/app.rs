@@ -9,11 +9,15 @@ use axum::{
     routing::{any, get, post},
     Router,
 };
-use dreamnet_billable::{ledger::postgres::pool_for, MemoryLedger, PostgresLedger, Sweeper};
+use dreamnet_billable::{
+    ledger::postgres::pool_for, BillableApi, MemoryLedger, PostgresLedger, Sweeper,
+};
+use dreamnet_control_core::{ControlApi, ControlConfig, ControlLayer, ControlPlane, RedisStore};
 use dreamnet_idempotency::{DefaultScope, IdempotencyLayer, IdempotencyStore, MemoryStore};
 use dreamnet_trace_id::TraceIdLayer;
 use http::{header, Extensions, HeaderValue};
 use tokio::task::JoinHandle;
+use tower::ServiceBuilder;
 
 use crate::{
     auth::{self, AdminToken},
@@ -58,6 +62,7 @@ impl std::fmt::Debug for App {
 struct Shared {
     http: HttpMetrics,
     ledger: SharedLedger,
+    plane: ControlPlane,
 }
 
 impl App {
@@ -102,19 +107,40 @@ impl App {
             .max_request_body(handlers::MAX_BODY_BYTES)
             .build();
 
+        let plane = control_plane(&config).await?;
         let shared = Shared {
             http: HttpMetrics::default(),
             ledger: ledger.clone(),
+            plane: plane.clone(),
         };
+        // /api/{cluster}/...: the cluster comes from the path; an unknown one is 404.
+        let by_path = ControlLayer::dynamic(plane.clone(), |parts: &http::request::Parts| {
+            parts
+                .uri
+                .path()
+                .strip_prefix("/api/")
+                .and_then(|rest| rest.split('/').next())
+                .map(str::to_owned)
+        });
+        let dream_state = ControlLayer::try_new(plane.clone(), "dream-state").map_err(|e| {
+            BuildError::Control(format!(
+                "the mint routes are guarded by cluster dream-state, which the config lacks: {e}"
+            ))
+        })?;
 
         let cluster_routes = Router::new()
             .route(
                 "/api/{cluster}/echo",
-                any(handlers::echo).layer(idempotency.clone()),
+                any(handlers::echo).layer(
+                    ServiceBuilder::new()
+                        .layer(by_path.clone())
+                        .layer(idempotency.clone()),
+                ),
             )
             .route(
                 "/api/{cluster}/status/{code}",
-                any(handlers::status).layer(idempotency),
+                any(handlers::status)
+                    .layer(ServiceBuilder::new().layer(by_path).layer(idempotency)),
             );
 
         let mint_dream = billing::mint_layer(&billing, "mint-dream").map_err(BuildError::Ledger)?;
@@ -125,18 +151,25 @@ impl App {
                 "/api/mint-dream",
                 post(|request: Request| handlers::mint(MintKind::Dream, request))
                     .route_layer(mint_dream)
-                    .route_layer(middleware::from_fn(handlers::validate_mint)),
+                    .route_layer(middleware::from_fn(handlers::validate_mint))
+                    .route_layer(dream_state.clone()),
             )
             .route(
                 "/api/mint-dream-token",
                 post(|request: Request| handlers::mint(MintKind::Token, request))
                     .route_layer(mint_token)
-                    .route_layer(middleware::from_fn(handlers::validate_mint)),
+                    .route_layer(middleware::from_fn(handlers::validate_mint))
+                    .route_layer(dream_state),
             );
 
+        let control_api = ControlApi::new(plane.clone()).strip_prefix("/api/control");
+        let billable_api = BillableApi::with_shared_ledger(Arc::new(ledger.clone()))
+            .strip_prefix("/api/billable")
+            .currency(billing.config.currency.as_str());
         let admin_routes = Router::new()
-            .route("/api/control", get(|| async { "control api pending" }))
-            .merge(billing::routes(billing.clone()))
+            .route_service("/api/control", control_api.clone())
+            .route_service("/api/control/{*rest}", control_api)
+            .route_service("/api/billable/{*rest}", billable_api)
             .route_layer(middleware::from_fn_with_state(
                 token.clone(),
                 auth::require_admin,
@@ -214,6 +247,36 @@ async fn ledger(config: &Config) -> Result<SharedLedger, BuildError> {
     Ok(Arc::new(ledger))
 }
 
+async fn control_plane(config: &Config) -> Result<ControlPlane, BuildError> {
+    let control = match &config.file.control {
+        Some(value) => value
+            .clone()
+            .try_into::<ControlConfig>()
+            .map_err(|e| BuildError::Control(format!("[control] in the config file: {e}")))?,
+        None => ControlConfig::default(),
+    };
+    control
+        .validate()
+        .map_err(|e| BuildError::Control(e.to_string()))?;
+    let builder = ControlPlane::builder().config(control);
+    let Some(url) = config.redis_url.as_deref() else {
+        tracing::info!("control plane: memory (not shared between replicas)");
+        return Ok(builder.build());
+    };
+    let store = RedisStore::connect(url)
+        .await
+        .map_err(|e| BuildError::Control(format!("Redis at {url}: {e}")))?
+        .prefix(&config.redis_prefix);
+    let plane = builder.store(store).build();
+    // Load the shared state (kill switches, limits set by other replicas) before serving.
+    plane
+        .sync()
+        .await
+        .map_err(|e| BuildError::Control(format!("loading the shared control state: {e}")))?;
+    tracing::info!(prefix = %config.redis_prefix, "control plane: Redis");
+    Ok(plane)
+}
+
 async fn idempotency_store(config: &Config) -> Result<Arc<dyn IdempotencyStore>, BuildError> {
     if config.redis_url.is_some() {
         tracing::warn!(
@@ -232,6 +295,7 @@ pub(crate) fn action_id(extensions: &Extensions) -> Option<String> {
 async fn render_metrics(State(shared): State<Shared>) -> Response {
     let mut out = String::with_capacity(4096);
     shared.http.render(&mut out);
+    metrics::render_control(&mut out, &shared.plane.metrics());
     metrics::render_billing(&mut out, shared.ledger.as_ref()).await;
     (
         [(

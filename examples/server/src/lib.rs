@@ -27,7 +27,6 @@ mod metrics;
 mod problem;
 mod serve;
 mod telemetry;
-mod time;
 
 pub use app::{App, BuildError};
 pub use auth::AdminToken;

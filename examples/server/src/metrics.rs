@@ -9,6 +9,7 @@ use std::{
 };
 
 use dreamnet_billable::{ActionState, Ledger};
+use dreamnet_control_core::{BreakerState, MetricsSnapshot, RejectReason};
 
 use axum::{
     extract::{Request, State},
@@ -70,6 +71,124 @@ pub(crate) async fn count(
     let response = next.run(request).await;
     metrics.record(response.status().as_u16());
     response
+}
+
+/// Writes the control plane's counters (this replica's, since start).
+pub(crate) fn render_control(out: &mut String, snapshot: &MetricsSnapshot) {
+    family(
+        out,
+        "dreamnet_requests_total",
+        "counter",
+        "Guarded requests seen by the control plane (admitted + rejected), by cluster.",
+    );
+    for c in &snapshot.clusters {
+        let _ = writeln!(
+            out,
+            "dreamnet_requests_total{{cluster=\"{}\"}} {}",
+            label(&c.cluster),
+            c.admitted + c.rejected.total()
+        );
+    }
+    family(
+        out,
+        "dreamnet_admitted_total",
+        "counter",
+        "Guarded requests admitted, by cluster.",
+    );
+    for c in &snapshot.clusters {
+        let _ = writeln!(
+            out,
+            "dreamnet_admitted_total{{cluster=\"{}\"}} {}",
+            label(&c.cluster),
+            c.admitted
+        );
+    }
+    family(
+        out,
+        "dreamnet_rejections_total",
+        "counter",
+        "Guarded requests rejected, by cluster and reason.",
+    );
+    for c in &snapshot.clusters {
+        for reason in RejectReason::ALL {
+            let _ = writeln!(
+                out,
+                "dreamnet_rejections_total{{cluster=\"{}\",reason=\"{}\"}} {}",
+                label(&c.cluster),
+                reason.as_str(),
+                c.rejected.get(reason)
+            );
+        }
+    }
+    family(
+        out,
+        "dreamnet_circuit_breaker_state",
+        "gauge",
+        "1 for the breaker's current state, 0 for the others, by cluster.",
+    );
+    for c in &snapshot.clusters {
+        for state in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+            BreakerState::ForcedOpen,
+        ] {
+            let _ = writeln!(
+                out,
+                "dreamnet_circuit_breaker_state{{cluster=\"{}\",state=\"{}\"}} {}",
+                label(&c.cluster),
+                state.as_str(),
+                u8::from(c.breaker == state)
+            );
+        }
+    }
+    family(
+        out,
+        "dreamnet_cluster_enabled",
+        "gauge",
+        "1 when the cluster is enabled, 0 when disabled.",
+    );
+    for c in &snapshot.clusters {
+        let _ = writeln!(
+            out,
+            "dreamnet_cluster_enabled{{cluster=\"{}\"}} {}",
+            label(&c.cluster),
+            u8::from(c.enabled)
+        );
+    }
+    family(
+        out,
+        "dreamnet_kill_switch_engaged",
+        "gauge",
+        "1 when the global kill switch blocks guarded traffic.",
+    );
+    let _ = writeln!(
+        out,
+        "dreamnet_kill_switch_engaged {}",
+        u8::from(snapshot.kill_switch_engaged)
+    );
+    family(
+        out,
+        "dreamnet_control_store_errors_total",
+        "counter",
+        "Failed control-store operations (Redis unreachable or timing out).",
+    );
+    let _ = writeln!(
+        out,
+        "dreamnet_control_store_errors_total {}",
+        snapshot.store_errors
+    );
+    family(
+        out,
+        "dreamnet_rate_limit_fail_open_total",
+        "counter",
+        "Requests admitted without a rate-limit check because the store was unreachable.",
+    );
+    let _ = writeln!(
+        out,
+        "dreamnet_rate_limit_fail_open_total {}",
+        snapshot.fail_open_admissions
+    );
 }
 
 /// Writes the ledger's counts and amounts per state (`dreamnet_billable_actions{state}`,

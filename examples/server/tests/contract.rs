@@ -1,0 +1,194 @@
+//! The HTTP contract of DESIGN.md section 4, over a real TCP socket, on memory stores.
+
+mod common;
+
+use bytes::Bytes;
+use common::{TestServer, TOKEN};
+use http::Method;
+
+#[tokio::test]
+async fn health_unknown_routes_and_methods() {
+    let server = TestServer::start().await;
+    let http = &server.http;
+
+    let health = http.get("/healthz").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["status"], "ok");
+
+    http.get("/no/such/route").await.assert_problem(404);
+    http.get("/api/mint-dream").await.assert_problem(405);
+    http.send(Method::DELETE, "/healthz", &[], Bytes::new())
+        .await
+        .assert_problem(405);
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn trace_id_is_kept_when_valid_and_replaced_when_not() {
+    let server = TestServer::start().await;
+    let http = &server.http;
+
+    let kept = http
+        .send(
+            Method::GET,
+            "/api/wolf-pack/echo",
+            &[("x-trace-id", "trace-456")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(kept.header("x-trace-id"), Some("trace-456"));
+    assert_eq!(kept.json()["traceId"], "trace-456");
+
+    let replaced = http
+        .send(
+            Method::GET,
+            "/api/wolf-pack/echo",
+            &[("x-trace-id", "bad trace id!")],
+            Bytes::new(),
+        )
+        .await;
+    let id = replaced.header("x-trace-id").unwrap();
+    assert_ne!(id, "bad trace id!");
+    assert_eq!(replaced.json()["traceId"], id);
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn echo_answers_cluster_method_trace_and_body() {
+    let server = TestServer::start().await;
+    let http = &server.http;
+
+    let reply = http
+        .post_json("/api/orca-pack/echo", &[], r#"{"hello":["world",1]}"#)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let json = reply.json();
+    assert_eq!(json["cluster"], "orca-pack");
+    assert_eq!(json["method"], "POST");
+    assert_eq!(json["body"]["hello"][1], 1);
+    assert_eq!(json["traceId"], reply.header("x-trace-id").unwrap());
+
+    let get = http.get("/api/orca-pack/echo").await;
+    assert_eq!(get.json()["method"], "GET");
+    assert!(get.json()["body"].is_null());
+
+    http.post_json("/api/orca-pack/echo", &[], r#"{"hello":"#)
+        .await
+        .assert_problem(400);
+
+    let big = vec![b'x'; dreamnet_server::MAX_BODY_BYTES + 1];
+    http.send(Method::POST, "/api/orca-pack/echo", &[], big)
+        .await
+        .assert_problem(413);
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_cluster_is_404() {
+    let server = TestServer::start().await;
+    let http = &server.http;
+    http.get("/api/no-such-pack/echo").await.assert_problem(404);
+    http.get("/api/no-such-pack/status/200")
+        .await
+        .assert_problem(404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn status_route_answers_the_code_asked() {
+    let server = TestServer::start().await;
+    let http = &server.http;
+
+    let ok = http.get("/api/wolf-pack/status/202").await;
+    assert_eq!(ok.status, 202);
+    assert_eq!(ok.json()["status"], 202);
+    assert_eq!(http.get("/api/wolf-pack/status/204").await.status, 204);
+    http.get("/api/wolf-pack/status/418")
+        .await
+        .assert_problem(418);
+    http.get("/api/wolf-pack/status/500")
+        .await
+        .assert_problem(500);
+    for bad in ["99", "600", "abc", "-1", "1000000"] {
+        http.get(&format!("/api/wolf-pack/status/{bad}"))
+            .await
+            .assert_problem(400);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_bearer_token() {
+    let server = TestServer::start().await;
+    let http = &server.http;
+
+    for (path, with_token) in [
+        ("/api/control", 200),
+        ("/api/control/kill-switch", 200),
+        ("/api/control/audit", 200),
+        ("/api/control/cluster/wolf-pack/rate-limit", 200),
+        ("/api/control/no-such-endpoint", 404),
+        ("/api/billable/stats", 200),
+        ("/api/billable/act_unknown", 404),
+        ("/api/billable/accounts/nobody", 404),
+    ] {
+        let missing = http.get(path).await;
+        missing.assert_problem(401);
+        assert!(missing
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Bearer"));
+        let wrong = http
+            .send(
+                Method::GET,
+                path,
+                &[("authorization", "Bearer nope")],
+                Bytes::new(),
+            )
+            .await;
+        wrong.assert_problem(401);
+        assert!(wrong
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Bearer"));
+        let basic = http
+            .send(
+                Method::GET,
+                path,
+                &[("authorization", &format!("Basic {TOKEN}"))],
+                Bytes::new(),
+            )
+            .await;
+        basic.assert_problem(401);
+        let ok = http.admin_get(path).await;
+        assert_eq!(ok.status, with_token, "{path}: {}", ok.text());
+        if with_token != 200 {
+            ok.assert_problem(with_token);
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn mint_validates_before_anything_is_reserved() {
+    let server = TestServer::start().await;
+    let http = &server.http;
+    let key = [("idempotency-key", "k-validate")];
+    for bad in [
+        r#"{"dreamId":"d""#,
+        r#"{"dreamId":"d"}"#,
+        r#"{"dreamId":1,"wallet":"w"}"#,
+        r#"{"dreamId":"","wallet":"w"}"#,
+        r"[]",
+    ] {
+        http.post_json("/api/mint-dream", &key, bad)
+            .await
+            .assert_problem(400);
+    }
+    let stats = http.admin_get("/api/billable/stats").await;
+    assert_eq!(stats.status, 200, "{}", stats.text());
+    server.stop().await;
+}
