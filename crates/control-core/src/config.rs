@@ -154,6 +154,9 @@ impl WindowConfig {
     }
 }
 
+/// The largest accepted window limit (counters stay exact in Redis' Lua numbers).
+pub const MAX_LIMIT: u64 = 1_000_000_000_000;
+
 pub(crate) fn validate_windows(windows: &[WindowConfig]) -> Result<(), String> {
     for (i, w) in windows.iter().enumerate() {
         let name_ok = (1..=32).contains(&w.name.len())
@@ -168,6 +171,12 @@ pub(crate) fn validate_windows(windows: &[WindowConfig]) -> Result<(), String> {
         }
         if w.seconds == 0 || w.seconds > 366 * 86_400 {
             return Err(format!("window {} must last 1..=31622400 seconds", w.name));
+        }
+        if w.limit > MAX_LIMIT {
+            return Err(format!(
+                "window {} allows at most {MAX_LIMIT} requests",
+                w.name
+            ));
         }
         if windows[..i].iter().any(|o| o.name == w.name) {
             return Err(format!("window {} is listed twice", w.name));

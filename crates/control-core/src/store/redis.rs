@@ -155,6 +155,11 @@ impl RedisStore {
         self
     }
 
+    /// The key prefix.
+    pub fn key_prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Sets the time limit of one store operation (default 500 ms); past it the plane
     /// treats Redis as unreachable.
     #[must_use]

@@ -1,0 +1,348 @@
+//! Several planes on one Redis: shared counters, shared control state, and what happens
+//! when Redis goes away. Each test uses its own key prefix.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use dreamnet_control_core::{
+    BreakerState, ClusterConfig, ControlApi, ControlConfig, ControlPlane, RateLimitUpdate,
+    RedisStore, WindowConfig,
+};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tower::{service_fn, util::BoxCloneService, ServiceBuilder, ServiceExt};
+
+type Svc = BoxCloneService<
+    Request<Full<Bytes>>,
+    Response<dreamnet_common::ResponseBody<Full<Bytes>>>,
+    Infallible,
+>;
+
+fn unique_prefix() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("dreamnet-test:{}:{nanos:x}:{n}:", std::process::id())
+}
+
+/// A store on the test Redis with a fresh prefix, or `None` after a loud skip notice.
+async fn store() -> Option<RedisStore> {
+    match RedisStore::connect(&dreamnet_common::backends::redis_url()).await {
+        Ok(store) => Some(store.prefix(&unique_prefix())),
+        Err(e) => {
+            dreamnet_common::backends::unavailable("redis", &e);
+            None
+        }
+    }
+}
+
+/// Two clusters; `alpha` allows `limit` requests per (long) window, so no window boundary
+/// falls inside a test.
+fn config(limit: u64, fail_open: bool) -> ControlConfig {
+    let mut clusters = BTreeMap::new();
+    let year = ClusterConfig {
+        windows: vec![WindowConfig::new("year", limit, 365 * 86_400)],
+        ..ClusterConfig::per_minute_hour_day(1, 1, 1)
+    };
+    clusters.insert("alpha".to_owned(), year);
+    clusters.insert(
+        "beta".to_owned(),
+        ClusterConfig::per_minute_hour_day(1000, 10_000, 100_000),
+    );
+    ControlConfig {
+        clusters,
+        fail_open,
+        ..ControlConfig::default()
+    }
+}
+
+fn plane(store: &RedisStore, config: ControlConfig) -> ControlPlane {
+    ControlPlane::builder()
+        .config(config)
+        .store(store.clone())
+        .build()
+}
+
+fn guarded(plane: &ControlPlane, cluster: &str) -> Svc {
+    BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(plane.layer(cluster))
+            .service(service_fn(|_req: Request<Full<Bytes>>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            })),
+    )
+}
+
+async fn status(svc: &Svc) -> StatusCode {
+    svc.clone()
+        .oneshot(Request::new(Full::default()))
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Polls `check` until it holds, failing after `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_planes_admit_exactly_the_limit_under_200_concurrent_requests() {
+    let Some(store) = store().await else { return };
+    let a = guarded(&plane(&store, config(60, true)), "alpha");
+    let b = guarded(&plane(&store, config(60, true)), "alpha");
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let response = svc.oneshot(Request::new(Full::default())).await.unwrap();
+                (response.status(), response.headers().clone())
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        let (status, headers) = task.await.unwrap();
+        assert_eq!(headers["ratelimit-policy"], "\"year\";q=60;w=31536000");
+        if status == StatusCode::OK {
+            admitted += 1;
+        } else {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+            assert!(headers["ratelimit"]
+                .to_str()
+                .unwrap()
+                .starts_with("\"year\";r=0;t="));
+            assert!(
+                headers["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+                    >= 1
+            );
+        }
+    }
+    assert_eq!(admitted, 60);
+    store.purge().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_switch_engaged_on_one_plane_stops_the_other_within_a_second() {
+    let Some(store) = store().await else { return };
+    let plane_a = plane(&store, config(1000, true));
+    let plane_b = plane(&store, config(1000, true));
+    let b_beta = guarded(&plane_b, "beta");
+    let b_alpha = guarded(&plane_b, "alpha");
+    assert_eq!(status(&b_beta).await, StatusCode::OK);
+
+    let started = Instant::now();
+    plane_a
+        .engage_kill_switch("incident", "alice", None)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(1),
+        "plane B enforces A's kill switch",
+        || async { status(&b_beta).await == StatusCode::SERVICE_UNAVAILABLE },
+    )
+    .await;
+    assert!(plane_b.kill_switch().enabled);
+    eprintln!("kill switch propagated in {:?}", started.elapsed());
+    assert_eq!(status(&b_alpha).await, StatusCode::SERVICE_UNAVAILABLE);
+
+    // B releases it through the HTTP API; A lets traffic through again.
+    let api = ControlApi::new(plane_b.clone()).strip_prefix("/api/control");
+    let release = Request::post("/api/control/kill-switch/disable")
+        .body(Full::new(Bytes::from_static(
+            br#"{"reason":"resolved","disabledBy":"bob"}"#,
+        )))
+        .unwrap();
+    assert_eq!(api.oneshot(release).await.unwrap().status(), StatusCode::OK);
+    let a_beta = guarded(&plane_a, "beta");
+    eventually(
+        Duration::from_secs(1),
+        "plane A sees B's release",
+        || async { status(&a_beta).await == StatusCode::OK },
+    )
+    .await;
+
+    // One audit trail, newest first, with both actors.
+    let audit = plane_a.audit(10).await.unwrap();
+    let who: Vec<_> = audit
+        .iter()
+        .map(|e| (e.action.as_str(), e.actor.as_deref()))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("kill_switch.disable", Some("bob")),
+            ("kill_switch.enable", Some("alice"))
+        ]
+    );
+    store.purge().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_disables_and_manual_trips_are_shared() {
+    let Some(store) = store().await else { return };
+    let plane_a = plane(&store, config(1000, true));
+    let plane_b = plane(&store, config(1000, true));
+    let b_alpha = guarded(&plane_b, "alpha");
+    assert_eq!(status(&b_alpha).await, StatusCode::OK);
+
+    // A new limit set on A: B's next request notices the epoch change and reloads.
+    let update = RateLimitUpdate {
+        windows: Some(vec![WindowConfig::new("year", 1, 365 * 86_400)]),
+        ..RateLimitUpdate::default()
+    };
+    plane_a
+        .set_rate_limit("alpha", &update, "ops", None)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(1),
+        "B enforces A's new limit",
+        || async { status(&b_alpha).await == StatusCode::TOO_MANY_REQUESTS },
+    )
+    .await;
+    assert_eq!(plane_b.rate_limit("alpha").unwrap().windows[0].limit, 1);
+
+    plane_a
+        .disable_cluster("beta", "noisy", "ops", None)
+        .await
+        .unwrap();
+    let b_beta = guarded(&plane_b, "beta");
+    eventually(Duration::from_secs(1), "B sees beta disabled", || async {
+        status(&b_beta).await == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    plane_a.enable_cluster("beta", None, "ops").await.unwrap();
+
+    plane_a
+        .trip_breaker("beta", Some("upstream down"), "ops")
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(1),
+        "B's breaker is forced open",
+        || async { plane_b.breaker("beta").unwrap().state == BreakerState::ForcedOpen },
+    )
+    .await;
+    assert_eq!(status(&b_beta).await, StatusCode::SERVICE_UNAVAILABLE);
+    plane_b.reset_breaker("beta", None, "ops").await.unwrap();
+    eventually(
+        Duration::from_secs(1),
+        "A's breaker is closed again",
+        || async { plane_a.breaker("beta").unwrap().state == BreakerState::Closed },
+    )
+    .await;
+    assert_eq!(status(&b_beta).await, StatusCode::OK);
+    store.purge().await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unreachable_redis_fails_closed_when_configured() {
+    let store = RedisStore::lazy("redis://127.0.0.1:1").unwrap();
+    let plane = plane(&store, config(1, false));
+    let alpha = guarded(&plane, "alpha");
+    let response = alpha
+        .clone()
+        .oneshot(Request::new(Full::default()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(plane.metrics().rejected.store_unavailable, 1);
+}
+
+/// A TCP proxy to Redis that the test can cut.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let conns = Arc::clone(&tasks);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns.lock().unwrap().push(task);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        Self { addr, tasks }
+    }
+
+    fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_known_state_stays_in_force_when_redis_goes_away() {
+    let Some(direct) = store().await else { return };
+    let url = dreamnet_common::backends::redis_url();
+    let upstream = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let proxy = Proxy::start(upstream).await;
+    let prefix = direct.key_prefix().to_owned();
+    let via_proxy = RedisStore::connect(&format!("redis://{}", proxy.addr))
+        .await
+        .unwrap()
+        .prefix(&prefix);
+    let admin = plane(&direct, config(1000, true));
+    let replica = plane(&via_proxy, config(1000, true));
+    admin
+        .disable_cluster("beta", "maintenance", "ops", None)
+        .await
+        .unwrap();
+    replica.sync().await.unwrap();
+    let beta = guarded(&replica, "beta");
+    let alpha = guarded(&replica, "alpha");
+    assert_eq!(status(&beta).await, StatusCode::SERVICE_UNAVAILABLE);
+
+    proxy.cut();
+    // Disabled stays disabled; alpha's rate limit fails open.
+    for _ in 0..3 {
+        assert_eq!(status(&beta).await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(&alpha).await, StatusCode::OK);
+    }
+    assert!(replica.sync().await.is_err());
+    assert!(!replica.cluster("beta").unwrap().enabled);
+    assert!(replica.metrics().fail_open_admissions >= 1);
+    direct.purge().await.unwrap();
+}
