@@ -14,7 +14,13 @@ use dreamnet_common::ManualClock;
 use dreamnet_trace_id::{PropagateTraceLayer, TimestampHex, TraceContext, TraceIdLayer};
 use http::{HeaderValue, Request};
 use http_body_util::Full;
-use std::{hint::black_box, sync::Arc};
+use std::{
+    future::Future,
+    hint::black_box,
+    pin::pin,
+    sync::Arc,
+    task::{Context as TaskContext, Poll, Waker},
+};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -90,6 +96,40 @@ fn layer_overhead(c: &mut Criterion) {
     group.finish();
 }
 
+/// Polls `future` once on this thread; the bare handler and the layer never wait, so this
+/// measures their own work without the runtime's scheduling noise.
+fn poll_now<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut TaskContext::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the benched service is expected to answer at once"),
+    }
+}
+
+/// The same comparison without a runtime: one synchronous poll per request.
+fn layer_overhead_direct(c: &mut Criterion) {
+    let bare = service_fn(bare_handler);
+    let layered = ServiceBuilder::new()
+        .layer(TraceIdLayer::new())
+        .service(service_fn(bare_handler));
+
+    let mut group = c.benchmark_group("trace_id/direct");
+    for case in Case::ALL {
+        group.bench_function(format!("bare/{}", case.name()), |b| {
+            b.iter(|| black_box(poll_now(bare.oneshot(case.request())).expect("infallible")));
+        });
+        group.bench_function(format!("layer/{}", case.name()), |b| {
+            b.iter(|| {
+                black_box(poll_now(layered.clone().oneshot(case.request())).expect("infallible"))
+            });
+        });
+    }
+    group.finish();
+}
+
 fn generator(c: &mut Criterion) {
     let make = TimestampHex::new();
     c.bench_function("trace_id/generate_id", |b| {
@@ -132,5 +172,11 @@ fn propagate(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, layer_overhead, generator, propagate);
+criterion_group!(
+    benches,
+    layer_overhead,
+    layer_overhead_direct,
+    generator,
+    propagate
+);
 criterion_main!(benches);

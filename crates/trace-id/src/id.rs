@@ -26,12 +26,21 @@ pub fn is_valid_trace_id(id: &str) -> bool {
     is_valid_trace_id_bytes(id.as_bytes())
 }
 
+/// `ALLOWED[b]`: whether byte `b` may appear in a trace id (one load per byte on the hot path).
+static ALLOWED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-';
+        b += 1;
+    }
+    table
+};
+
 #[inline]
 pub(crate) fn is_valid_trace_id_bytes(id: &[u8]) -> bool {
-    (1..=MAX_TRACE_ID_LEN).contains(&id.len())
-        && id
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    (1..=MAX_TRACE_ID_LEN).contains(&id.len()) && id.iter().all(|&b| ALLOWED[usize::from(b)])
 }
 
 /// The trace id carried by a header value, if the value passes [`is_valid_trace_id`].
