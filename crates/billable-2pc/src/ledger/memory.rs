@@ -2,10 +2,16 @@
 //!
 //! For development, tests and single-replica deployments that accept losing the ledger on
 //! restart. Stats are maintained incrementally, so reading them is O(currencies).
+//!
+//! Memory is bounded by time: a resolved (charged or failed) action is forgotten
+//! [`DEFAULT_RETENTION`] (24 h, Stripe's minimum key lifetime) after it was resolved, so its key
+//! no longer replays and a new request with it is a new action. Stats and account balances
+//! keep counting it. Pending and confirmed actions are never forgotten.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, VecDeque},
     sync::Arc,
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -17,6 +23,9 @@ use super::{
     Account, Action, ActionId, ActionState, Amount, Ledger, LedgerError, LedgerResult, Reservation,
     ReserveRequest, Stats,
 };
+
+/// How long a resolved action is kept by default (24 h).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The in-process [`Ledger`]. Cheap to clone (an `Arc` inside); clones share the state.
 ///
@@ -40,6 +49,7 @@ pub struct MemoryLedger {
 struct Inner {
     clock: SharedClock,
     default_credit: Option<Amount>,
+    retention: Option<u64>,
     state: Mutex<State>,
 }
 
@@ -51,6 +61,8 @@ struct State {
     accounts: HashMap<String, Account>,
     /// Pending and confirmed actions, oldest first: what recovery scans.
     open: BTreeSet<(u64, ActionId)>,
+    /// Charged and failed actions in the order they were resolved: what retention prunes.
+    resolved: VecDeque<(u64, ActionId)>,
     stats: Stats,
 }
 
@@ -71,6 +83,7 @@ impl MemoryLedger {
         MemoryLedgerBuilder {
             clock: clock::system(),
             default_credit: None,
+            retention: Some(DEFAULT_RETENTION),
         }
     }
 
@@ -85,6 +98,7 @@ impl MemoryLedger {
 pub struct MemoryLedgerBuilder {
     clock: SharedClock,
     default_credit: Option<Amount>,
+    retention: Option<Duration>,
 }
 
 impl MemoryLedgerBuilder {
@@ -101,12 +115,22 @@ impl MemoryLedgerBuilder {
         self
     }
 
+    /// How long a charged or failed action is kept after it was resolved (default 24 h;
+    /// `None` keeps everything, unbounded).
+    pub fn retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
+        self
+    }
+
     /// Builds the ledger.
     pub fn build(self) -> MemoryLedger {
         MemoryLedger {
             inner: Arc::new(Inner {
                 clock: self.clock,
                 default_credit: self.default_credit,
+                retention: self
+                    .retention
+                    .map(|r| u64::try_from(r.as_millis()).unwrap_or(u64::MAX)),
                 state: Mutex::new(State::default()),
             }),
         }
@@ -141,6 +165,7 @@ impl State {
         }
         if !held(to) {
             self.open.remove(&(action.created_at_ms, id.clone()));
+            self.resolved.push_back((now, id.clone()));
         }
         if to == ActionState::Failed {
             self.live
@@ -150,6 +175,23 @@ impl State {
         action.amount = amount;
         action.updated_at_ms = now;
         action.clone()
+    }
+
+    /// Forgets resolved actions older than the retention. Amortized O(1) per resolution.
+    fn prune(&mut self, now: u64, retention: Option<u64>) {
+        let Some(retention) = retention else { return };
+        while let Some((resolved_at, _)) = self.resolved.front() {
+            if resolved_at.saturating_add(retention) > now {
+                break;
+            }
+            let (_, id) = self.resolved.pop_front().expect("front exists");
+            if let Some(action) = self.actions.remove(&id) {
+                let key = (action.scope, action.idempotency_key);
+                if self.live.get(&key) == Some(&id) {
+                    self.live.remove(&key);
+                }
+            }
+        }
     }
 
     fn void_expired(&mut self, id: &ActionId, now: u64) -> Action {
@@ -182,6 +224,7 @@ impl MemoryLedger {
         let now = self.now();
         let mut state = self.inner.state.lock();
         let state = &mut *state;
+        state.prune(now, self.inner.retention);
         let key = (request.scope.clone(), request.idempotency_key.clone());
         if let Some(id) = state.live.get(&key).cloned() {
             let existing = &state.actions[&id];
@@ -444,5 +487,70 @@ impl Ledger for MemoryLedger {
             .cloned()
             .collect();
         ready(Ok(due))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dreamnet_common::ManualClock;
+
+    fn request(key: &str) -> ReserveRequest {
+        ReserveRequest {
+            scope: "s".into(),
+            idempotency_key: key.into(),
+            fingerprint: "f".into(),
+            action: "a".into(),
+            account: "acct".into(),
+            amount: 10,
+            currency: "USD".into(),
+            trace_id: None,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    async fn reserve(ledger: &MemoryLedger, key: &str) -> Reservation {
+        ledger.reserve(request(key)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn resolved_actions_are_forgotten_after_the_retention() {
+        let clock = ManualClock::new(1_000_000);
+        let ledger = MemoryLedger::builder()
+            .clock(Arc::new(clock.clone()))
+            .retention(Some(Duration::from_secs(3600)))
+            .build();
+        let Reservation::Reserved(charged) = reserve(&ledger, "charged").await else {
+            panic!()
+        };
+        ledger
+            .confirm(&charged.id, Bytes::new(), None)
+            .await
+            .unwrap();
+        ledger.charge(&charged.id).await.unwrap();
+        let Reservation::Reserved(open) = reserve(&ledger, "open").await else {
+            panic!()
+        };
+        ledger.confirm(&open.id, Bytes::new(), None).await.unwrap();
+
+        clock.advance(Duration::from_secs(3599));
+        assert!(matches!(
+            reserve(&ledger, "charged").await,
+            Reservation::Existing(_)
+        ));
+        clock.advance(Duration::from_secs(1));
+        // The charged action is forgotten: its key is new again; the confirmed one is kept.
+        assert!(matches!(
+            reserve(&ledger, "charged").await,
+            Reservation::Reserved(_)
+        ));
+        assert!(ledger.action(&charged.id).await.unwrap().is_none());
+        assert!(matches!(
+            reserve(&ledger, "open").await,
+            Reservation::Existing(_)
+        ));
+        let stats = ledger.stats().await.unwrap();
+        assert_eq!((stats.charged, stats.confirmed, stats.pending), (1, 1, 1));
+        assert_eq!(ledger.account("acct").await.unwrap().unwrap().charged, 10);
     }
 }
