@@ -278,13 +278,17 @@ async fn control_plane(config: &Config) -> Result<ControlPlane, BuildError> {
 }
 
 async fn idempotency_store(config: &Config) -> Result<Arc<dyn IdempotencyStore>, BuildError> {
-    if config.redis_url.is_some() {
-        tracing::warn!(
-            "idempotency records: memory (dreamnet-idempotency has no Redis store yet); \
-             replicas do not share echo/status idempotency"
-        );
-    }
-    Ok(Arc::new(MemoryStore::new()))
+    let Some(url) = config.redis_url.as_deref() else {
+        tracing::info!("idempotency records: memory (not shared between replicas)");
+        return Ok(Arc::new(MemoryStore::new()));
+    };
+    let store = dreamnet_idempotency::RedisStore::builder(url)
+        .prefix(config.redis_prefix.clone())
+        .connect()
+        .await
+        .map_err(|e| BuildError::Idempotency(format!("Redis at {url}: {e}")))?;
+    tracing::info!(prefix = %config.redis_prefix, "idempotency records: Redis");
+    Ok(Arc::new(store))
 }
 
 /// The action id the billable layer attached to the request, if any.

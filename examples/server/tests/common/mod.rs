@@ -212,3 +212,105 @@ impl TestServer {
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", hex::encode(rand::random::<[u8; 6]>()))
 }
+
+/// The `dreamnet-server` binary running as a child process.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub http: Http,
+    /// Everything the process wrote to stderr before it was listening (banner lines).
+    pub banner: Vec<String>,
+    /// Log lines (stdout), collected in the background.
+    pub logs: std::sync::Arc<parking_lot::Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// Starts the binary with `args` and `envs` on `127.0.0.1:0`; returns once it listens.
+    pub async fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_dreamnet-server"));
+        command
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("DREAMNET_ADMIN_TOKEN")
+            .env_remove("DREAMNET_REDIS_URL")
+            .env_remove("DREAMNET_DATABASE_URL")
+            .env_remove("DREAMNET_CONFIG")
+            .env_remove("DREAMNET_ADDR")
+            .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawn dreamnet-server");
+        let logs = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().push(line);
+            }
+        });
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let mut banner = Vec::new();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("stderr") {
+                if let Some(url) = line.strip_prefix("dreamnet-server listening on http://") {
+                    return url.parse::<SocketAddr>().expect("listen address");
+                }
+                banner.push(line);
+            }
+            panic!("dreamnet-server exited before listening: {banner:?}");
+        })
+        .await
+        .expect("dreamnet-server listens within 30 s");
+        // Keep draining stderr so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            addr,
+            http: Http::new(addr),
+            banner,
+            logs,
+        }
+    }
+
+    /// Sends SIGTERM and waits (at most 15 s) for the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("exits within 15 s of SIGTERM")
+            .expect("exit status")
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.logs.lock().clone()
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true or `within` elapses.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,141 @@
+//! The `dreamnet-server` binary itself: the generated admin token, JSON logs carrying trace
+//! ids and the DeployKeeper lines, and a clean exit on SIGTERM.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{eventually, Process};
+use http::Method;
+use serde_json::Value;
+
+#[tokio::test]
+async fn generated_token_json_logs_and_sigterm() {
+    let server = Process::spawn(&["--log-format", "json"], &[]).await;
+    let http = &server.http;
+
+    // The generated token is printed once, as an `export` line, and works.
+    let token = server
+        .banner
+        .iter()
+        .find_map(|line| line.trim().strip_prefix("export DREAMNET_ADMIN_TOKEN="))
+        .expect("generated token printed at start")
+        .to_owned();
+    assert_eq!(token.len(), 64);
+    let auth = format!("Bearer {token}");
+    let control = http
+        .send(
+            Method::GET,
+            "/api/control",
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(control.status, 200);
+    http.get("/api/control").await.assert_problem(401);
+
+    // An idempotent request: its log lines carry its trace id, including DeployKeeper's.
+    let echo = http
+        .send(
+            Method::POST,
+            "/api/wolf-pack/echo",
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", "log-key-1"),
+                ("x-trace-id", "log-trace-1"),
+            ],
+            Bytes::from_static(b"{}"),
+        )
+        .await;
+    assert_eq!(echo.status, 200);
+    let replay = http
+        .send(
+            Method::POST,
+            "/api/wolf-pack/echo",
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", "log-key-1"),
+                ("x-trace-id", "log-trace-2"),
+            ],
+            Bytes::from_static(b"{}"),
+        )
+        .await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+
+    let saw_both = eventually(Duration::from_secs(5), || {
+        let lines = server.log_lines();
+        async move {
+            let text = lines.join("\n");
+            text.contains("[DeployKeeper]") && text.contains("Duplicate detected")
+        }
+    })
+    .await;
+    let lines = server.log_lines();
+    assert!(
+        saw_both,
+        "DeployKeeper lines missing:\n{}",
+        lines.join("\n")
+    );
+    let mut request_lines = 0;
+    for line in &lines {
+        let json: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        let text = line.as_str();
+        if text.contains("log-key-1") || text.contains("/api/wolf-pack/echo") {
+            request_lines += 1;
+            assert!(
+                text.contains("\"trace_id\":\"log-trace-1\"")
+                    || text.contains("\"trace_id\":\"log-trace-2\""),
+                "request log line without its trace id: {json}"
+            );
+        }
+    }
+    assert!(request_lines >= 4, "{}", lines.join("\n"));
+    assert!(
+        !lines.iter().any(|l| l.contains(&token)),
+        "the admin token must never be logged"
+    );
+
+    let status = server.terminate().await;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+}
+
+#[tokio::test]
+async fn help_explains_every_flag() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dreamnet-server"))
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--addr",
+        "--redis-url",
+        "--database-url",
+        "--config",
+        "--log-format",
+        "DREAMNET_REDIS_URL",
+        "DREAMNET_DATABASE_URL",
+        "DREAMNET_CONFIG",
+        "DREAMNET_ADMIN_TOKEN",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn bad_config_fails_at_start_with_a_message() {
+    let dir = std::env::temp_dir().join(common::unique("dreamnet-cfg-"));
+    std::fs::write(&dir, "[billing]\ncurency = \"USD\"\n").unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_dreamnet-server"))
+        .args(["--addr", "127.0.0.1:0", "--config"])
+        .arg(&dir)
+        .output()
+        .await
+        .expect("run");
+    let _ = std::fs::remove_file(&dir);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("curency"), "{stderr}");
+}

@@ -1,0 +1,348 @@
+//! Two `dreamnet-server` processes on one Redis + PostgreSQL act as one service.
+//!
+//! Each test gets its own Redis key prefix and PostgreSQL schema, dropped at the end, so
+//! parallel runs (and other engineers' tests on the same servers) never collide. Without the
+//! backends the tests say so and skip, unless `DREAMNET_REQUIRE_BACKENDS=1`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{eventually, unique, Process, TOKEN};
+use dreamnet_common::backends;
+use http::Method;
+
+const MINT: &str = r#"{"dreamId": "dream-123", "wallet": "0xabc"}"#;
+
+/// A Redis prefix and a PostgreSQL schema for one test, cleaned up by `drop_all`.
+struct Backends {
+    redis_url: String,
+    database_url: String,
+    prefix: String,
+    schema: String,
+}
+
+impl Backends {
+    async fn reserve() -> Option<Self> {
+        let redis_url = backends::redis_url();
+        let database_url = backends::database_url();
+        let client = match redis::Client::open(redis_url.as_str()) {
+            Ok(client) => client,
+            Err(e) => {
+                backends::unavailable("Redis", &e);
+                return None;
+            }
+        };
+        let ping = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await;
+        match ping {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                backends::unavailable("Redis", &e);
+                return None;
+            }
+            Err(e) => {
+                backends::unavailable("Redis", &e);
+                return None;
+            }
+        }
+        if let Err(e) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls).await {
+            backends::unavailable("PostgreSQL", &e);
+            return None;
+        }
+        Some(Self {
+            redis_url,
+            database_url,
+            prefix: unique("test:srv:") + ":",
+            schema: unique("t_srv_"),
+        })
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--redis-url".into(),
+            self.redis_url.clone(),
+            "--redis-prefix".into(),
+            self.prefix.clone(),
+            "--database-url".into(),
+            self.database_url.clone(),
+            "--database-schema".into(),
+            self.schema.clone(),
+        ]
+    }
+
+    async fn replica(&self, extra: &[&str]) -> Process {
+        let args = self.args();
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        Process::spawn(&all, &[("DREAMNET_ADMIN_TOKEN", TOKEN)]).await
+    }
+
+    async fn drop_all(self) {
+        if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}*", self.prefix))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                }
+            }
+        }
+        if let Ok((client, connection)) =
+            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await
+        {
+            tokio::spawn(connection);
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+                .await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn kill_switch_set_through_one_is_enforced_by_the_other() {
+    let Some(backends) = Backends::reserve().await else {
+        return;
+    };
+    let a = backends.replica(&[]).await;
+    let b = backends.replica(&[]).await;
+
+    assert_eq!(b.http.get("/api/wolf-pack/echo").await.status, 200);
+    let enabled = a
+        .http
+        .admin_post(
+            "/api/control/kill-switch/enable",
+            r#"{"reason": "Emergency maintenance", "disabledBy": "admin"}"#,
+        )
+        .await;
+    assert_eq!(enabled.status, 200, "{}", enabled.text());
+    let started = Instant::now();
+    let enforced = eventually(Duration::from_secs(1), || async {
+        b.http.get("/api/wolf-pack/echo").await.status == 503
+    })
+    .await;
+    assert!(enforced, "replica B still admits 1 s after the kill switch");
+    eprintln!(
+        "kill switch enforced by the other replica after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        b.http.admin_get("/api/control/kill-switch").await.json()["enabled"],
+        true
+    );
+
+    // A cluster switch and a manual breaker trip travel too; releasing works through B.
+    a.http
+        .admin_post("/api/control/kill-switch/disable", "{}")
+        .await;
+    a.http
+        .admin_post(
+            "/api/control/cluster/orca-pack/disable",
+            r#"{"reason": "maintenance", "disabledBy": "ops"}"#,
+        )
+        .await;
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            b.http.get("/api/orca-pack/echo").await.status == 503
+                && b.http.get("/api/wolf-pack/echo").await.status == 200
+        })
+        .await
+    );
+    b.http
+        .admin_post("/api/control/cluster/orca-pack/enable", "{}")
+        .await;
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            a.http.get("/api/orca-pack/echo").await.status == 200
+        })
+        .await
+    );
+
+    assert!(a.terminate().await.success());
+    assert!(b.terminate().await.success());
+    backends.drop_all().await;
+}
+
+#[tokio::test]
+async fn rate_limit_is_shared_exactly() {
+    let Some(backends) = Backends::reserve().await else {
+        return;
+    };
+    let a = backends.replica(&[]).await;
+    let b = backends.replica(&[]).await;
+
+    // A day window of 10 (the day boundary is the only one a burst could straddle).
+    let set = a
+        .http
+        .admin_post(
+            "/api/control/cluster/whale-pack/rate-limit",
+            r#"{"requestsPerMinute": 1000, "requestsPerHour": 1000, "requestsPerDay": 10}"#,
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            b.http
+                .admin_get("/api/control/cluster/whale-pack/rate-limit")
+                .await
+                .json()["requestsPerDay"]
+                == 10
+        })
+        .await,
+        "the new limit reaches replica B"
+    );
+
+    // 30 concurrent requests spread over both replicas: exactly 10 admitted.
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let http = if i % 2 == 0 {
+            a.http.clone()
+        } else {
+            b.http.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            http.get("/api/whale-pack/echo").await.status.as_u16()
+        }));
+    }
+    let mut admitted = 0;
+    let mut limited = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            200 => admitted += 1,
+            429 => limited += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((admitted, limited), (10, 20));
+    let usage = b.http.admin_get("/api/control").await.json();
+    let windows = &usage["clusters"]["whale-pack"]["usage"]["windows"];
+    let day = windows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "day")
+        .expect("day window");
+    assert_eq!(day["used"], 10, "{usage}");
+
+    assert!(a.terminate().await.success());
+    assert!(b.terminate().await.success());
+    backends.drop_all().await;
+}
+
+#[tokio::test]
+async fn retried_mint_through_the_other_replica_replays_and_charges_once() {
+    let Some(backends) = Backends::reserve().await else {
+        return;
+    };
+    let a = backends.replica(&[]).await;
+    let b = backends.replica(&[]).await;
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-idempotency-key", "unique-key-123"),
+        ("x-account-id", "acct-replicas"),
+    ];
+
+    let first = a
+        .http
+        .send(
+            Method::POST,
+            "/api/mint-dream",
+            &headers,
+            Bytes::from_static(MINT.as_bytes()),
+        )
+        .await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    let retry = b
+        .http
+        .send(
+            Method::POST,
+            "/api/mint-dream",
+            &headers,
+            Bytes::from_static(MINT.as_bytes()),
+        )
+        .await;
+    assert_eq!(retry.status, 201, "{}", retry.text());
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.json(), first.json());
+
+    // Concurrent duplicates of a new key through both replicas: one runs, the other
+    // replays or is told to retry (409); one charge either way.
+    let concurrent = [
+        ("content-type", "application/json"),
+        ("x-idempotency-key", "concurrent-key"),
+        ("x-account-id", "acct-replicas"),
+    ];
+    let (ra, rb) = tokio::join!(
+        a.http.send(
+            Method::POST,
+            "/api/mint-dream",
+            &concurrent,
+            Bytes::from_static(MINT.as_bytes())
+        ),
+        b.http.send(
+            Method::POST,
+            "/api/mint-dream",
+            &concurrent,
+            Bytes::from_static(MINT.as_bytes())
+        ),
+    );
+    let statuses = [ra.status.as_u16(), rb.status.as_u16()];
+    assert!(statuses.contains(&201), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}: {} / {}",
+        ra.text(),
+        rb.text()
+    );
+
+    for replica in [&a, &b] {
+        let account = replica
+            .http
+            .admin_get("/api/billable/accounts/acct-replicas")
+            .await
+            .json();
+        assert_eq!(account["charged"], 200, "two keys, two charges: {account}");
+        assert_eq!(account["pending"], 0);
+        let stats = replica.http.admin_get("/api/billable/stats").await.json();
+        assert_eq!(stats["charged"], 2, "{stats}");
+        assert_eq!(stats["failed"], 0, "{stats}");
+    }
+
+    // Idempotent echo records are shared through Redis too.
+    let echo = [
+        ("content-type", "application/json"),
+        ("idempotency-key", "echo-shared"),
+    ];
+    let first = a
+        .http
+        .send(
+            Method::POST,
+            "/api/spider-web/echo",
+            &echo,
+            Bytes::from_static(b"{\"n\":1}"),
+        )
+        .await;
+    assert_eq!(first.status, 200);
+    let replay = b
+        .http
+        .send(
+            Method::POST,
+            "/api/spider-web/echo",
+            &echo,
+            Bytes::from_static(b"{\"n\":1}"),
+        )
+        .await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.json(), first.json());
+
+    assert!(a.terminate().await.success());
+    assert!(b.terminate().await.success());
+    backends.drop_all().await;
+}
