@@ -604,15 +604,14 @@ impl PostgresLedger {
         let mut client = self.inner.pool.get().await.map_err(backend)?;
         let tx = client.transaction().await.map_err(backend)?;
         let action = self.lock_action(&tx, id).await?;
-        let allowed = match (action.state, to) {
+        match (action.state, to) {
             (ActionState::Confirmed, ActionState::Charged)
-            | (ActionState::Pending, ActionState::Failed) => true,
+            | (ActionState::Pending, ActionState::Failed) => {}
             (ActionState::Pending, _) => return Err(LedgerError::NotConfirmed(id.clone())),
             (ActionState::Confirmed, _) => return Err(LedgerError::AlreadyConfirmed(id.clone())),
             (ActionState::Charged, _) => return Err(LedgerError::AlreadyCharged(id.clone())),
             (ActionState::Failed, _) => return Err(LedgerError::AlreadyVoided(id.clone())),
-        };
-        debug_assert!(allowed);
+        }
         let resolved = self
             .transition(&tx, &action, to, action.amount, None, now)
             .await?;

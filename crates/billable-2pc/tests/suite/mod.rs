@@ -52,8 +52,7 @@ macro_rules! ledger_suite {
             fn random_interleavings_keep_the_books(
                 ops in proptest::collection::vec(suite::op_strategy(), 1..40)
             ) {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
+                let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap();
