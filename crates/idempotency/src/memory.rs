@@ -324,19 +324,28 @@ impl Shard {
             self.sweep(now);
         }
         while !fits(self) {
-            // Evict the completed record closest to expiry; in-flight claims are locks and
-            // are never evicted.
-            let victim = self
+            // Evict the completed records closest to expiry, an eighth of them at once so a
+            // full shard pays for one scan per many inserts, not one per insert. In-flight
+            // claims are locks and are never evicted.
+            let mut completed: Vec<(u64, &String)> = self
                 .records
                 .iter()
                 .filter(|(_, r)| matches!(r.state, State::Completed(_)))
-                .min_by_key(|(_, r)| r.expires_at)
-                .map(|(id, _)| id.clone());
-            match victim {
-                Some(id) => {
-                    self.remove(&id);
-                }
-                None => return Err(StoreError::Full),
+                .map(|(id, r)| (r.expires_at, id))
+                .collect();
+            if completed.is_empty() {
+                return Err(StoreError::Full);
+            }
+            let batch = (completed.len() / 8).max(1);
+            if batch < completed.len() {
+                completed.select_nth_unstable(batch - 1);
+            }
+            let victims: Vec<String> = completed[..batch]
+                .iter()
+                .map(|(_, id)| (*id).clone())
+                .collect();
+            for id in victims {
+                self.remove(&id);
             }
         }
         Ok(())
@@ -492,6 +501,26 @@ mod tests {
         assert_eq!(store.len(), 2);
         // k1 (completed) was evicted to make room; k2 is still locked.
         assert!(matches!(claim(&store, "k2", &a), Claim::InFlight { .. }));
+    }
+
+    #[test]
+    fn full_shard_evicts_a_batch_closest_to_expiry() {
+        let store = MemoryStore::builder().max_entries(16).shards(1).build();
+        let a = fp("a");
+        for i in 0..16u64 {
+            let key = format!("k{i}");
+            let t = token(claim(&store, &key, &a));
+            // k0 expires first, k15 last.
+            let ttl = Duration::from_secs(100 + i);
+            store.complete_now("s", &key, t, &response(b"r"), ttl).unwrap();
+        }
+        token(claim(&store, "new", &a));
+        assert_eq!(store.len(), 15, "16 / 8 = 2 evicted, 1 inserted");
+        for kept in ["k2", "k15"] {
+            assert!(matches!(claim(&store, kept, &a), Claim::Completed { .. }), "{kept} kept");
+        }
+        assert!(matches!(claim(&store, "k1", &a), Claim::Proceed(_)), "k1 evicted");
+        assert_eq!(store.len(), 16);
     }
 
     #[test]
