@@ -2,14 +2,15 @@
 
 mod common;
 
-use common::TestServer;
+use common::{Stores, TestServer};
 use dreamnet_server::{Config, FileConfig};
 
 const MINT: &str = r#"{"dreamId": "dream-123", "wallet": "0xabc"}"#;
 
-#[tokio::test]
-async fn mint_charges_once_and_replays() {
-    let server = TestServer::start().await;
+async fn mint_charges_once_and_replays(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
 
     let first = http
@@ -121,8 +122,7 @@ async fn mint_charges_once_and_replays() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn credit_lines_refuse_overspending_with_402() {
+async fn credit_lines_refuse_overspending_with_402(stores: Stores) {
     let file = FileConfig::from_toml(
         r#"
         [billing.prices]
@@ -132,11 +132,17 @@ async fn credit_lines_refuse_overspending_with_402() {
         "#,
     )
     .unwrap();
-    let server = TestServer::start_with(Config {
-        file,
-        ..Config::default()
-    })
-    .await;
+    let Some(server) = TestServer::on(
+        stores,
+        Config {
+            file,
+            ..Config::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let http = &server.http;
     let acme = |key: &'static str| [("x-account-id", "acme"), ("idempotency-key", key)];
 
@@ -181,9 +187,10 @@ async fn credit_lines_refuse_overspending_with_402() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn billable_api_validates_and_changes_nothing_on_bad_input() {
-    let server = TestServer::start().await;
+async fn billable_api_validates_and_changes_nothing_on_bad_input(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
 
     http.admin_get("/api/billable/act_doesnotexist")
@@ -218,3 +225,9 @@ async fn billable_api_validates_and_changes_nothing_on_bad_input() {
 
     server.stop().await;
 }
+
+on_every_backend!(
+    mint_charges_once_and_replays,
+    credit_lines_refuse_overspending_with_402,
+    billable_api_validates_and_changes_nothing_on_bad_input
+);

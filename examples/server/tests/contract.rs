@@ -3,12 +3,14 @@
 mod common;
 
 use bytes::Bytes;
-use common::{TestServer, TOKEN};
+use common::{Stores, TestServer, TOKEN};
+use dreamnet_server::Config;
 use http::Method;
 
-#[tokio::test]
-async fn health_unknown_routes_and_methods() {
-    let server = TestServer::start().await;
+async fn health_unknown_routes_and_methods(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
 
     let health = http.get("/healthz").await;
@@ -24,9 +26,10 @@ async fn health_unknown_routes_and_methods() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn trace_id_is_kept_when_valid_and_replaced_when_not() {
-    let server = TestServer::start().await;
+async fn trace_id_is_kept_when_valid_and_replaced_when_not(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
 
     let kept = http
@@ -55,9 +58,10 @@ async fn trace_id_is_kept_when_valid_and_replaced_when_not() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn echo_answers_cluster_method_trace_and_body() {
-    let server = TestServer::start().await;
+async fn echo_answers_cluster_method_trace_and_body(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
 
     let reply = http
@@ -86,9 +90,10 @@ async fn echo_answers_cluster_method_trace_and_body() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn unknown_cluster_is_404() {
-    let server = TestServer::start().await;
+async fn unknown_cluster_is_404(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
     http.get("/api/no-such-pack/echo").await.assert_problem(404);
     http.get("/api/no-such-pack/status/200")
@@ -97,9 +102,10 @@ async fn unknown_cluster_is_404() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn status_route_answers_the_code_asked() {
-    let server = TestServer::start().await;
+async fn status_route_answers_the_code_asked(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
 
     let ok = http.get("/api/wolf-pack/status/202").await;
@@ -120,9 +126,10 @@ async fn status_route_answers_the_code_asked() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn admin_routes_need_the_bearer_token() {
-    let server = TestServer::start().await;
+async fn admin_routes_need_the_bearer_token(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
 
     for (path, with_token) in [
@@ -172,9 +179,10 @@ async fn admin_routes_need_the_bearer_token() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn mint_validates_before_anything_is_reserved() {
-    let server = TestServer::start().await;
+async fn mint_validates_before_anything_is_reserved(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
     let key = [("idempotency-key", "k-validate")];
     for bad in [
@@ -192,3 +200,13 @@ async fn mint_validates_before_anything_is_reserved() {
     assert_eq!(stats.status, 200, "{}", stats.text());
     server.stop().await;
 }
+
+on_every_backend!(
+    health_unknown_routes_and_methods,
+    trace_id_is_kept_when_valid_and_replaced_when_not,
+    echo_answers_cluster_method_trace_and_body,
+    unknown_cluster_is_404,
+    status_route_answers_the_code_asked,
+    admin_routes_need_the_bearer_token,
+    mint_validates_before_anything_is_reserved
+);

@@ -3,14 +3,15 @@
 
 mod common;
 
-use common::TestServer;
+use common::{Stores, TestServer};
 use dreamnet_server::{Config, FileConfig};
 
 const MINT: &str = r#"{"dreamId": "dream-1", "wallet": "0x1"}"#;
 
-#[tokio::test]
-async fn kill_switch_blocks_guarded_routes_only() {
-    let server = TestServer::start().await;
+async fn kill_switch_blocks_guarded_routes_only(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
 
     let enabled = http
@@ -74,9 +75,10 @@ async fn kill_switch_blocks_guarded_routes_only() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn cluster_switch_blocks_that_cluster_only() {
-    let server = TestServer::start().await;
+async fn cluster_switch_blocks_that_cluster_only(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
 
     let disabled = http
@@ -105,9 +107,10 @@ async fn cluster_switch_blocks_that_cluster_only() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn rate_limit_admits_exactly_the_limit_and_reports_headers() {
-    let server = TestServer::start().await;
+async fn rate_limit_admits_exactly_the_limit_and_reports_headers(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
 
     let set = http
@@ -183,8 +186,7 @@ async fn rate_limit_admits_exactly_the_limit_and_reports_headers() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn breaker_opens_on_failures_and_resets_by_hand() {
+async fn breaker_opens_on_failures_and_resets_by_hand(stores: Stores) {
     let file = FileConfig::from_toml(
         r#"
         [control.breaker]
@@ -195,11 +197,17 @@ async fn breaker_opens_on_failures_and_resets_by_hand() {
         "#,
     )
     .unwrap();
-    let server = TestServer::start_with(Config {
-        file,
-        ..Config::default()
-    })
-    .await;
+    let Some(server) = TestServer::on(
+        stores,
+        Config {
+            file,
+            ..Config::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let http = &server.http;
 
     for _ in 0..4 {
@@ -243,9 +251,10 @@ async fn breaker_opens_on_failures_and_resets_by_hand() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn idempotent_echo_replays_and_logs_nothing_twice() {
-    let server = TestServer::start().await;
+async fn idempotent_echo_replays_and_logs_nothing_twice(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
     let key = [("idempotency-key", "\"echo-1\"")];
 
@@ -285,3 +294,11 @@ async fn idempotent_echo_replays_and_logs_nothing_twice() {
         .assert_problem(400);
     server.stop().await;
 }
+
+on_every_backend!(
+    kill_switch_blocks_guarded_routes_only,
+    cluster_switch_blocks_that_cluster_only,
+    rate_limit_admits_exactly_the_limit_and_reports_headers,
+    breaker_opens_on_failures_and_resets_by_hand,
+    idempotent_echo_replays_and_logs_nothing_twice
+);

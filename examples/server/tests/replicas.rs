@@ -9,102 +9,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{eventually, unique, Process, TOKEN};
-use dreamnet_common::backends;
+use common::{eventually, Backends};
 use http::Method;
 
 const MINT: &str = r#"{"dreamId": "dream-123", "wallet": "0xabc"}"#;
-
-/// A Redis prefix and a PostgreSQL schema for one test, cleaned up by `drop_all`.
-struct Backends {
-    redis_url: String,
-    database_url: String,
-    prefix: String,
-    schema: String,
-}
-
-impl Backends {
-    async fn reserve() -> Option<Self> {
-        let redis_url = backends::redis_url();
-        let database_url = backends::database_url();
-        let client = match redis::Client::open(redis_url.as_str()) {
-            Ok(client) => client,
-            Err(e) => {
-                backends::unavailable("Redis", &e);
-                return None;
-            }
-        };
-        let ping = tokio::time::timeout(Duration::from_secs(2), async {
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await
-        })
-        .await;
-        match ping {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                backends::unavailable("Redis", &e);
-                return None;
-            }
-            Err(e) => {
-                backends::unavailable("Redis", &e);
-                return None;
-            }
-        }
-        if let Err(e) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls).await {
-            backends::unavailable("PostgreSQL", &e);
-            return None;
-        }
-        Some(Self {
-            redis_url,
-            database_url,
-            prefix: unique("test:srv:") + ":",
-            schema: unique("t_srv_"),
-        })
-    }
-
-    fn args(&self) -> Vec<String> {
-        vec![
-            "--redis-url".into(),
-            self.redis_url.clone(),
-            "--redis-prefix".into(),
-            self.prefix.clone(),
-            "--database-url".into(),
-            self.database_url.clone(),
-            "--database-schema".into(),
-            self.schema.clone(),
-        ]
-    }
-
-    async fn replica(&self, extra: &[&str]) -> Process {
-        let args = self.args();
-        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
-        all.extend_from_slice(extra);
-        Process::spawn(&all, &[("DREAMNET_ADMIN_TOKEN", TOKEN)]).await
-    }
-
-    async fn drop_all(self) {
-        if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{}*", self.prefix))
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                }
-            }
-        }
-        if let Ok((client, connection)) =
-            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await
-        {
-            tokio::spawn(connection);
-            let _ = client
-                .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
-                .await;
-        }
-    }
-}
 
 #[tokio::test]
 async fn kill_switch_set_through_one_is_enforced_by_the_other() {

@@ -5,7 +5,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::{TestServer, TOKEN};
+use common::{Stores, TestServer, TOKEN};
+use dreamnet_server::Config;
 use http::Method;
 
 const README: &str = include_str!("../README.md");
@@ -179,9 +180,10 @@ fn the_readme_has_the_seed_examples() {
     }
 }
 
-#[tokio::test]
-async fn every_readme_command_succeeds_in_order() {
-    let server = TestServer::start().await;
+async fn every_readme_command_succeeds_in_order(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
     let mut action_id = None;
     for command in readme_commands() {
@@ -217,9 +219,10 @@ async fn every_readme_command_succeeds_in_order() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn walkthrough_semantics() {
-    let server = TestServer::start().await;
+async fn walkthrough_semantics(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
     let http = &server.http;
 
     // Kill switch on: guarded routes 503, operator routes still answer.
@@ -264,3 +267,8 @@ async fn walkthrough_semantics() {
     let _ = http.send(Method::GET, "/metrics", &[], Bytes::new()).await;
     server.stop().await;
 }
+
+on_every_backend!(
+    every_readme_command_succeeds_in_order,
+    walkthrough_semantics
+);

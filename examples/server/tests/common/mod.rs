@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
+use dreamnet_common::backends;
 use dreamnet_server::{serve, App, Config, Shutdown};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -150,6 +151,40 @@ impl Http {
     }
 }
 
+/// Which stores a test server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stores {
+    /// Memory stores (no set-up).
+    Memory,
+    /// Redis (control, rate limits, idempotency) and PostgreSQL (ledger), with a fresh key
+    /// prefix and schema per server.
+    Shared,
+}
+
+/// Runs each named `async fn name(stores: Stores)` once per backend:
+/// `memory::name` and `redis_postgres::name`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Stores::Memory).await;
+                }
+            )*
+        }
+        mod redis_postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Stores::Shared).await;
+                }
+            )*
+        }
+    };
+}
+
 /// A server running in this test process on a real TCP socket.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -157,9 +192,26 @@ pub struct TestServer {
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<std::io::Result<Shutdown>>>,
     app: Option<App>,
+    backends: Option<Backends>,
 }
 
 impl TestServer {
+    /// A server on `stores` with `config` (its store URLs filled in); `None` when the
+    /// backends are unreachable and not required (the skip was reported).
+    pub async fn on(stores: Stores, mut config: Config) -> Option<Self> {
+        let backends = match stores {
+            Stores::Memory => None,
+            Stores::Shared => {
+                let backends = Backends::reserve().await?;
+                backends.configure(&mut config);
+                Some(backends)
+            }
+        };
+        let mut server = Self::start_with(config).await;
+        server.backends = backends;
+        Some(server)
+    }
+
     /// Memory stores, the test admin token.
     pub async fn start() -> Self {
         Self::start_with(Config::default()).await
@@ -188,6 +240,7 @@ impl TestServer {
             stop: Some(stop),
             handle: Some(handle),
             app: Some(app),
+            backends: None,
         }
     }
 
@@ -203,6 +256,9 @@ impl TestServer {
             .expect("serve");
         if let Some(app) = self.app.take() {
             app.shutdown().await;
+        }
+        if let Some(backends) = self.backends.take() {
+            backends.drop_all().await;
         }
         outcome
     }
@@ -312,5 +368,104 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A Redis prefix and a PostgreSQL schema for one test, cleaned up by `drop_all`.
+pub struct Backends {
+    pub redis_url: String,
+    pub database_url: String,
+    pub prefix: String,
+    pub schema: String,
+}
+
+impl Backends {
+    pub async fn reserve() -> Option<Self> {
+        let redis_url = backends::redis_url();
+        let database_url = backends::database_url();
+        let client = match redis::Client::open(redis_url.as_str()) {
+            Ok(client) => client,
+            Err(e) => {
+                backends::unavailable("Redis", &e);
+                return None;
+            }
+        };
+        let ping = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await;
+        match ping {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                backends::unavailable("Redis", &e);
+                return None;
+            }
+            Err(e) => {
+                backends::unavailable("Redis", &e);
+                return None;
+            }
+        }
+        if let Err(e) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls).await {
+            backends::unavailable("PostgreSQL", &e);
+            return None;
+        }
+        Some(Self {
+            redis_url,
+            database_url,
+            prefix: unique("test:srv:") + ":",
+            schema: unique("t_srv_"),
+        })
+    }
+
+    /// Points an in-process server's config at these backends.
+    pub fn configure(&self, config: &mut Config) {
+        config.redis_url = Some(self.redis_url.clone());
+        config.redis_prefix = self.prefix.clone();
+        config.database_url = Some(self.database_url.clone());
+        config.database_schema = Some(self.schema.clone());
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--redis-url".into(),
+            self.redis_url.clone(),
+            "--redis-prefix".into(),
+            self.prefix.clone(),
+            "--database-url".into(),
+            self.database_url.clone(),
+            "--database-schema".into(),
+            self.schema.clone(),
+        ]
+    }
+
+    pub async fn replica(&self, extra: &[&str]) -> Process {
+        let args = self.args();
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        Process::spawn(&all, &[("DREAMNET_ADMIN_TOKEN", TOKEN)]).await
+    }
+
+    pub async fn drop_all(self) {
+        if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}*", self.prefix))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                }
+            }
+        }
+        if let Ok((client, connection)) =
+            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await
+        {
+            tokio::spawn(connection);
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+                .await;
+        }
     }
 }
