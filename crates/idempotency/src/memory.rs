@@ -512,14 +512,22 @@ mod tests {
             let t = token(claim(&store, &key, &a));
             // k0 expires first, k15 last.
             let ttl = Duration::from_secs(100 + i);
-            store.complete_now("s", &key, t, &response(b"r"), ttl).unwrap();
+            store
+                .complete_now("s", &key, t, &response(b"r"), ttl)
+                .unwrap();
         }
         token(claim(&store, "new", &a));
         assert_eq!(store.len(), 15, "16 / 8 = 2 evicted, 1 inserted");
         for kept in ["k2", "k15"] {
-            assert!(matches!(claim(&store, kept, &a), Claim::Completed { .. }), "{kept} kept");
+            assert!(
+                matches!(claim(&store, kept, &a), Claim::Completed { .. }),
+                "{kept} kept"
+            );
         }
-        assert!(matches!(claim(&store, "k1", &a), Claim::Proceed(_)), "k1 evicted");
+        assert!(
+            matches!(claim(&store, "k1", &a), Claim::Proceed(_)),
+            "k1 evicted"
+        );
         assert_eq!(store.len(), 16);
     }
 

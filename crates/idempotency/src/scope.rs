@@ -7,6 +7,8 @@
 use http::{header, request::Parts, HeaderName};
 use sha2::{Digest, Sha256};
 
+use crate::fingerprint::hex_lower;
+
 /// The header [`DefaultScope`] reads the account from.
 pub const ACCOUNT_ID_HEADER: HeaderName = HeaderName::from_static("x-account-id");
 
@@ -66,7 +68,7 @@ impl ScopeExtractor for DefaultScope {
             return format!("account:{account}");
         }
         if let Some(auth) = parts.headers.get(header::AUTHORIZATION) {
-            return format!("auth:{}", hex::encode(Sha256::digest(auth.as_bytes())));
+            return format!("auth:{}", hex_lower(&Sha256::digest(auth.as_bytes())));
         }
         ANONYMOUS_SCOPE.to_owned()
     }
