@@ -12,7 +12,7 @@ use crate::{
     store::{
         Claim, ClaimRequest, Completion, FencingToken, IdempotencyStore, StoreError, StoreFuture,
     },
-    CorruptRecord, StoredResponse,
+    CorruptRecord, Fingerprint, StoredResponse,
 };
 
 /// The default key prefix.
@@ -37,14 +37,12 @@ if kind == 'hash' then
     return {'corrupt', 'unexpected fields'}
   end
   if r[2] == 'c' or until_ms > now_ms then
+    -- Live: the caller compares fingerprints (after checking the stored response).
     local trace = r[4] or ''
-    if r[3] ~= ARGV[1] then return {'mismatch', trace} end
     if r[2] == 'c' then
-      local resp = redis.call('HGET', KEYS[1], 'resp')
-      if not resp then return {'corrupt', 'no response'} end
-      return {'completed', trace, resp}
+      return {'completed', trace, r[3], redis.call('HGET', KEYS[1], 'resp') or false}
     end
-    return {'inflight', trace, until_ms - now_ms}
+    return {'inflight', trace, r[3], until_ms - now_ms}
   end
   if old_token >= token then token = old_token + 1 end
 end
@@ -273,7 +271,11 @@ fn unexpected() -> StoreError {
     StoreError::unavailable("redis: unexpected script reply")
 }
 
-fn parse_claim(value: &Value) -> Result<Claim, StoreError> {
+fn same_fingerprint(stored: Option<&Value>, fingerprint: &Fingerprint) -> bool {
+    stored.and_then(text) == Some(fingerprint.as_str().as_bytes())
+}
+
+fn parse_claim(value: &Value, fingerprint: &Fingerprint) -> Result<Claim, StoreError> {
     let Value::Array(items) = value else {
         return Err(unexpected());
     };
@@ -289,23 +291,33 @@ fn parse_claim(value: &Value) -> Result<Claim, StoreError> {
             Ok(Claim::Proceed(FencingToken(token)))
         }
         b"inflight" => {
-            let remaining = match items.get(2) {
+            let remaining = match items.get(3) {
                 Some(Value::Int(ms)) => u64::try_from(*ms).unwrap_or(0),
                 _ => return Err(unexpected()),
             };
+            let original_trace_id = trace(items.get(1));
+            if !same_fingerprint(items.get(2), fingerprint) {
+                return Ok(Claim::Mismatch { original_trace_id });
+            }
             Ok(Claim::InFlight {
                 retry_after: Duration::from_millis(remaining),
-                original_trace_id: trace(items.get(1)),
+                original_trace_id,
             })
         }
-        b"mismatch" => Ok(Claim::Mismatch {
-            original_trace_id: trace(items.get(1)),
-        }),
         b"completed" => {
-            let bytes = items.get(2).and_then(text).ok_or_else(unexpected)?;
+            // A completed record must carry a readable response, whatever the request.
+            let bytes = items
+                .get(3)
+                .and_then(text)
+                .ok_or(CorruptRecord::new("completed record without a response"))?;
+            let response = StoredResponse::decode(bytes)?;
+            let original_trace_id = trace(items.get(1));
+            if !same_fingerprint(items.get(2), fingerprint) {
+                return Ok(Claim::Mismatch { original_trace_id });
+            }
             Ok(Claim::Completed {
-                response: StoredResponse::decode(bytes)?,
-                original_trace_id: trace(items.get(1)),
+                response,
+                original_trace_id,
             })
         }
         b"corrupt" => Err(CorruptRecord::new("foreign value under the key").into()),
@@ -336,7 +348,7 @@ impl IdempotencyStore for RedisStore {
                     ],
                 )
                 .await?;
-            parse_claim(&value)
+            parse_claim(&value, request.fingerprint)
         })
     }
 

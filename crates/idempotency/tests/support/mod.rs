@@ -37,8 +37,9 @@ pub struct Backend {
     pub unreachable: Arc<dyn IdempotencyStore>,
     /// The fake clock, for stores that take an injected clock.
     pub clock: Option<ManualClock>,
-    /// Writes a foreign value under (scope, key), for stores where that is possible.
-    pub corrupt: Option<Box<dyn Fn(String, String) -> BoxFut + Send + Sync>>,
+    /// Writes a foreign value (variant 0) or our record shape with an unreadable response
+    /// (variant 1) under (scope, key), for stores where that is possible.
+    pub corrupt: Option<Box<dyn Fn(String, String, usize) -> BoxFut + Send + Sync>>,
     pub cleanup: Option<BoxFut>,
 }
 
@@ -89,18 +90,23 @@ impl Backend {
             .expect("raw connection");
         let keys = store.clone();
         let corrupt_conn = raw.clone();
-        let corrupt = move |scope: String, key: String| -> BoxFut {
+        let corrupt = move |scope: String, key: String, variant: usize| -> BoxFut {
             let record = keys.record_key(&scope, &key);
             let mut conn = corrupt_conn.clone();
             Box::pin(async move {
-                redis::cmd("SET")
-                    .arg(&record)
-                    .arg("not ours")
-                    .arg("PX")
-                    .arg(60_000)
-                    .exec_async(&mut conn)
+                let mut pipe = redis::pipe();
+                if variant == 0 {
+                    pipe.cmd("SET").arg(&record).arg("not ours");
+                } else {
+                    pipe.cmd("HSET")
+                        .arg(&record)
+                        .arg(&["v", "1", "state", "c", "fp", "x", "trace", "", "token", "1"])
+                        .arg(&["until", "0", "resp", "DNIR\x01garbage"]);
+                }
+                pipe.cmd("PEXPIRE").arg(&record).arg(60_000);
+                pipe.exec_async(&mut conn)
                     .await
-                    .expect("SET");
+                    .expect("write foreign value");
             })
         };
         let mut cleanup_conn = raw;
@@ -162,11 +168,16 @@ impl Backend {
         let admin = Arc::new(admin);
         let table = store.table().to_owned();
         let corrupt_admin = Arc::clone(&admin);
-        let corrupt = move |scope: String, key: String| -> BoxFut {
+        let corrupt = move |scope: String, key: String, variant: usize| -> BoxFut {
             let admin = Arc::clone(&corrupt_admin);
+            let response = if variant == 0 {
+                "'\\x00ff'::bytea"
+            } else {
+                "NULL"
+            };
             let sql = format!(
                 "INSERT INTO {table} (scope, key, fingerprint, trace_id, state, token, expires_at, response)
-                 VALUES ($1, $2, 'not-a-digest', NULL, 'completed', 1, now() + interval '1 minute', '\\x00ff'::bytea)"
+                 VALUES ($1, $2, 'not-a-digest', NULL, 'completed', 1, now() + interval '1 minute', {response})"
             );
             Box::pin(async move {
                 admin
