@@ -75,6 +75,7 @@ macro_rules! ledger_suite {
             partial_post_and_refused_overcharge,
             confirm_after_timeout_is_refused,
             sweeper_task_resolves_in_the_background,
+            rejections_carry_trace_ids_and_refuse_before_reserving,
         );
     };
     (@tests $make:path; $($name:ident),* $(,)?) => {$(
@@ -1008,4 +1009,50 @@ async fn observe(
         StatusCode::INTERNAL_SERVER_ERROR => assert_eq!(behave, "500"),
         other => panic!("unexpected status {other}"),
     }
+}
+
+pub async fn rejections_carry_trace_ids_and_refuse_before_reserving(f: &Fixture) {
+    let acct = account("reject");
+    f.ledger.set_credit(&acct, Some(0), "EUR").await.unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let svc = service(f, &runs);
+    let traced = |mut req: Request<Full<Bytes>>| {
+        req.extensions_mut()
+            .insert(dreamnet_trace_id::TraceContext::new("trace-abc"));
+        req
+    };
+    // The account is kept in EUR, the route charges USD: 409, nothing held.
+    let (status, _, body) = send(svc.clone(), traced(request(&acct, Some("k"), "{}", ""))).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        problem["type"],
+        "https://dreamnet.dev/problems/currency-mismatch"
+    );
+    assert_eq!(problem["traceId"], "trace-abc");
+    // Too large a body: 413 before anything is reserved.
+    let big = "x".repeat(dreamnet_billable::DEFAULT_BODY_LIMIT + 1);
+    let (status, _, body) = send(svc.clone(), traced(request(&acct, Some("big"), &big, ""))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["traceId"], "trace-abc");
+    assert!(f
+        .ledger
+        .find(&scope_of(&acct), "big")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+
+    // A reserved action records the request's trace id.
+    let other = account("traced");
+    let (status, _, _) = send(svc.clone(), traced(request(&other, Some("k"), "{}", ""))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let action = f
+        .ledger
+        .find(&scope_of(&other), "k")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(action.trace_id.as_deref(), Some("trace-abc"));
 }
