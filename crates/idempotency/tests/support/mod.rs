@@ -25,6 +25,8 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use tokio::sync::Semaphore;
 
 type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// Writes a foreign value under (scope, key); the `usize` picks the variant.
+pub type CorruptFn = dyn Fn(String, String, usize) -> BoxFut + Send + Sync;
 
 /// A store under test, plus what the suite needs around it.
 pub struct Backend {
@@ -39,7 +41,7 @@ pub struct Backend {
     pub clock: Option<ManualClock>,
     /// Writes a foreign value (variant 0) or our record shape with an unreadable response
     /// (variant 1) under (scope, key), for stores where that is possible.
-    pub corrupt: Option<Box<dyn Fn(String, String, usize) -> BoxFut + Send + Sync>>,
+    pub corrupt: Option<Box<CorruptFn>>,
     pub cleanup: Option<BoxFut>,
 }
 
