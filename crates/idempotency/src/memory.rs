@@ -564,6 +564,124 @@ mod tests {
         assert_eq!(store.bytes(), 0);
     }
 
+    mod model {
+        use super::*;
+        use dreamnet_common::Clock;
+        use proptest::prelude::*;
+        use std::collections::HashMap;
+
+        const LEASE: u64 = 1_000;
+        const TTL: u64 = 5_000;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Claim {
+                key: u8,
+                fp: u8,
+            },
+            /// Complete with the key's newest token (`stale: false`) or an older one.
+            Complete {
+                key: u8,
+                stale: bool,
+            },
+            Release {
+                key: u8,
+                stale: bool,
+            },
+            Advance(u64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0..3u8, 0..2u8).prop_map(|(key, fp)| Op::Claim { key, fp }),
+                (0..3u8, any::<bool>()).prop_map(|(key, stale)| Op::Complete { key, stale }),
+                (0..3u8, any::<bool>()).prop_map(|(key, stale)| Op::Release { key, stale }),
+                (0..3_000u64).prop_map(Op::Advance),
+            ]
+        }
+
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        enum Held {
+            InFlight(FencingToken),
+            Completed,
+        }
+
+        proptest! {
+            /// The store behaves like a plain map of (fingerprint, state, expiry) per key:
+            /// at most one live holder per key, stale tokens never complete or release.
+            #[test]
+            fn memory_store_matches_the_model(ops in proptest::collection::vec(op(), 1..80)) {
+                let clock = ManualClock::new(0);
+                let store = MemoryStore::builder().clock(Arc::new(clock.clone())).build();
+                let mut model: HashMap<u8, (u8, Held, u64)> = HashMap::new();
+                let mut tokens: HashMap<u8, Vec<FencingToken>> = HashMap::new();
+                for op in ops {
+                    let now = clock.now_millis();
+                    match op {
+                        Op::Claim { key, fp } => {
+                            let fingerprint = Fingerprint::from_hex(format!("fp{fp}"));
+                            let got = store.claim_now(&ClaimRequest {
+                                scope: "s",
+                                key: &key.to_string(),
+                                fingerprint: &fingerprint,
+                                trace_id: None,
+                                lease: Duration::from_millis(LEASE),
+                            }).unwrap();
+                            match model.get(&key).filter(|(_, _, until)| *until > now) {
+                                Some((held_fp, _, _)) if *held_fp != fp => {
+                                    prop_assert!(matches!(got, Claim::Mismatch { .. }), "{got:?}");
+                                }
+                                Some((_, Held::InFlight(_), until)) => {
+                                    prop_assert_eq!(got, Claim::InFlight {
+                                        retry_after: Duration::from_millis(until - now),
+                                        original_trace_id: None,
+                                    });
+                                }
+                                Some((_, Held::Completed, _)) => {
+                                    prop_assert!(matches!(got, Claim::Completed { .. }), "{got:?}");
+                                }
+                                None => {
+                                    let Claim::Proceed(token) = got else {
+                                        return Err(TestCaseError::fail(format!("expected proceed, got {got:?}")));
+                                    };
+                                    let issued = tokens.entry(key).or_default();
+                                    prop_assert!(issued.last().is_none_or(|last| token > *last));
+                                    issued.push(token);
+                                    model.insert(key, (fp, Held::InFlight(token), now + LEASE));
+                                }
+                            }
+                        }
+                        Op::Complete { key, stale } | Op::Release { key, stale } => {
+                            let issued = tokens.get(&key).cloned().unwrap_or_default();
+                            let token = if stale {
+                                issued.first().copied().unwrap_or(FencingToken(0))
+                            } else {
+                                issued.last().copied().unwrap_or(FencingToken(0))
+                            };
+                            let owns = matches!(model.get(&key), Some((_, Held::InFlight(t), _)) if *t == token);
+                            if matches!(op, Op::Complete { .. }) {
+                                let got = store.complete_now(
+                                    "s", &key.to_string(), token, &response(b"r"), Duration::from_millis(TTL),
+                                ).unwrap();
+                                prop_assert_eq!(got, if owns { Completion::Stored } else { Completion::Superseded });
+                                if owns {
+                                    let fp = model[&key].0;
+                                    model.insert(key, (fp, Held::Completed, now + TTL));
+                                }
+                            } else {
+                                prop_assert_eq!(store.release_now("s", &key.to_string(), token), owns);
+                                if owns {
+                                    model.remove(&key);
+                                }
+                            }
+                        }
+                        Op::Advance(ms) => clock.advance(Duration::from_millis(ms)),
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn record_ids_are_unambiguous() {
         assert_ne!(record_id("a", "bc"), record_id("ab", "c"));
