@@ -76,6 +76,7 @@ macro_rules! ledger_suite {
             confirm_after_timeout_is_refused,
             sweeper_task_resolves_in_the_background,
             rejections_carry_trace_ids_and_refuse_before_reserving,
+            recovery_pages_through_more_than_a_batch,
         );
     };
     (@tests $make:path; $($name:ident),* $(,)?) => {$(
@@ -1055,4 +1056,29 @@ pub async fn rejections_carry_trace_ids_and_refuse_before_reserving(f: &Fixture)
         .unwrap()
         .unwrap();
     assert_eq!(action.trace_id.as_deref(), Some("trace-abc"));
+}
+
+pub async fn recovery_pages_through_more_than_a_batch(f: &Fixture) {
+    let ledger = &*f.ledger;
+    let acct = account("many");
+    let n = dreamnet_billable::RECOVERY_BATCH + 20;
+    for i in 0..n {
+        let id = reserved(ledger, &acct, &format!("k{i}"), 1).await;
+        if i % 2 == 0 {
+            ledger
+                .confirm(&id, encoded_response("{}"), None)
+                .await
+                .unwrap();
+        }
+    }
+    // One pass sees more than a batch of due actions (half confirmed, half expired).
+    f.clock.advance(TIMEOUT);
+    let report = recover(ledger).await.unwrap();
+    assert_eq!(
+        (report.charged, report.voided),
+        (n as u64 / 2, n as u64 / 2)
+    );
+    assert_eq!(recover(ledger).await.unwrap(), Default::default());
+    let (_, pending, charged) = balance(ledger, &acct).await;
+    assert_eq!((pending, charged), (0, i64::try_from(n / 2).unwrap()));
 }
