@@ -146,6 +146,7 @@ pub struct BillableLayer<L> {
     pub(crate) body_limit: usize,
     pub(crate) response_limit: usize,
     pub(crate) in_flight_retry_after: Duration,
+    pub(crate) void_on_drop: bool,
 }
 
 impl<L> Clone for BillableLayer<L> {
@@ -164,6 +165,7 @@ impl<L> Clone for BillableLayer<L> {
             body_limit: self.body_limit,
             response_limit: self.response_limit,
             in_flight_retry_after: self.in_flight_retry_after,
+            void_on_drop: self.void_on_drop,
         }
     }
 }
@@ -201,6 +203,7 @@ impl<L: Ledger> BillableLayer<L> {
             body_limit: DEFAULT_BODY_LIMIT,
             response_limit: DEFAULT_RESPONSE_LIMIT,
             in_flight_retry_after: Duration::from_secs(1),
+            void_on_drop: false,
         }
     }
 }
@@ -293,6 +296,17 @@ impl<L> BillableLayer<L> {
     #[must_use]
     pub fn in_flight_retry_after(mut self, retry_after: Duration) -> Self {
         self.in_flight_retry_after = retry_after;
+        self
+    }
+
+    /// Voids the reservation at once (in a spawned task) when the request future is dropped
+    /// before its outcome is settled: a client that disconnected mid-handler can retry
+    /// without waiting for the reservation timeout. Off by default: then the reservation
+    /// stays pending until recovery voids it after the timeout. Either way nothing is
+    /// charged, since no response was kept.
+    #[must_use]
+    pub fn void_on_drop(mut self, enabled: bool) -> Self {
+        self.void_on_drop = enabled;
         self
     }
 

@@ -24,7 +24,7 @@ use tower_service::Service;
 
 use crate::{
     layer::{ActualCost, BillableLayer, ReservedAction},
-    ledger::{Action, ActionState, Ledger, LedgerError, Reservation, ReserveRequest},
+    ledger::{Action, ActionId, ActionState, Ledger, LedgerError, Reservation, ReserveRequest},
     problems,
 };
 
@@ -102,7 +102,7 @@ fn reject<B>(problem: Problem) -> Response<ResponseBody<B>> {
 #[allow(clippy::too_many_lines)] // one linear state machine reads best in one place
 async fn handle<S, L, ReqB, ResB>(
     config: Arc<BillableLayer<L>>,
-    mut inner: S,
+    inner: S,
     request: Request<ReqB>,
 ) -> Result<Response<ResponseBody<ResB>>, S::Error>
 where
@@ -113,7 +113,7 @@ where
     ResB: Body<Data = Bytes>,
     ResB::Error: std::fmt::Display + Send,
 {
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     let trace_id = trace_id_of(&parts.extensions).map(str::to_owned);
     let trace = trace_id.as_deref();
 
@@ -201,6 +201,37 @@ where
         "billable: reserved"
     );
 
+    // Dropped before the outcome is settled (client gone, task cancelled): with
+    // `void_on_drop` the hold is released at once, else recovery voids it after the timeout.
+    let guard = VoidOnDrop {
+        armed: config
+            .void_on_drop
+            .then(|| (config.ledger.clone(), action.id.clone())),
+    };
+    let result = run_reserved(&config, inner, parts, body, &action, trace).await;
+    guard.disarm();
+    result
+}
+
+/// Runs the handler for a reserved action and settles it: confirm + charge, or void.
+#[allow(clippy::too_many_lines)]
+async fn run_reserved<S, L, ReqB, ResB>(
+    config: &BillableLayer<L>,
+    mut inner: S,
+    mut parts: http::request::Parts,
+    body: Bytes,
+    action: &Action,
+    trace: Option<&str>,
+) -> Result<Response<ResponseBody<ResB>>, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    L: Ledger,
+    ReqB: Body<Data = Bytes> + From<Bytes>,
+    ResB: Body<Data = Bytes>,
+    ResB::Error: std::fmt::Display,
+{
+    let ledger = &*config.ledger;
+    let action = action.clone();
     parts.extensions.insert(ReservedAction {
         id: action.id.clone(),
         account: action.account.clone(),
@@ -351,6 +382,37 @@ async fn existing_action<L: Ledger, B>(
         }
         // A ledger never returns a failed action as a key's live one.
         ActionState::Failed => reject(idem::in_flight(config.in_flight_retry_after, trace)),
+    }
+}
+
+/// Voids the reservation in a spawned task if dropped while armed.
+struct VoidOnDrop<L: Ledger> {
+    armed: Option<(Arc<L>, ActionId)>,
+}
+
+impl<L: Ledger> VoidOnDrop<L> {
+    fn disarm(mut self) {
+        self.armed = None;
+    }
+}
+
+impl<L: Ledger> Drop for VoidOnDrop<L> {
+    fn drop(&mut self) {
+        let Some((ledger, id)) = self.armed.take() else {
+            return;
+        };
+        // Without a runtime there is nothing to spawn on; recovery voids it after the timeout.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                match ledger.void(&id).await {
+                    Ok(_) => tracing::info!(action_id = %id,
+                        "billable: request dropped; reservation voided, nothing charged"),
+                    // Confirmed meanwhile (the drop raced the confirm): recovery charges it.
+                    Err(err) => tracing::debug!(action_id = %id, error = %err,
+                        "billable: request dropped; nothing to void"),
+                }
+            });
+        }
     }
 }
 

@@ -77,6 +77,7 @@ macro_rules! ledger_suite {
             sweeper_task_resolves_in_the_background,
             rejections_carry_trace_ids_and_refuse_before_reserving,
             recovery_pages_through_more_than_a_batch,
+            dropped_request_voids_at_once_when_asked,
         );
     };
     (@tests $make:path; $($name:ident),* $(,)?) => {$(
@@ -130,9 +131,19 @@ async fn handler(
 }
 
 pub fn service(fixture: &Fixture, runs: &Arc<AtomicUsize>) -> Svc {
+    service_with(fixture, runs, |layer| layer)
+}
+
+pub fn service_with(
+    fixture: &Fixture,
+    runs: &Arc<AtomicUsize>,
+    configure: impl FnOnce(BillableLayer<Arc<dyn Ledger>>) -> BillableLayer<Arc<dyn Ledger>>,
+) -> Svc {
     let runs = runs.clone();
-    let layer = BillableLayer::new(fixture.ledger.clone(), "mint-dream", PRICE)
-        .reservation_timeout(TIMEOUT);
+    let layer = configure(
+        BillableLayer::new(fixture.ledger.clone(), "mint-dream", PRICE)
+            .reservation_timeout(TIMEOUT),
+    );
     tower::util::BoxCloneService::new(
         tower::ServiceBuilder::new()
             .layer(layer)
@@ -1081,4 +1092,34 @@ pub async fn recovery_pages_through_more_than_a_batch(f: &Fixture) {
     assert_eq!(recover(ledger).await.unwrap(), Default::default());
     let (_, pending, charged) = balance(ledger, &acct).await;
     assert_eq!((pending, charged), (0, i64::try_from(n / 2).unwrap()));
+}
+
+pub async fn dropped_request_voids_at_once_when_asked(f: &Fixture) {
+    let ledger = &*f.ledger;
+    let acct = account("dropped");
+    ledger.add_credit(&acct, PRICE, "USD").await.unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let svc = service_with(f, &runs, |layer| layer.void_on_drop(true));
+    let hanging = tokio::spawn({
+        let svc = svc.clone();
+        let req = request(&acct, Some("k"), "{}", "hang");
+        async move { send(svc, req).await }
+    });
+    let id = wait_for_state(ledger, &acct, "k", ActionState::Pending).await;
+    hanging.abort();
+    let _ = hanging.await;
+    // No clock movement, no sweep: the drop itself released the hold.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while state_of(ledger, &id).await != ActionState::Failed {
+        assert!(tokio::time::Instant::now() < deadline, "not voided on drop");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(balance(ledger, &acct).await, (Some(PRICE), 0, 0));
+    let (status, _, _) = send(svc.clone(), request(&acct, Some("k"), "{}", "")).await;
+    assert_eq!(status, StatusCode::CREATED, "the retry runs at once");
+    // A request that completes is not voided by its guard.
+    let (status, _, _) = send(svc.clone(), request(&acct, Some("k"), "{}", "")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    tokio::task::yield_now().await;
+    assert_eq!(balance(ledger, &acct).await, (Some(PRICE), 0, PRICE));
 }
