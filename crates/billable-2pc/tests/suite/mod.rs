@@ -41,6 +41,23 @@ impl Fixture {
     }
 }
 
+impl Drop for Fixture {
+    /// A test that panicked never reached `finish`: clean up on a thread of its own, so a
+    /// failing run leaves no schemas behind either.
+    fn drop(&mut self) {
+        if let Some(cleanup) = self.cleanup.take() {
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(cleanup());
+            })
+            .join();
+        }
+    }
+}
+
 /// Generates one `#[tokio::test]` per scenario for a backend. `$make` is an async fn
 /// returning `Option<Fixture>` (`None`: backend unreachable, skipped loudly).
 #[macro_export]
