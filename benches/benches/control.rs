@@ -1,13 +1,108 @@
-//! Placeholder: the control benchmarks are being written.
+//! The control layer: one admission decision (kill switch, disabled, breaker, 3 windows on
+//! the memory store) uncontended and from 2 threads on one cluster, and the layer against the
+//! bare service. Redis round trips are benched in `crates/control-core/benches/redis.rs`
+//! (it needs the crate's `redis` feature).
+//!
+//! Run: `cargo bench -p dreamnet-benches --bench control`
 #![allow(missing_docs)]
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    hint::black_box,
+    pin::pin,
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
 
-fn placeholder(c: &mut Criterion) {
-    c.bench_function("control/placeholder", |b| {
-        b.iter(|| std::hint::black_box(1 + 1));
-    });
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use dreamnet_benches::bare_handler;
+use dreamnet_control_core::{ClusterConfig, ControlConfig, ControlPlane, WindowConfig};
+use http::Request;
+use http_body_util::Full;
+use tower::{service_fn, Service, ServiceBuilder};
+
+/// Polls a future that must be ready at once (the memory path never waits).
+fn now<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the memory path must not wait"),
+    }
 }
 
-criterion_group!(benches, placeholder);
+/// One cluster with 3 windows so large that no request is ever rate limited: every
+/// iteration measures the full admission path (all 3 windows checked and taken).
+fn plane() -> ControlPlane {
+    let mut clusters = BTreeMap::new();
+    clusters.insert(
+        "wolf-pack".to_owned(),
+        ClusterConfig {
+            windows: vec![
+                WindowConfig::new("minute", 1_000_000_000_000, 60),
+                WindowConfig::new("hour", 1_000_000_000_000, 3600),
+                WindowConfig::new("day", 1_000_000_000_000, 86_400),
+            ],
+            ..ClusterConfig::per_minute_hour_day(1, 1, 1)
+        },
+    );
+    ControlPlane::new(ControlConfig {
+        clusters,
+        ..ControlConfig::default()
+    })
+}
+
+fn request() -> Request<Full<Bytes>> {
+    Request::new(Full::new(Bytes::new()))
+}
+
+fn decision(c: &mut Criterion) {
+    let plane = plane();
+    let mut guarded = ServiceBuilder::new()
+        .layer(plane.layer("wolf-pack"))
+        .service(service_fn(bare_handler));
+    let mut bare = service_fn(bare_handler);
+    let mut group = c.benchmark_group("control");
+    group.bench_function("bare_service", |b| {
+        b.iter(|| black_box(now(bare.call(request())).unwrap()));
+    });
+    group.bench_function("layer_memory_3_windows", |b| {
+        b.iter(|| {
+            let response = now(guarded.call(request())).unwrap();
+            assert_eq!(response.status(), 200);
+            black_box(response)
+        });
+    });
+    // Two threads deciding for the same cluster at once: per-decision latency under
+    // contention on the cluster's counter and breaker mutexes.
+    group.bench_function("layer_memory_3_windows_2_threads_one_cluster", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    let mut svc = guarded.clone();
+                    s.spawn(move || {
+                        for _ in 0..iters {
+                            black_box(now(svc.call(request())).unwrap());
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        });
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = decision
+}
 criterion_main!(benches);

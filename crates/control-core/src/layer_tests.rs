@@ -193,6 +193,8 @@ async fn checks_run_in_order_kill_switch_disabled_breaker_rate_limit() {
         let response = send(&svc).await;
         let expected = if step == 3 { 429 } else { 503 };
         assert_eq!(response.status(), expected, "step {step}");
+        assert!(header(&response, "ratelimit-policy").starts_with("\"minute\";q=1;w=60"));
+        assert_eq!(header(&response, "ratelimit").is_empty(), step != 3);
         let body = json(response).await;
         assert_eq!(body["type"], *kind);
         match step {

@@ -365,6 +365,14 @@ impl Inner {
         cluster.counters.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
         self.totals.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
         tracing::debug!(cluster = %cluster.id, reason = reason.as_str(), trace_id, "request rejected by control plane");
+        let mut problem = problem;
+        if reason != RejectReason::RateLimited {
+            // The limiter was not consulted, so there is no `RateLimit`; the policy is known.
+            let limits = cluster.limits.read();
+            if let (true, Some(policy)) = (limits.enabled, &limits.policy) {
+                problem = problem.header(RATELIMIT_POLICY.clone(), policy.clone());
+            }
+        }
         problem
             .type_uri(format!(
                 "urn:dreamnet:control:{}",

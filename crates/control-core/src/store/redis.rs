@@ -14,7 +14,13 @@
 //! checks every window, takes one unit from each only if all admit, and returns the
 //! cluster's epoch so the plane notices a change made elsewhere in the same round trip.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use redis::{aio::ConnectionManager, AsyncCommands, Client, Script};
 
@@ -80,6 +86,7 @@ pub struct RedisStore {
     timeout: Duration,
     take: Arc<Script>,
     cas: Arc<Script>,
+    round_trips: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -138,6 +145,7 @@ impl RedisStore {
             timeout: Duration::from_millis(500),
             take: Arc::new(Script::new(TAKE_SCRIPT)),
             cas: Arc::new(Script::new(CAS_SCRIPT)),
+            round_trips: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -153,6 +161,11 @@ impl RedisStore {
         );
         self.prefix = Arc::from(prefix);
         self
+    }
+
+    /// Requests sent to Redis by this store and its clones (a pipeline counts once).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
     }
 
     /// The key prefix.
@@ -212,6 +225,7 @@ impl RedisStore {
         &self,
         op: impl std::future::Future<Output = Result<T, redis::RedisError>>,
     ) -> Result<T, StoreError> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(self.timeout, op).await {
             Ok(result) => result.map_err(|e| unavailable(&e)),
             Err(_) => Err(StoreError::Unavailable(format!(
@@ -344,7 +358,6 @@ impl ControlStore for RedisStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     /// A unique key prefix per test, so parallel runs never collide.
     pub(crate) fn unique_prefix() -> String {
