@@ -35,11 +35,17 @@ use crate::{
 /// The rate-limit script: a mirror of [`crate::window::decide`] on Redis server time.
 ///
 /// `KEYS[1]` the cluster's epoch key, `KEYS[2..]` one counter per window; `ARGV` is
-/// `limit, window_ms` per window. Returns `{admitted, now_ms, epoch, count...}`.
+/// `limit, window_ms` per window (plus, in tests only, a time to use instead of the server's).
+/// Returns `{admitted, now_ms, epoch, count...}`.
 pub const TAKE_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = #KEYS - 1
+local now
+if #ARGV > 2 * n then
+  now = tonumber(ARGV[2 * n + 1])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local starts, counts = {}, {}
 local admitted = 1
 for i = 1, n do
@@ -206,6 +212,40 @@ impl RedisStore {
         Ok(deleted)
     }
 
+    /// One run of [`TAKE_SCRIPT`]; `at` replaces server time (tests only).
+    async fn run_take(
+        &self,
+        cluster: &str,
+        windows: &[WindowConfig],
+        at: Option<u64>,
+    ) -> Result<Taken, StoreError> {
+        let mut invocation = self.take.key(self.epoch_key(cluster));
+        for window in windows {
+            invocation
+                .key(self.counter_key(cluster, window))
+                .arg(window.limit)
+                .arg(window_millis(window));
+        }
+        if let Some(at) = at {
+            invocation.arg(at);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = self.timed(invocation.invoke_async(&mut conn)).await?;
+        if reply.len() != 3 + windows.len() {
+            return Err(corrupt("rate-limit script answered the wrong shape"));
+        }
+        let num = |v: i64| u64::try_from(v).map_err(|_| corrupt("negative counter"));
+        Ok(Taken {
+            admitted: reply[0] == 1,
+            now_millis: num(reply[1])?,
+            epoch: Some(num(reply[2])?),
+            counts: reply[3..]
+                .iter()
+                .map(|&c| num(c))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
     fn state_key(&self, what: &str) -> String {
         format!("{}ctl:{{state}}:{what}", self.prefix)
     }
@@ -247,32 +287,8 @@ impl ControlStore for RedisStore {
         windows: &'a [WindowConfig],
         _now_millis: u64,
     ) -> BoxFuture<'a, Result<Taken, StoreError>> {
-        Box::pin(async move {
-            let mut invocation = self.take.key(self.epoch_key(cluster));
-            for window in windows {
-                invocation
-                    .key(self.counter_key(cluster, window))
-                    .arg(window.limit)
-                    .arg(window_millis(window));
-            }
-            let mut conn = self.conn.clone();
-            let reply: Vec<i64> = self.timed(invocation.invoke_async(&mut conn)).await?;
-            if reply.len() != 3 + windows.len() {
-                return Err(corrupt("rate-limit script answered the wrong shape"));
-            }
-            let num = |v: i64| u64::try_from(v).map_err(|_| corrupt("negative counter"));
-            Ok(Taken {
-                admitted: reply[0] == 1,
-                now_millis: num(reply[1])?,
-                epoch: Some(num(reply[2])?),
-                counts: reply[3..]
-                    .iter()
-                    .map(|&c| num(c))
-                    .collect::<Result<_, _>>()?,
-            })
-        })
+        Box::pin(self.run_take(cluster, windows, None))
     }
-
     fn load(&self) -> BoxFuture<'_, Result<Option<Versioned>, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
@@ -358,6 +374,7 @@ impl ControlStore for RedisStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use dreamnet_common::Clock as _;
 
     /// A unique key prefix per test, so parallel runs never collide.
     pub(crate) fn unique_prefix() -> String {
@@ -406,6 +423,61 @@ pub(crate) mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         store.purge().await.unwrap();
+    }
+
+    /// The Lua script mirrors [`crate::window::decide`]: the same random arrivals give the
+    /// same decisions and counts (the script is given the same clock for the comparison).
+    mod mirror {
+        use super::*;
+        use crate::window::{decide, Slot};
+        use proptest::prelude::*;
+        use std::sync::{
+            atomic::{AtomicU64, Ordering},
+            OnceLock,
+        };
+
+        fn redis() -> &'static (tokio::runtime::Runtime, Option<Arc<RedisStore>>) {
+            static REDIS: OnceLock<(tokio::runtime::Runtime, Option<Arc<RedisStore>>)> =
+                OnceLock::new();
+            REDIS.get_or_init(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let store = rt.block_on(store());
+                (rt, store)
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(24))]
+            #[test]
+            fn lua_script_matches_decide(
+                limits in proptest::collection::vec(0u64..5, 1..4),
+                steps in proptest::collection::vec(0u64..20_000, 1..60),
+            ) {
+                let (rt, Some(store)) = redis() else { return Ok(()) };
+                static CASE: AtomicU64 = AtomicU64::new(0);
+                let cluster = format!("mirror-{}", CASE.fetch_add(1, Ordering::Relaxed));
+                let windows: Vec<WindowConfig> = limits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| WindowConfig::new(format!("w{i}"), l, [1, 60, 3600][i % 3]))
+                    .collect();
+                let mut slots = vec![Slot::default(); windows.len()];
+                // A day ahead of real time, so the script's PEXPIREAT never deletes a key early.
+                let mut now = dreamnet_common::SystemClock.now_millis() + 86_400_000;
+                for step in steps {
+                    now += step;
+                    let expected = decide(&mut slots, &windows, now);
+                    let got = rt.block_on(store.run_take(&cluster, &windows, Some(now))).unwrap();
+                    prop_assert_eq!(got.admitted, expected.admitted);
+                    prop_assert_eq!(&got.counts, &expected.counts);
+                    prop_assert_eq!(got.now_millis, now);
+                }
+                rt.block_on(store.purge()).unwrap();
+            }
+        }
     }
 
     #[tokio::test]
