@@ -100,14 +100,14 @@ impl Authorize for AllowAll {
 /// );
 /// # });
 /// ```
-pub struct BillableApi<L> {
+pub struct BillableApi<L: ?Sized> {
     ledger: Arc<L>,
     prefix: Option<Arc<str>>,
     currency: Arc<str>,
     authorizer: Arc<dyn Authorize>,
 }
 
-impl<L> Clone for BillableApi<L> {
+impl<L: ?Sized> Clone for BillableApi<L> {
     fn clone(&self) -> Self {
         Self {
             ledger: self.ledger.clone(),
@@ -118,7 +118,7 @@ impl<L> Clone for BillableApi<L> {
     }
 }
 
-impl<L> fmt::Debug for BillableApi<L> {
+impl<L: ?Sized> fmt::Debug for BillableApi<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BillableApi")
             .field("prefix", &self.prefix)
@@ -127,9 +127,12 @@ impl<L> fmt::Debug for BillableApi<L> {
     }
 }
 
-impl<L: Ledger> BillableApi<L> {
+impl<L: Ledger + ?Sized> BillableApi<L> {
     /// The API over `ledger`, routing on the whole path, currency `USD`, no authorization.
-    pub fn new(ledger: L) -> Self {
+    pub fn new(ledger: L) -> Self
+    where
+        L: Sized,
+    {
         Self::with_shared_ledger(Arc::new(ledger))
     }
 
@@ -144,7 +147,7 @@ impl<L: Ledger> BillableApi<L> {
     }
 }
 
-impl<L> BillableApi<L> {
+impl<L: ?Sized> BillableApi<L> {
     /// Routes on the path after `prefix` (e.g. `/api/billable`); other paths are 404.
     #[must_use]
     pub fn strip_prefix(mut self, prefix: &str) -> Self {
@@ -168,7 +171,7 @@ impl<L> BillableApi<L> {
     }
 }
 
-impl<L: Ledger> BillableApi<L> {
+impl<L: Ledger + ?Sized> BillableApi<L> {
     /// Answers one request.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
     where
@@ -251,7 +254,7 @@ impl<L: Ledger> BillableApi<L> {
 
 impl<L, B> Service<Request<B>> for BillableApi<L>
 where
-    L: Ledger,
+    L: Ledger + ?Sized,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: fmt::Display,
 {

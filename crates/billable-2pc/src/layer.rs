@@ -132,7 +132,7 @@ pub struct ReservedAction {
 ///     .reservation_timeout(Duration::from_secs(120));
 /// # let _ = layer;
 /// ```
-pub struct BillableLayer<L> {
+pub struct BillableLayer<L: ?Sized> {
     pub(crate) ledger: Arc<L>,
     pub(crate) action: Arc<str>,
     pub(crate) pricing: Arc<dyn Pricing>,
@@ -149,7 +149,7 @@ pub struct BillableLayer<L> {
     pub(crate) void_on_drop: bool,
 }
 
-impl<L> Clone for BillableLayer<L> {
+impl<L: ?Sized> Clone for BillableLayer<L> {
     fn clone(&self) -> Self {
         Self {
             ledger: self.ledger.clone(),
@@ -170,7 +170,7 @@ impl<L> Clone for BillableLayer<L> {
     }
 }
 
-impl<L> std::fmt::Debug for BillableLayer<L> {
+impl<L: ?Sized> std::fmt::Debug for BillableLayer<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BillableLayer")
             .field("action", &self.action)
@@ -180,14 +180,18 @@ impl<L> std::fmt::Debug for BillableLayer<L> {
     }
 }
 
-impl<L: Ledger> BillableLayer<L> {
+impl<L: Ledger + ?Sized> BillableLayer<L> {
     /// A layer for `action` at a fixed `price` (minor units, currency `USD` unless set),
     /// charging the account named by `X-Account-Id`, keys scoped by [`DefaultScope`].
-    pub fn new(ledger: L, action: impl Into<Arc<str>>, price: Amount) -> Self {
+    pub fn new(ledger: L, action: impl Into<Arc<str>>, price: Amount) -> Self
+    where
+        L: Sized,
+    {
         Self::with_shared_ledger(Arc::new(ledger), action, price)
     }
 
-    /// Like [`new`](Self::new), sharing a ledger the caller also uses (recovery, the API).
+    /// Like [`new`](Self::new), sharing a ledger the caller also uses (recovery, the API);
+    /// `Arc<dyn Ledger>` works too, for a backend chosen at run time.
     pub fn with_shared_ledger(ledger: Arc<L>, action: impl Into<Arc<str>>, price: Amount) -> Self {
         Self {
             ledger,
@@ -208,7 +212,7 @@ impl<L: Ledger> BillableLayer<L> {
     }
 }
 
-impl<L> BillableLayer<L> {
+impl<L: ?Sized> BillableLayer<L> {
     /// A fixed price in minor units.
     #[must_use]
     pub fn price(mut self, price: Amount) -> Self {
@@ -316,7 +320,7 @@ impl<L> BillableLayer<L> {
     }
 }
 
-impl<S, L> Layer<S> for BillableLayer<L> {
+impl<S, L: ?Sized> Layer<S> for BillableLayer<L> {
     type Service = Billable<S, L>;
 
     fn layer(&self, inner: S) -> Self::Service {

@@ -33,12 +33,12 @@ use crate::{
 /// The request body is buffered (up to the body limit) and handed to the inner service
 /// rebuilt as the same body type (`From<Bytes>`: `Full<Bytes>`, axum's `Body`, ...), with a
 /// [`ReservedAction`] in its extensions.
-pub struct Billable<S, L> {
+pub struct Billable<S, L: ?Sized> {
     inner: S,
     config: Arc<BillableLayer<L>>,
 }
 
-impl<S: Clone, L> Clone for Billable<S, L> {
+impl<S: Clone, L: ?Sized> Clone for Billable<S, L> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -47,7 +47,7 @@ impl<S: Clone, L> Clone for Billable<S, L> {
     }
 }
 
-impl<S: std::fmt::Debug, L> std::fmt::Debug for Billable<S, L> {
+impl<S: std::fmt::Debug, L: ?Sized> std::fmt::Debug for Billable<S, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Billable")
             .field("inner", &self.inner)
@@ -56,7 +56,7 @@ impl<S: std::fmt::Debug, L> std::fmt::Debug for Billable<S, L> {
     }
 }
 
-impl<S, L> Billable<S, L> {
+impl<S, L: ?Sized> Billable<S, L> {
     pub(crate) fn new(inner: S, config: Arc<BillableLayer<L>>) -> Self {
         Self { inner, config }
     }
@@ -71,7 +71,7 @@ where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    L: Ledger,
+    L: Ledger + ?Sized,
     ReqB: Body<Data = Bytes> + From<Bytes> + Send + 'static,
     ReqB::Error: std::fmt::Display + Send,
     ResB: Body<Data = Bytes> + Send + 'static,
@@ -107,7 +107,7 @@ async fn handle<S, L, ReqB, ResB>(
 ) -> Result<Response<ResponseBody<ResB>>, S::Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
-    L: Ledger,
+    L: Ledger + ?Sized,
     ReqB: Body<Data = Bytes> + From<Bytes>,
     ReqB::Error: std::fmt::Display,
     ResB: Body<Data = Bytes>,
@@ -225,7 +225,7 @@ async fn run_reserved<S, L, ReqB, ResB>(
 ) -> Result<Response<ResponseBody<ResB>>, S::Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
-    L: Ledger,
+    L: Ledger + ?Sized,
     ReqB: Body<Data = Bytes> + From<Bytes>,
     ResB: Body<Data = Bytes>,
     ResB::Error: std::fmt::Display,
@@ -343,7 +343,7 @@ where
 }
 
 /// Same key again: replay, 409 while in flight, or 422 when the payload changed.
-async fn existing_action<L: Ledger, B>(
+async fn existing_action<L: Ledger + ?Sized, B>(
     config: &BillableLayer<L>,
     existing: &Action,
     fingerprint: &Fingerprint,
@@ -386,17 +386,17 @@ async fn existing_action<L: Ledger, B>(
 }
 
 /// Voids the reservation in a spawned task if dropped while armed.
-struct VoidOnDrop<L: Ledger> {
+struct VoidOnDrop<L: Ledger + ?Sized> {
     armed: Option<(Arc<L>, ActionId)>,
 }
 
-impl<L: Ledger> VoidOnDrop<L> {
+impl<L: Ledger + ?Sized> VoidOnDrop<L> {
     fn disarm(mut self) {
         self.armed = None;
     }
 }
 
-impl<L: Ledger> Drop for VoidOnDrop<L> {
+impl<L: Ledger + ?Sized> Drop for VoidOnDrop<L> {
     fn drop(&mut self) {
         let Some((ledger, id)) = self.armed.take() else {
             return;
@@ -416,7 +416,7 @@ impl<L: Ledger> Drop for VoidOnDrop<L> {
     }
 }
 
-async fn void<L: Ledger>(ledger: &L, action: &Action, trace: Option<&str>, why: &str) {
+async fn void<L: Ledger + ?Sized>(ledger: &L, action: &Action, trace: Option<&str>, why: &str) {
     match ledger.void(&action.id).await {
         Ok(_) => tracing::info!(
             trace_id = trace,

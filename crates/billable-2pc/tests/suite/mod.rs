@@ -154,11 +154,11 @@ pub fn service(fixture: &Fixture, runs: &Arc<AtomicUsize>) -> Svc {
 pub fn service_with(
     fixture: &Fixture,
     runs: &Arc<AtomicUsize>,
-    configure: impl FnOnce(BillableLayer<Arc<dyn Ledger>>) -> BillableLayer<Arc<dyn Ledger>>,
+    configure: impl FnOnce(BillableLayer<dyn Ledger>) -> BillableLayer<dyn Ledger>,
 ) -> Svc {
     let runs = runs.clone();
     let layer = configure(
-        BillableLayer::new(fixture.ledger.clone(), "mint-dream", PRICE)
+        BillableLayer::with_shared_ledger(fixture.ledger.clone(), "mint-dream", PRICE)
             .reservation_timeout(TIMEOUT),
     );
     tower::util::BoxCloneService::new(
