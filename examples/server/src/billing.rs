@@ -52,7 +52,11 @@ pub(crate) fn mint_layer(
             .reservation_timeout(Duration::from_secs(
                 state.config.reservation_timeout_seconds,
             ))
-            .body_limit(handlers::MAX_BODY_BYTES),
+            .body_limit(handlers::MAX_BODY_BYTES)
+            // The mint handler has no outside effect before it answers, so a request cut off
+            // mid-handler (client gone, shutdown) can release its hold at once; when even that
+            // cannot run (process exit), recovery voids the reservation after its timeout.
+            .void_on_drop(true),
     )
 }
 

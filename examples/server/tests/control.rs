@@ -68,6 +68,19 @@ async fn kill_switch_blocks_guarded_routes_only(stores: Stores) {
     );
     assert_eq!(http.get("/api/wolf-pack/echo").await.status, 200);
 
+    let metrics = http.get("/metrics").await.text();
+    for line in [
+        "dreamnet_rejections_total{cluster=\"wolf-pack\",reason=\"kill_switch\"} 1",
+        "dreamnet_rejections_total{cluster=\"star-bridge\",reason=\"kill_switch\"} 1",
+        "dreamnet_rejections_total{cluster=\"dream-state\",reason=\"kill_switch\"} 1",
+        "dreamnet_requests_total{cluster=\"wolf-pack\"} 3",
+        "dreamnet_kill_switch_engaged 0",
+        "# TYPE dreamnet_requests_total counter",
+        "# TYPE dreamnet_circuit_breaker_state gauge",
+    ] {
+        assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+    }
+
     let audit = http.admin_get("/api/control/audit").await;
     assert_eq!(audit.status, 200);
     assert!(audit.text().contains("Emergency maintenance"));
