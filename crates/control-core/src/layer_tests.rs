@@ -613,3 +613,44 @@ async fn every_change_is_audited_with_before_and_after() {
         .is_err());
     assert_eq!(plane.audit(10).await.unwrap().len(), 4);
 }
+
+#[tokio::test]
+async fn slow_calls_open_the_breaker_measured_with_the_plane_clock() {
+    let clock = ManualClock::new(T0);
+    let mut config = config(10_000);
+    config.breaker.slow_call_rate_threshold = 50.0;
+    config.breaker.slow_call_duration_ms = 2_000;
+    let plane = ControlPlane::builder()
+        .config(config)
+        .clock(Arc::new(clock.clone()))
+        .build();
+    let handler_clock = clock.clone();
+    let svc = ServiceBuilder::new()
+        .layer(plane.layer("alpha"))
+        .service(service_fn(move |_req: Request<Full<Bytes>>| {
+            // Each call takes 2 s of plane time and succeeds.
+            handler_clock.advance(Duration::from_secs(2));
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) }
+        }));
+    for _ in 0..9 {
+        assert_eq!(
+            svc.clone()
+                .oneshot(Request::new(Full::default()))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        plane.breaker("alpha").unwrap().state,
+        BreakerState::Closed,
+        "9 < minimum"
+    );
+    svc.clone()
+        .oneshot(Request::new(Full::default()))
+        .await
+        .unwrap();
+    // Opening starts a new generation with an empty window view of the open state.
+    assert_eq!(plane.breaker("alpha").unwrap().state, BreakerState::Open);
+}

@@ -172,6 +172,32 @@ mod tests {
         assert!(admit(t0 + 1000));
     }
 
+    #[tokio::test]
+    async fn audit_keeps_the_newest_entries_up_to_capacity() {
+        let store = MemoryStore::new();
+        let state = ControlState::default();
+        for v in 0..(AUDIT_CAPACITY as u64 + 5) {
+            let entry = AuditEntry {
+                version: 0,
+                action: format!("a{v}"),
+                cluster: None,
+                reason: None,
+                actor: None,
+                at: String::new(),
+                before: serde_json::Value::Null,
+                after: serde_json::Value::Null,
+            };
+            assert_eq!(
+                store.compare_and_swap(v, &state, &entry).await.unwrap(),
+                Some(v + 1)
+            );
+        }
+        let all = store.audit(usize::MAX).await.unwrap();
+        assert_eq!(all.len(), AUDIT_CAPACITY);
+        assert_eq!(all[0].version, AUDIT_CAPACITY as u64 + 5);
+        assert_eq!(all[AUDIT_CAPACITY - 1].version, 6);
+    }
+
     #[test]
     fn changing_windows_keeps_remaining_counters() {
         let store = MemoryStore::new();
