@@ -1,6 +1,6 @@
-//! The control layer: one admission decision (kill switch, disabled, breaker, 3 windows on
-//! the memory store) uncontended and from 2 threads on one cluster, and the layer against the
-//! bare service. Redis round trips are benched in `crates/control-core/benches/redis.rs`
+//! The control plane: one admission decision (kill switch, disabled, breaker, 3 windows on
+//! the memory store, outcome recorded) uncontended and from 2 threads on one cluster, and the
+//! layer (same decision plus response headers) against the bare service. Redis round trips are benched in `crates/control-core/benches/redis.rs`
 //! (it needs the crate's `redis` feature).
 //!
 //! Run: `cargo bench -p dreamnet-benches --bench control`
@@ -18,8 +18,8 @@ use std::{
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use dreamnet_benches::bare_handler;
-use dreamnet_control_core::{ClusterConfig, ControlConfig, ControlPlane, WindowConfig};
-use http::Request;
+use dreamnet_control_core::{ClusterConfig, ControlConfig, ControlPlane, Outcome, WindowConfig};
+use http::{Request, StatusCode};
 use http_body_util::Full;
 use tower::{service_fn, Service, ServiceBuilder};
 
@@ -67,6 +67,31 @@ fn decision(c: &mut Criterion) {
         .service(service_fn(bare_handler));
     let mut bare = service_fn(bare_handler);
     let mut group = c.benchmark_group("control");
+    // One admission decision: kill switch, cluster, breaker, 3 windows on the memory store,
+    // then the breaker records the outcome.
+    group.bench_function("decision_memory_3_windows", |b| {
+        b.iter(|| {
+            let permit = now(plane.acquire("wolf-pack", None)).unwrap();
+            permit.finish(Outcome::Status(StatusCode::OK));
+        });
+    });
+    group.bench_function("decision_memory_3_windows_2_threads_one_cluster", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    let plane = plane.clone();
+                    s.spawn(move || {
+                        for _ in 0..iters {
+                            let permit = now(plane.acquire("wolf-pack", None)).unwrap();
+                            permit.finish(Outcome::Status(StatusCode::OK));
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        });
+    });
     group.bench_function("bare_service", |b| {
         b.iter(|| black_box(now(bare.call(request())).unwrap()));
     });

@@ -207,7 +207,7 @@ where
             }
         };
         match self.plane.admit(&rt, trace_id.as_deref()) {
-            Admission::Rejected(response) => ResponseFuture::ready(response),
+            Admission::Rejected(rejection) => ResponseFuture::ready(rejection.into_response()),
             Admission::Admitted(guard) => ResponseFuture::inner(self.inner.call(req), Some(guard)),
             Admission::Pending(decision) => {
                 // The inner service moves into the future: keep the one that is ready.
@@ -215,7 +215,9 @@ where
                 let mut inner = mem::replace(&mut self.inner, clone);
                 let future: BoxedResponse<ResBody, S::Error> = Box::pin(async move {
                     match decision.await {
-                        Err(rejection) => Ok(ResponseBody::from_full_response(rejection)),
+                        Err(rejection) => {
+                            Ok(ResponseBody::from_full_response(rejection.into_response()))
+                        }
                         Ok(guard) => Ok(finish(Some(guard), inner.call(req).await)?),
                     }
                 });

@@ -654,3 +654,23 @@ async fn slow_calls_open_the_breaker_measured_with_the_plane_clock() {
     // Opening starts a new generation with an empty window view of the open state.
     assert_eq!(plane.breaker("alpha").unwrap().state, BreakerState::Open);
 }
+
+#[tokio::test]
+async fn acquire_runs_the_same_checks_outside_the_layer() {
+    let (plane, _clock) = plane(2);
+    let first = plane.acquire("alpha", None).await.unwrap();
+    let mut headers = http::HeaderMap::new();
+    first.decorate(&mut headers);
+    assert_eq!(headers["ratelimit"], "\"minute\";r=1;t=60");
+    first.finish(Outcome::Status(StatusCode::OK));
+    drop(plane.acquire("alpha", None).await.unwrap()); // unfinished: records nothing
+    let refused = plane.acquire("alpha", Some("t-1")).await.unwrap_err();
+    assert_eq!(refused.reason(), Some(crate::RejectReason::RateLimited));
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let unknown = plane.acquire("gamma", None).await.unwrap_err();
+    assert_eq!(
+        (unknown.reason(), unknown.status()),
+        (None, StatusCode::NOT_FOUND)
+    );
+    assert_eq!(plane.breaker("alpha").unwrap().calls, 1);
+}

@@ -55,8 +55,9 @@ pub use config::{
 pub use layer::{Control, ControlLayer, ResolveCluster, ResponseFuture};
 pub use plane::{
     BreakerView, ClusterMetrics, ClusterView, ControlError, ControlPlane, ControlPlaneBuilder,
-    ControlView, KillSwitchView, MetricsSnapshot, RateLimitUpdate, RateLimitView, RejectReason,
-    Rejections, UsageView, WindowUsage, DEFAULT_REFRESH_INTERVAL, RATELIMIT, RATELIMIT_POLICY,
+    ControlView, KillSwitchView, MetricsSnapshot, Permit, RateLimitUpdate, RateLimitView,
+    RejectReason, Rejection, Rejections, UsageView, WindowUsage, DEFAULT_REFRESH_INTERVAL,
+    RATELIMIT, RATELIMIT_POLICY,
 };
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;

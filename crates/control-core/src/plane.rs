@@ -308,8 +308,8 @@ async fn refresher(plane: Weak<Inner>, every: Duration) {
 /// What the admission check decided.
 pub(crate) enum Admission {
     Admitted(CallGuard),
-    Rejected(Response<Full<Bytes>>),
-    Pending(BoxFuture<'static, Result<CallGuard, Response<Full<Bytes>>>>),
+    Rejected(Rejection),
+    Pending(BoxFuture<'static, Result<CallGuard, Rejection>>),
 }
 
 /// An admitted call: records its outcome in the breaker and decorates its response.
@@ -346,6 +346,57 @@ impl CallGuard {
     }
 }
 
+/// A refused call: why, and the problem+json response to answer with.
+#[derive(Debug)]
+pub struct Rejection {
+    reason: Option<RejectReason>,
+    response: Response<Full<Bytes>>,
+}
+
+impl Rejection {
+    /// Why the call was refused (`None`: the cluster does not exist).
+    pub fn reason(&self) -> Option<RejectReason> {
+        self.reason
+    }
+
+    /// The response status (503, 429 or 404).
+    pub fn status(&self) -> StatusCode {
+        self.response.status()
+    }
+
+    /// The problem+json response, with `Retry-After` and rate-limit headers where they apply.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        self.response
+    }
+}
+
+/// A call admitted by [`ControlPlane::acquire`]. Report how it ended with
+/// [`Permit::finish`]; dropped unfinished, it records nothing and gives a half-open probe
+/// permit back.
+pub struct Permit {
+    guard: CallGuard,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("cluster", &self.guard.cluster.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    /// Records the outcome in the cluster's breaker (classified by the plane's classifier).
+    pub fn finish(self, outcome: Outcome) {
+        self.guard.finish(outcome);
+    }
+
+    /// Adds `RateLimit-Policy` and `RateLimit` to a response's headers.
+    pub fn decorate(&self, headers: &mut HeaderMap) {
+        self.guard.decorate(headers);
+    }
+}
+
 impl Drop for CallGuard {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
@@ -361,7 +412,7 @@ impl Inner {
         reason: RejectReason,
         problem: Problem,
         trace_id: Option<&str>,
-    ) -> Response<Full<Bytes>> {
+    ) -> Rejection {
         cluster.counters.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
         self.totals.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
         tracing::debug!(cluster = %cluster.id, reason = reason.as_str(), trace_id, "request rejected by control plane");
@@ -373,13 +424,17 @@ impl Inner {
                 problem = problem.header(RATELIMIT_POLICY.clone(), policy.clone());
             }
         }
-        problem
+        let response = problem
             .type_uri(format!(
                 "urn:dreamnet:control:{}",
                 reason.as_str().replace('_', "-")
             ))
             .maybe_trace_id(trace_id)
-            .into_response()
+            .into_response();
+        Rejection {
+            reason: Some(reason),
+            response,
+        }
     }
 
     fn admit(self: &Arc<Self>, rt: &Arc<ClusterRuntime>, trace_id: Option<&str>) -> Admission {
@@ -440,7 +495,7 @@ impl Inner {
         if let Some(taken) = self.store.take_now(&rt.id, &limits.windows, now) {
             return match self.rate_limited(guard, &limits, taken, trace_id) {
                 Ok(guard) => Admission::Admitted(guard),
-                Err(response) => Admission::Rejected(response),
+                Err(rejection) => Admission::Rejected(rejection),
             };
         }
         let plane = Arc::clone(self);
@@ -482,7 +537,7 @@ impl Inner {
         limits: &Limits,
         taken: Result<Taken, StoreError>,
         trace_id: Option<&str>,
-    ) -> Result<CallGuard, Response<Full<Bytes>>> {
+    ) -> Result<CallGuard, Rejection> {
         guard.policy.clone_from(&limits.policy);
         let taken = match taken {
             Ok(taken) => taken,
@@ -672,6 +727,35 @@ impl ControlPlane {
 
     pub(crate) fn admit(&self, rt: &Arc<ClusterRuntime>, trace_id: Option<&str>) -> Admission {
         self.inner.admit(rt, trace_id)
+    }
+
+    /// Runs the admission checks for one call outside the layer (a job, a queue consumer,
+    /// a benchmark): kill switch, cluster, breaker, rate limit, in that order.
+    ///
+    /// # Errors
+    /// The [`Rejection`] (with its problem response) when the call must not run.
+    #[allow(clippy::result_large_err)] // the rejection carries the response to answer with
+    pub async fn acquire(
+        &self,
+        cluster: &str,
+        trace_id: Option<&str>,
+    ) -> Result<Permit, Rejection> {
+        let Some(rt) = self.runtime(cluster) else {
+            let response = Problem::new(StatusCode::NOT_FOUND, "Not Found")
+                .detail(format!("unknown cluster {cluster:?}"))
+                .maybe_trace_id(trace_id)
+                .into_response();
+            return Err(Rejection {
+                reason: None,
+                response,
+            });
+        };
+        let guard = match self.admit(rt, trace_id) {
+            Admission::Admitted(guard) => guard,
+            Admission::Rejected(rejection) => return Err(rejection),
+            Admission::Pending(decision) => decision.await?,
+        };
+        Ok(Permit { guard })
     }
 
     /// Whether a cluster with this id exists.
