@@ -169,6 +169,7 @@ impl App {
         let admin_routes = Router::new()
             .route_service("/api/control", control_api.clone())
             .route_service("/api/control/{*rest}", control_api)
+            .route_service("/api/billable", billable_api.clone())
             .route_service("/api/billable/{*rest}", billable_api)
             .route_layer(middleware::from_fn_with_state(
                 token.clone(),

@@ -32,19 +32,17 @@ pub fn init(format: LogFormat) -> Result<(), Box<dyn std::error::Error + Send + 
     }
 }
 
-/// Middleware (inside the trace-id layer, so inside the request span): one line per request
-/// with method, path, status and latency.
+/// Middleware (inside the trace-id layer, so inside the request span, which already carries
+/// method, path and trace id): one line per request with status and latency.
 pub(crate) async fn access_log(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let elapsed_ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0);
     if status >= 500 {
-        tracing::warn!(%method, %path, status, %elapsed_ms, "request finished");
+        tracing::warn!(status, %elapsed_ms, "request finished");
     } else {
-        tracing::info!(%method, %path, status, %elapsed_ms, "request finished");
+        tracing::info!(status, %elapsed_ms, "request finished");
     }
     response
 }

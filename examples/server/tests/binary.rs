@@ -63,11 +63,33 @@ async fn generated_token_json_logs_and_sigterm() {
         .await;
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
 
+    // A mint (the billable layer owns idempotency there) logs the same lines.
+    for trace in ["mint-trace-1", "mint-trace-2"] {
+        let mint = http
+            .send(
+                Method::POST,
+                "/api/mint-dream",
+                &[
+                    ("content-type", "application/json"),
+                    ("x-idempotency-key", "mint-log-1"),
+                    ("x-trace-id", trace),
+                ],
+                Bytes::from_static(br#"{"dreamId": "d", "wallet": "w"}"#),
+            )
+            .await;
+        assert_eq!(mint.status, 201);
+    }
+
     let saw_both = eventually(Duration::from_secs(5), || {
         let lines = server.log_lines();
         async move {
             let text = lines.join("\n");
-            text.contains("[DeployKeeper]") && text.contains("Duplicate detected")
+            text.contains("[DeployKeeper] Idempotency-Key: log-key-1, Trace-ID: log-trace-1")
+                && text.contains("Duplicate detected - Key: log-key-1, Trace: log-trace-2")
+                && text
+                    .contains("[DeployKeeper] Idempotency-Key: mint-log-1, Trace-ID: mint-trace-1")
+                && text.contains("Duplicate detected - Key: mint-log-1, Trace: mint-trace-2")
+                && text.contains("Original: mint-trace-1")
         }
     })
     .await;
@@ -82,6 +104,13 @@ async fn generated_token_json_logs_and_sigterm() {
         let json: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
         let text = line.as_str();
+        if text.contains("mint-log-1") || text.contains("/api/mint-dream") {
+            assert!(
+                text.contains("\"trace_id\":\"mint-trace-1\"")
+                    || text.contains("\"trace_id\":\"mint-trace-2\""),
+                "mint log line without its trace id: {json}"
+            );
+        }
         if text.contains("log-key-1") || text.contains("/api/wolf-pack/echo") {
             request_lines += 1;
             assert!(
