@@ -327,26 +327,28 @@ impl Shard {
             // Evict the completed records closest to expiry, an eighth of them at once so a
             // full shard pays for one scan per many inserts, not one per insert. In-flight
             // claims are locks and are never evicted.
-            let mut completed: Vec<(u64, &String)> = self
+            let mut expiries: Vec<u64> = self
                 .records
-                .iter()
-                .filter(|(_, r)| matches!(r.state, State::Completed(_)))
-                .map(|(id, r)| (r.expires_at, id))
+                .values()
+                .filter(|r| matches!(r.state, State::Completed(_)))
+                .map(|r| r.expires_at)
                 .collect();
-            if completed.is_empty() {
+            if expiries.is_empty() {
                 return Err(StoreError::Full);
             }
-            let batch = (completed.len() / 8).max(1);
-            if batch < completed.len() {
-                completed.select_nth_unstable(batch - 1);
-            }
-            let victims: Vec<String> = completed[..batch]
-                .iter()
-                .map(|(_, id)| (*id).clone())
-                .collect();
-            for id in victims {
-                self.remove(&id);
-            }
+            let batch = (expiries.len() / 8).max(1);
+            let (_, threshold, _) = expiries.select_nth_unstable(batch - 1);
+            let threshold = *threshold;
+            // Ties at the threshold go too: a slightly larger batch, never a second scan.
+            let mut freed = 0;
+            self.records.retain(|_, r| {
+                let evict = matches!(r.state, State::Completed(_)) && r.expires_at <= threshold;
+                if evict {
+                    freed += r.size;
+                }
+                !evict
+            });
+            self.bytes -= freed;
         }
         Ok(())
     }
