@@ -235,7 +235,7 @@ fn finish<B, E>(
 ) -> Result<Response<ResponseBody<B>>, E> {
     match result {
         Ok(mut response) => {
-            if let Some(guard) = guard {
+            if let Some(mut guard) = guard {
                 guard.decorate(response.headers_mut());
                 guard.finish(Outcome::Status(response.status()));
             }

@@ -658,7 +658,7 @@ async fn slow_calls_open_the_breaker_measured_with_the_plane_clock() {
 #[tokio::test]
 async fn acquire_runs_the_same_checks_outside_the_layer() {
     let (plane, _clock) = plane(2);
-    let first = plane.acquire("alpha", None).await.unwrap();
+    let mut first = plane.acquire("alpha", None).await.unwrap();
     let mut headers = http::HeaderMap::new();
     first.decorate(&mut headers);
     assert_eq!(headers["ratelimit"], "\"minute\";r=1;t=60");

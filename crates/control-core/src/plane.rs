@@ -336,12 +336,13 @@ impl CallGuard {
         }
     }
 
-    pub(crate) fn decorate(&self, headers: &mut HeaderMap) {
-        if let Some(policy) = &self.policy {
-            headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
+    /// Moves the rate-limit headers into `headers` (a second call adds nothing).
+    pub(crate) fn decorate(&mut self, headers: &mut HeaderMap) {
+        if let Some(policy) = self.policy.take() {
+            headers.insert(RATELIMIT_POLICY.clone(), policy);
         }
-        if let Some(ratelimit) = &self.ratelimit {
-            headers.insert(RATELIMIT.clone(), ratelimit.clone());
+        if let Some(ratelimit) = self.ratelimit.take() {
+            headers.insert(RATELIMIT.clone(), ratelimit);
         }
     }
 }
@@ -391,8 +392,8 @@ impl Permit {
         self.guard.finish(outcome);
     }
 
-    /// Adds `RateLimit-Policy` and `RateLimit` to a response's headers.
-    pub fn decorate(&self, headers: &mut HeaderMap) {
+    /// Moves `RateLimit-Policy` and `RateLimit` into a response's headers (once).
+    pub fn decorate(&mut self, headers: &mut HeaderMap) {
         self.guard.decorate(headers);
     }
 }
