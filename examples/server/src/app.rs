@@ -163,7 +163,7 @@ impl App {
             );
 
         let control_api = ControlApi::new(plane.clone()).strip_prefix("/api/control");
-        let billable_api = BillableApi::with_shared_ledger(Arc::new(ledger.clone()))
+        let billable_api = BillableApi::with_shared_ledger(ledger.clone())
             .strip_prefix("/api/billable")
             .currency(billing.config.currency.as_str());
         let admin_routes = Router::new()

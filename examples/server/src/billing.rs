@@ -41,12 +41,12 @@ fn account_of(default: &str, parts: &Parts) -> Option<String> {
 pub(crate) fn mint_layer(
     state: &BillingState,
     action: &str,
-) -> Result<BillableLayer<SharedLedger>, String> {
+) -> Result<BillableLayer<dyn Ledger>, String> {
     let price = Amount::try_from(state.config.price(action))
         .map_err(|_| format!("the price of {action} is too large"))?;
     let default = state.config.default_account.clone();
     Ok(
-        BillableLayer::with_shared_ledger(Arc::new(state.ledger.clone()), action, price)
+        BillableLayer::with_shared_ledger(state.ledger.clone(), action, price)
             .currency(state.config.currency.as_str())
             .account(move |parts: &Parts, _body: &[u8]| account_of(&default, parts))
             .reservation_timeout(Duration::from_secs(
