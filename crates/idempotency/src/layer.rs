@@ -181,6 +181,12 @@ impl IdempotencyLayerBuilder {
         self
     }
 
+    /// A scope extractor shared with other layers (e.g. the billable layer).
+    pub fn shared_scope(mut self, scope: Arc<dyn ScopeExtractor>) -> Self {
+        self.scope = scope;
+        self
+    }
+
     /// Request headers included in the fingerprint (default: none).
     pub fn fingerprint_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.fingerprint_headers = names.into_iter().collect();
