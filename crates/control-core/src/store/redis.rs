@@ -38,6 +38,8 @@ use crate::{
 /// `limit, window_ms` per window (plus, in tests only, a time to use instead of the server's).
 /// Returns `{admitted, now_ms, epoch, count...}`.
 pub const TAKE_SCRIPT: &str = r"
+-- Redis < 5 needs effects replication to write after TIME; a no-op on newer servers.
+if redis.replicate_commands then redis.replicate_commands() end
 local n = #KEYS - 1
 local now
 if #ARGV > 2 * n then
