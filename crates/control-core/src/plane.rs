@@ -438,8 +438,13 @@ impl Inner {
         }
     }
 
-    fn admit(self: &Arc<Self>, rt: &Arc<ClusterRuntime>, trace_id: Option<&str>) -> Admission {
-        let now = self.clock.now_millis();
+    /// The global kill switch or the cluster's disable, if either blocks at `now`.
+    fn switched_off(
+        &self,
+        rt: &ClusterRuntime,
+        now: u64,
+        trace_id: Option<&str>,
+    ) -> Option<Rejection> {
         let kill = self.kill_until.load(Ordering::Acquire);
         if now < kill {
             let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
@@ -447,7 +452,7 @@ impl Inner {
             if kill != u64::MAX {
                 p = p.retry_after_millis(kill - now);
             }
-            return Admission::Rejected(self.reject(rt, RejectReason::KillSwitch, p, trace_id));
+            return Some(self.reject(rt, RejectReason::KillSwitch, p, trace_id));
         }
         let disabled = rt.disabled_until.load(Ordering::Acquire);
         if now < disabled {
@@ -458,12 +463,15 @@ impl Inner {
             if disabled != u64::MAX {
                 p = p.retry_after_millis(disabled - now);
             }
-            return Admission::Rejected(self.reject(
-                rt,
-                RejectReason::ClusterDisabled,
-                p,
-                trace_id,
-            ));
+            return Some(self.reject(rt, RejectReason::ClusterDisabled, p, trace_id));
+        }
+        None
+    }
+
+    fn admit(self: &Arc<Self>, rt: &Arc<ClusterRuntime>, trace_id: Option<&str>) -> Admission {
+        let now = self.clock.now_millis();
+        if let Some(rejection) = self.switched_off(rt, now, trace_id) {
+            return Admission::Rejected(rejection);
         }
         let ticket = match rt.breaker.lock().try_acquire(now) {
             Ok(ticket) => ticket,
@@ -512,9 +520,16 @@ impl Inner {
             {
                 let seen = guard.cluster.epoch_seen.swap(*epoch, Ordering::AcqRel);
                 if seen != *epoch {
-                    // Someone changed the shared state: reload before answering, so the
-                    // next request is judged by it.
+                    // Someone changed the shared state: reload before answering. A kill
+                    // switch or disable found this way stops this very request (its quota
+                    // unit is already spent: an emergency stop wins over exact accounting).
                     let _ = plane.refresh(true).await;
+                    let now = plane.clock.now_millis();
+                    if let Some(rejection) =
+                        plane.switched_off(&guard.cluster, now, trace_id.as_deref())
+                    {
+                        return Err(rejection);
+                    }
                 }
             }
             plane.rate_limited(guard, &limits, taken, trace_id.as_deref())

@@ -346,3 +346,33 @@ async fn the_last_known_state_stays_in_force_when_redis_goes_away() {
     assert!(replica.metrics().fail_open_admissions >= 1);
     direct.purge().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_request_after_a_change_elsewhere_is_judged_by_it() {
+    let Some(store) = store().await else { return };
+    let plane_a = plane(&store, config(1000, true));
+    // B never polls in the background: only its requests can notice the change.
+    let plane_b = ControlPlane::builder()
+        .config(config(1000, true))
+        .store(store.clone())
+        .refresh_interval(Duration::from_secs(3600))
+        .build();
+    let b_beta = guarded(&plane_b, "beta");
+    assert_eq!(status(&b_beta).await, StatusCode::OK);
+    plane_a
+        .engage_kill_switch("incident", "alice", None)
+        .await
+        .unwrap();
+    assert_eq!(status(&b_beta).await, StatusCode::SERVICE_UNAVAILABLE);
+    plane_a.release_kill_switch(None, "alice").await.unwrap();
+    // Rejected requests do not reach Redis; this one is let through by the kill switch's
+    // release only once B reloads, which `sync` (or the background poll) does.
+    plane_b.sync().await.unwrap();
+    assert_eq!(status(&b_beta).await, StatusCode::OK);
+    plane_a
+        .disable_cluster("beta", "noisy", "ops", None)
+        .await
+        .unwrap();
+    assert_eq!(status(&b_beta).await, StatusCode::SERVICE_UNAVAILABLE);
+    store.purge().await.unwrap();
+}
