@@ -708,7 +708,7 @@ impl Inner {
     }
 }
 
-/// What a change does to the state: mutates it and says what the audit records.
+/// Who changes what, and why: the audit entry's fixed fields.
 struct Change<'a> {
     action: &'static str,
     cluster: Option<&'a str>,

@@ -73,6 +73,14 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// [`decide`] under the cluster's mutex.
+    fn decide(&self, cluster: &str, windows: &[WindowConfig], now_millis: u64) -> Taken {
+        let counters = self.cluster(cluster);
+        let mut counters = counters.lock();
+        counters.align(windows);
+        decide(&mut counters.slots, windows, now_millis)
+    }
+
     fn cluster(&self, cluster: &str) -> Arc<Mutex<Counters>> {
         if let Some(c) = self.counters.read().get(cluster) {
             return Arc::clone(c);
@@ -88,10 +96,9 @@ impl ControlStore for MemoryStore {
         windows: &'a [WindowConfig],
         now_millis: u64,
     ) -> BoxFuture<'a, Result<Taken, StoreError>> {
-        let taken = self.take_now(cluster, windows, now_millis);
-        Box::pin(std::future::ready(taken.unwrap_or_else(|| {
-            Err(StoreError::Unavailable("unreachable".to_owned()))
-        })))
+        Box::pin(std::future::ready(Ok(
+            self.decide(cluster, windows, now_millis)
+        )))
     }
 
     fn take_now(
@@ -100,10 +107,7 @@ impl ControlStore for MemoryStore {
         windows: &[WindowConfig],
         now_millis: u64,
     ) -> Option<Result<Taken, StoreError>> {
-        let counters = self.cluster(cluster);
-        let mut counters = counters.lock();
-        counters.align(windows);
-        Some(Ok(decide(&mut counters.slots, windows, now_millis)))
+        Some(Ok(self.decide(cluster, windows, now_millis)))
     }
 
     fn load(&self) -> BoxFuture<'_, Result<Option<Versioned>, StoreError>> {
