@@ -84,7 +84,8 @@ impl IdempotencyLayer {
     /// A builder with the defaults: an in-memory store, `Idempotency-Key` then
     /// `X-Idempotency-Key`, POST and PATCH, key optional, [`DefaultScope`], no fingerprinted
     /// headers, TTL 600 s, lease 30 s, 1 MiB body limits, [`DEFAULT_REPLAYED_HEADERS`], and
-    /// responses with status < 500 stored.
+    /// final responses with status < 500 stored (a `101 Switching Protocols` is never a
+    /// result to replay).
     pub fn builder() -> IdempotencyLayerBuilder {
         IdempotencyLayerBuilder {
             store: None,
@@ -98,7 +99,7 @@ impl IdempotencyLayer {
             max_request_body: DEFAULT_MAX_BODY,
             max_response_body: DEFAULT_MAX_BODY,
             replayed_headers: DEFAULT_REPLAYED_HEADERS.to_vec(),
-            store_status: Arc::new(|status: StatusCode| status.as_u16() < 500),
+            store_status: Arc::new(|status: StatusCode| (200..500).contains(&status.as_u16())),
         }
     }
 
@@ -227,7 +228,7 @@ impl IdempotencyLayerBuilder {
         self
     }
 
-    /// Which statuses are stored (default: < 500). A response not stored releases the key,
+    /// Which statuses are stored (default: 200..=499, i.e. < 500 without 1xx). A response not stored releases the key,
     /// so a retry runs the handler again.
     pub fn store_status(
         mut self,

@@ -35,7 +35,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | POST / PATCH with a new key | handler runs once; a response with status < 500 and a known size up to 1 MiB is stored for the TTL (600 s) |
+//! | POST / PATCH with a new key | handler runs once; a final response with status < 500 (2xx-4xx) and a known size up to 1 MiB is stored for the TTL (600 s) |
 //! | same key, same method, path, query and body, completed | stored status, body and allow-listed headers, `Idempotent-Replayed: true`; handler not run |
 //! | same key while the first is still running | 409 with `Retry-After` (time left on its lease) |
 //! | same key, different method, path, query or body | 422 |

@@ -14,6 +14,7 @@ macro_rules! conformance {
     ($make:path) => {
         conformance!(@tests $make;
             t01_new_key_runs_once_and_replays,
+            t01b_client_errors_are_stored,
             t02_concurrent_duplicates_run_once,
             t03_different_payload_is_422,
             t04_missing_or_invalid_key_is_400,

@@ -266,7 +266,7 @@ pub struct HandlerError;
 
 /// A counting handler with behaviour picked by path:
 /// `/ok` 201 JSON with `Location` and `Set-Cookie`; `/fail` 500; `/error` an inner error;
-/// `/panic` panics; `/stream` a streaming body; `/big` a 4 KiB body.
+/// `/invalid` 400; `/panic` panics; `/stream` a streaming body; `/big` a 4 KiB body.
 /// With `x-block: 1` it waits for a permit from `gate` first.
 #[derive(Clone)]
 pub struct Handler {
@@ -306,6 +306,9 @@ impl Handler {
         let response = match path.as_str() {
             "/fail" => Response::builder()
                 .status(500)
+                .body(Full::new(json).boxed()),
+            "/invalid" => Response::builder()
+                .status(400)
                 .body(Full::new(json).boxed()),
             "/error" => return Err(HandlerError),
             "/panic" => panic!("handler panicked on purpose"),

@@ -66,6 +66,21 @@ pub async fn t01_new_key_runs_once_and_replays(backend: &Backend) {
     assert_eq!(handler.calls(), 1);
 }
 
+/// Behaviour 1b: a handler's 4xx is a result like any other: stored and replayed.
+pub async fn t01b_client_errors_are_stored(backend: &Backend) {
+    let handler = Handler::new();
+    let svc = service(&layer(backend).build(), &handler);
+    let key = unique("k1b");
+    let account = unique("acct");
+    let (status, _, body) = send(&svc, post("/invalid", Some(&key), &account, "x")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (again, headers, replayed) = send(&svc, post("/invalid", Some(&key), &account, "x")).await;
+    assert_eq!(again, StatusCode::BAD_REQUEST);
+    assert_eq!(headers["idempotent-replayed"], "true", "{}", backend.name);
+    assert_eq!(replayed, body);
+    assert_eq!(handler.calls(), 1);
+}
+
 /// Behaviour 2: 100 concurrent requests with one key: the handler runs exactly once; the others get
 /// 409 with `Retry-After` (or the replay).
 pub async fn t02_concurrent_duplicates_run_once(backend: &Backend) {
