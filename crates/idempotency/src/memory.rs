@@ -354,9 +354,19 @@ impl Shard {
     }
 }
 
-/// (scope, key) as one unambiguous string: the scope's length, then both.
+/// (scope, key) as one unambiguous string: the key, a NUL, then the scope. Layer keys are
+/// printable ASCII (never NUL, never empty), so the split is unambiguous; a key from a
+/// direct caller that is empty or contains NUL takes a length-prefixed form starting with
+/// NUL, which no fast-path id does. Built by hand: `format!` showed up in claim profiles.
 fn record_id(scope: &str, key: &str) -> String {
-    format!("{}:{scope}{key}", scope.len())
+    if key.is_empty() || key.contains('\0') {
+        return format!("\0{}:{key}{scope}", key.len());
+    }
+    let mut id = String::with_capacity(key.len() + 1 + scope.len());
+    id.push_str(key);
+    id.push('\0');
+    id.push_str(scope);
+    id
 }
 
 fn millis(d: Duration) -> u64 {
@@ -687,5 +697,7 @@ mod tests {
     #[test]
     fn record_ids_are_unambiguous() {
         assert_ne!(record_id("a", "bc"), record_id("ab", "c"));
+        assert_ne!(record_id("c", "a\0b"), record_id("b\0c", "a"));
+        assert_ne!(record_id("\0x", ""), record_id("x", "\0"));
     }
 }

@@ -65,7 +65,10 @@ impl ScopeExtractor for DefaultScope {
             .and_then(|v| v.to_str().ok())
             .filter(|v| valid_account_id(v))
         {
-            return format!("account:{account}");
+            let mut scope = String::with_capacity(8 + account.len());
+            scope.push_str("account:");
+            scope.push_str(account);
+            return scope;
         }
         if let Some(auth) = parts.headers.get(header::AUTHORIZATION) {
             return format!("auth:{}", hex_lower(&Sha256::digest(auth.as_bytes())));
