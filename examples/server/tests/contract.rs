@@ -196,8 +196,28 @@ async fn mint_validates_before_anything_is_reserved(stores: Stores) {
             .await
             .assert_problem(400);
     }
+    let big = format!(
+        r#"{{"dreamId":"{}","wallet":"w"}}"#,
+        "x".repeat(dreamnet_server::MAX_BODY_BYTES)
+    );
+    http.post_json("/api/mint-dream", &key, &big)
+        .await
+        .assert_problem(413);
+    // Without a key: 400 from the billable layer, nothing reserved either.
+    http.post_json("/api/mint-dream", &[], r#"{"dreamId":"d","wallet":"w"}"#)
+        .await
+        .assert_problem(400);
     let stats = http.admin_get("/api/billable/stats").await;
     assert_eq!(stats.status, 200, "{}", stats.text());
+    let stats = stats.json();
+    for state in ["pending", "confirmed", "charged", "failed"] {
+        assert_eq!(stats[state], 0, "{state}: {stats}");
+    }
+    // The key is still free: the same key with a valid body runs now.
+    let ok = http
+        .post_json("/api/mint-dream", &key, r#"{"dreamId":"d","wallet":"w"}"#)
+        .await;
+    assert_eq!(ok.status, 201, "{}", ok.text());
     server.stop().await;
 }
 
