@@ -180,6 +180,26 @@ fn the_readme_has_the_seed_examples() {
     }
 }
 
+#[tokio::test]
+async fn the_readme_config_file_parses_and_builds() {
+    let start = README
+        .find("```toml\n")
+        .expect("a TOML block in the README")
+        + "```toml\n".len();
+    let end = start + README[start..].find("```").expect("closed TOML block");
+    let file = dreamnet_server::FileConfig::from_toml(&README[start..end])
+        .unwrap_or_else(|e| panic!("the README's config does not parse: {e}"));
+    assert_eq!(file.billing.price("mint-dream"), 100);
+    assert_eq!(file.billing.accounts["acme"].credit, 10_000);
+    let app = dreamnet_server::App::build(Config {
+        file,
+        ..Config::default()
+    })
+    .await
+    .expect("the README's config builds an app");
+    app.shutdown().await;
+}
+
 async fn every_readme_command_succeeds_in_order(stores: Stores) {
     let Some(server) = TestServer::on(stores, Config::default()).await else {
         return;
