@@ -22,7 +22,7 @@ use tower::ServiceBuilder;
 use crate::{
     auth::{self, AdminToken},
     billing::{self, BillingState, SharedLedger},
-    config::Config,
+    config::{redact_url, Config},
     handlers::{self, MintKind},
     metrics::{self, HttpMetrics},
     problem, telemetry,
@@ -266,7 +266,7 @@ async fn control_plane(config: &Config) -> Result<ControlPlane, BuildError> {
     };
     let store = RedisStore::connect(url)
         .await
-        .map_err(|e| BuildError::Control(format!("Redis at {url}: {e}")))?
+        .map_err(|e| BuildError::Control(format!("Redis at {}: {e}", redact_url(url))))?
         .prefix(&config.redis_prefix);
     let plane = builder.store(store).build();
     // Load the shared state (kill switches, limits set by other replicas) before serving.
@@ -287,7 +287,7 @@ async fn idempotency_store(config: &Config) -> Result<Arc<dyn IdempotencyStore>,
         .prefix(config.redis_prefix.clone())
         .connect()
         .await
-        .map_err(|e| BuildError::Idempotency(format!("Redis at {url}: {e}")))?;
+        .map_err(|e| BuildError::Idempotency(format!("Redis at {}: {e}", redact_url(url))))?;
     tracing::info!(prefix = %config.redis_prefix, "idempotency records: Redis");
     Ok(Arc::new(store))
 }

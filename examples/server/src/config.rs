@@ -41,7 +41,9 @@ impl std::str::FromStr for LogFormat {
 }
 
 /// Everything the server needs to start.
-#[derive(Debug, Clone)]
+///
+/// `Debug` redacts the admin token and any credentials in the store URLs.
+#[derive(Clone)]
 pub struct Config {
     /// Where to listen (`--addr`, `DREAMNET_ADDR`).
     pub addr: SocketAddr,
@@ -59,6 +61,47 @@ pub struct Config {
     pub file: FileConfig,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("database_schema", &self.database_schema)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("file", &self.file)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish()
+    }
+}
+
+/// A URL fit for logs: the password of `scheme://user:password@host/...` replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                format!("{scheme}://{user}@{host}{path}")
+            }
+        }
+        None => url.to_owned(),
+    }
 }
 
 impl Default for Config {
@@ -234,6 +277,36 @@ impl FileConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_and_tokens_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/test"),
+            "postgres://app:***@db:5432/test"
+        );
+        assert_eq!(
+            redact_url("redis://:pw@cache:6379"),
+            "redis://:***@cache:6379"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/test"),
+            "postgres://postgres@127.0.0.1/test"
+        );
+        let config = Config {
+            admin_token: Some("tok-123".to_owned()),
+            database_url: Some("postgres://a:pw@h/db".to_owned()),
+            ..Config::default()
+        };
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("tok-123") && !debug.contains("pw@"),
+            "{debug}"
+        );
+    }
 
     #[test]
     fn defaults_without_a_file() {

@@ -31,8 +31,9 @@ mod telemetry;
 pub use app::{App, BuildError};
 pub use auth::AdminToken;
 pub use config::{
-    AccountConfig, BillingConfig, Config, ConfigError, FileConfig, LogFormat, DEFAULT_ACCOUNT,
-    DEFAULT_ADDR, DEFAULT_CURRENCY, DEFAULT_MINT_DREAM_PRICE, DEFAULT_MINT_TOKEN_PRICE,
+    redact_url, AccountConfig, BillingConfig, Config, ConfigError, FileConfig, LogFormat,
+    DEFAULT_ACCOUNT, DEFAULT_ADDR, DEFAULT_CURRENCY, DEFAULT_MINT_DREAM_PRICE,
+    DEFAULT_MINT_TOKEN_PRICE,
 };
 pub use handlers::MAX_BODY_BYTES;
 pub use metrics::HttpMetrics;
