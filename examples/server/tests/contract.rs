@@ -17,6 +17,50 @@ async fn health_unknown_routes_and_methods(stores: Stores) {
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["status"], "ok");
 
+    // /metrics is Prometheus text: every sample belongs to a family with HELP and TYPE.
+    let metrics = http.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = metrics.text();
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let name = parts.next().unwrap();
+            assert!(matches!(parts.next(), Some("counter" | "gauge")), "{line}");
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "no HELP for {name}"
+            );
+            typed.insert(name.to_owned());
+        } else if !line.starts_with('#') {
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            let name = series.split('{').next().unwrap();
+            assert!(typed.contains(name), "sample before its TYPE: {line}");
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("bad value: {line}"));
+            if series.contains('{') {
+                assert!(series.ends_with('}'), "{line}");
+            }
+        }
+    }
+    for family in [
+        "dreamnet_requests_total",
+        "dreamnet_rejections_total",
+        "dreamnet_circuit_breaker_state",
+        "dreamnet_billable_actions",
+        "dreamnet_http_responses_total",
+    ] {
+        assert!(typed.contains(family), "missing {family}:\n{text}");
+    }
+    assert!(
+        text.contains("dreamnet_circuit_breaker_state{cluster=\"wolf-pack\",state=\"closed\"} 1")
+    );
+
     http.get("/no/such/route").await.assert_problem(404);
     http.get("/api/mint-dream").await.assert_problem(405);
     http.send(Method::DELETE, "/healthz", &[], Bytes::new())
