@@ -52,6 +52,7 @@
 pub mod api;
 mod layer;
 pub mod ledger;
+mod logs;
 pub mod problems;
 mod recovery;
 mod service;

@@ -19,6 +19,8 @@ use dreamnet_common::{clock, SharedClock};
 use futures_util::future::{self, BoxFuture, FutureExt};
 use parking_lot::Mutex;
 
+use crate::logs;
+
 use super::{
     Account, Action, ActionId, ActionState, Amount, Ledger, LedgerError, LedgerResult, Reservation,
     ReserveRequest, Stats,
@@ -399,7 +401,10 @@ impl MemoryLedger {
 
 impl Ledger for MemoryLedger {
     fn reserve(&self, request: ReserveRequest) -> BoxFuture<'_, LedgerResult<Reservation>> {
-        ready(self.reserve_now(request))
+        let logged = logs::Logged::of(&request);
+        let outcome = self.reserve_now(request);
+        logged.emit(&outcome);
+        ready(outcome)
     }
 
     fn confirm<'a>(

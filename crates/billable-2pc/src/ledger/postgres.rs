@@ -35,6 +35,8 @@ use dreamnet_common::{clock, SharedClock};
 use futures_util::future::{BoxFuture, FutureExt};
 use tokio_postgres::{types::ToSql, NoTls, Row};
 
+use crate::logs;
+
 use super::{
     Account, Action, ActionId, ActionState, Amount, Ledger, LedgerError, LedgerResult, Reservation,
     ReserveRequest, Stats,
@@ -744,7 +746,13 @@ fn millis_u(ms: i64) -> u64 {
 
 impl Ledger for PostgresLedger {
     fn reserve(&self, request: ReserveRequest) -> BoxFuture<'_, LedgerResult<Reservation>> {
-        self.reserve_tx(request).boxed()
+        let logged = logs::Logged::of(&request);
+        async move {
+            let outcome = self.reserve_tx(request).await;
+            logged.emit(&outcome);
+            outcome
+        }
+        .boxed()
     }
 
     fn confirm<'a>(

@@ -1,0 +1,143 @@
+//! The DeployKeeper log lines of a billable route: `Status: NEW` when the reservation is made,
+//! `Duplicate detected` with the original trace id when the key is used again.
+#![allow(missing_docs)]
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use dreamnet_billable::{ActionId, BillableLayer, Ledger, MemoryLedger};
+use dreamnet_trace_id::TraceContext;
+use http::{Request, Response};
+use http_body_util::Full;
+use serde_json::Value;
+use tower::{ServiceBuilder, ServiceExt};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn request(trace: &str, body: &'static str) -> Request<Full<Bytes>> {
+    let mut request = Request::post("/api/mint-dream")
+        .header("idempotency-key", "order-42")
+        .header("x-account-id", "acct-1")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    request.extensions_mut().insert(TraceContext::new(trace));
+    request
+}
+
+fn deploy_keeper_events(capture: &Capture) -> Vec<Value> {
+    let output = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    output
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|e| e["target"] == dreamnet_idempotency::LOG_TARGET)
+        .collect()
+}
+
+#[tokio::test]
+async fn new_replay_and_mismatch_lines_carry_key_trace_digest_and_original() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let ledger = Arc::new(MemoryLedger::new());
+    ledger.add_credit("acct-1", 1_000, "USD").await.unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(BillableLayer::with_shared_ledger(
+            ledger.clone(),
+            "mint-dream",
+            250,
+        ))
+        .service(tower::service_fn(|_r: Request<Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        }));
+
+    let first = svc
+        .clone()
+        .oneshot(request("trace-first", "{\"a\":1}"))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let events = deploy_keeper_events(&capture);
+    assert_eq!(
+        events.len(),
+        1,
+        "exactly one line for a new request: {events:?}"
+    );
+    let new = &events[0];
+    assert_eq!(new["level"], "INFO");
+    let fields = &new["fields"];
+    assert_eq!(fields["status"], "NEW");
+    assert_eq!(fields["idempotency_key"], "order-42");
+    assert_eq!(fields["trace_id"], "trace-first");
+    let digest = fields["digest"].as_str().unwrap().to_owned();
+    assert_eq!(
+        fields["message"],
+        format!("[DeployKeeper] Idempotency-Key: order-42, Trace-ID: trace-first, Digest: {digest}, Status: NEW")
+    );
+    // The digest is exactly the fingerprint stored with the action.
+    let id = ActionId::new(fields["action_id"].as_str().unwrap());
+    let stored = ledger
+        .action(&id)
+        .await
+        .unwrap()
+        .expect("the reserved action");
+    assert_eq!(stored.fingerprint, digest);
+    assert_eq!(stored.trace_id.as_deref(), Some("trace-first"));
+
+    let replay = svc
+        .clone()
+        .oneshot(request("trace-retry", "{\"a\":1}"))
+        .await
+        .unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let events = deploy_keeper_events(&capture);
+    assert_eq!(events.len(), 2, "one more line for the replay: {events:?}");
+    let duplicate = &events[1]["fields"];
+    assert_eq!(
+        duplicate["message"],
+        format!("[Idempotency] Duplicate detected - Key: order-42, Trace: trace-retry, Digest: {digest}, Original: trace-first")
+    );
+    assert_eq!(duplicate["outcome"], "replayed");
+    assert_eq!(duplicate["idempotency_key"], "order-42");
+    assert_eq!(duplicate["trace_id"], "trace-retry");
+    assert_eq!(duplicate["digest"], digest.as_str());
+    assert_eq!(duplicate["original_trace_id"], "trace-first");
+
+    // Another payload under the same key: 422, logged as a duplicate with the retry's digest.
+    let changed = svc
+        .clone()
+        .oneshot(request("trace-changed", "{\"a\":2}"))
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 422);
+    let events = deploy_keeper_events(&capture);
+    assert_eq!(events.len(), 3, "{events:?}");
+    let mismatch = &events[2]["fields"];
+    assert_eq!(mismatch["outcome"], "fingerprint_mismatch");
+    assert_eq!(mismatch["original_trace_id"], "trace-first");
+    assert_eq!(mismatch["original_digest"], digest.as_str());
+    assert_ne!(mismatch["digest"], digest.as_str());
+
+    // Only one reservation was ever made, and it was charged once.
+    let account = ledger.account("acct-1").await.unwrap().unwrap();
+    assert_eq!(account.charged, 250);
+}
