@@ -194,7 +194,12 @@ async fn checks_run_in_order_kill_switch_disabled_breaker_rate_limit() {
         let expected = if step == 3 { 429 } else { 503 };
         assert_eq!(response.status(), expected, "step {step}");
         assert!(header(&response, "ratelimit-policy").starts_with("\"minute\";q=1;w=60"));
-        assert_eq!(header(&response, "ratelimit").is_empty(), step != 3);
+        // Every guarded response carries `RateLimit`, 503s included (read, not taken).
+        assert_eq!(
+            header(&response, "ratelimit"),
+            "\"minute\";r=0;t=60",
+            "step {step}"
+        );
         let body = json(response).await;
         assert_eq!(body["type"], *kind);
         match step {
@@ -226,6 +231,63 @@ async fn checks_run_in_order_kill_switch_disabled_breaker_rate_limit() {
             alpha.rejected.rate_limited
         ),
         (1, 1, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn switched_off_and_open_breaker_503s_report_ratelimit_without_consuming() {
+    let (plane, clock) = plane(5);
+    let svc = guarded(&plane, "alpha", ok_status());
+    // Never used: a 503 still reports the fresh minute (the least remaining; longer on ties
+    // is exercised by `Verdict`'s own tests).
+    plane
+        .engage_kill_switch("incident", "ops", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&send(&svc).await, "ratelimit"),
+        "\"minute\";r=5;t=60"
+    );
+    plane.release_kill_switch(None, "ops").await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(send(&svc).await.status(), 200);
+    }
+    clock.advance(Duration::from_secs(19));
+    plane
+        .disable_cluster("alpha", "maintenance", "ops", None)
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let response = send(&svc).await;
+        assert_eq!(response.status(), 503);
+        assert_eq!(header(&response, "ratelimit"), "\"minute\";r=3;t=41");
+    }
+    plane.enable_cluster("alpha", None, "ops").await.unwrap();
+    plane.trip_breaker("alpha", None, "ops").await.unwrap();
+    plane
+        .engage_kill_switch("incident", "ops", None)
+        .await
+        .unwrap();
+    let response = send(&svc).await;
+    assert_eq!(header(&response, "ratelimit"), "\"minute\";r=3;t=41");
+    plane.release_kill_switch(None, "ops").await.unwrap();
+    let response = send(&svc).await;
+    assert_eq!(response.status(), 503, "forced open");
+    assert_eq!(header(&response, "ratelimit"), "\"minute\";r=3;t=41");
+    plane.reset_breaker("alpha", None, "ops").await.unwrap();
+    // Six rejections took nothing: the next admitted request leaves 2.
+    let response = send(&svc).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "ratelimit"), "\"minute\";r=2;t=41");
+    // A cluster that never had a request: its counters are not created by a 503.
+    let beta = guarded(&plane, "beta", ok_status());
+    plane
+        .disable_cluster("beta", "maintenance", "ops", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&send(&beta).await, "ratelimit"),
+        "\"minute\";r=5;t=41"
     );
 }
 

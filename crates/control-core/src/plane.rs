@@ -419,7 +419,7 @@ impl Inner {
         tracing::debug!(cluster = %cluster.id, reason = reason.as_str(), trace_id, "request rejected by control plane");
         let mut problem = problem;
         if reason != RejectReason::RateLimited {
-            // The limiter was not consulted, so there is no `RateLimit`; the policy is known.
+            // The limiter was not consulted; `RateLimit` is added by `with_ratelimit`.
             let limits = cluster.limits.read();
             if let (true, Some(policy)) = (limits.enabled, &limits.policy) {
                 problem = problem.header(RATELIMIT_POLICY.clone(), policy.clone());
@@ -468,12 +468,59 @@ impl Inner {
         None
     }
 
+    /// Answers a rejection made before the limiter (kill switch, disabled cluster, open
+    /// breaker) with the cluster's `RateLimit` read from the store without taking anything:
+    /// synchronously on memory, with one read-only round trip on a shared store. When the
+    /// store cannot be read the header is omitted (and the error counted).
+    fn with_ratelimit(
+        self: &Arc<Self>,
+        rt: &ClusterRuntime,
+        mut rejection: Rejection,
+        now: u64,
+    ) -> Admission {
+        let limits = Arc::clone(&rt.limits.read());
+        if !limits.enabled || limits.windows.is_empty() {
+            return Admission::Rejected(rejection);
+        }
+        if let Some(peeked) = self.store.peek_now(&rt.id, &limits.windows, now) {
+            self.add_ratelimit(&mut rejection, &limits, peeked);
+            return Admission::Rejected(rejection);
+        }
+        let plane = Arc::clone(self);
+        let cluster = Arc::clone(&rt.id);
+        Admission::Pending(Box::pin(async move {
+            let peeked = plane.store.peek(&cluster, &limits.windows, now).await;
+            plane.add_ratelimit(&mut rejection, &limits, peeked);
+            Err(rejection)
+        }))
+    }
+
+    fn add_ratelimit(
+        &self,
+        rejection: &mut Rejection,
+        limits: &Limits,
+        peeked: Result<Taken, StoreError>,
+    ) {
+        match peeked {
+            Ok(taken) => {
+                if let Some(verdict) = Verdict::read(&taken, &limits.windows) {
+                    rejection
+                        .response
+                        .headers_mut()
+                        .insert(RATELIMIT.clone(), verdict.header(&limits.windows));
+                }
+            }
+            Err(error) => self.store_failed(&error),
+        }
+    }
+
     fn admit(self: &Arc<Self>, rt: &Arc<ClusterRuntime>, trace_id: Option<&str>) -> Admission {
         let now = self.clock.now_millis();
         if let Some(rejection) = self.switched_off(rt, now, trace_id) {
-            return Admission::Rejected(rejection);
+            return self.with_ratelimit(rt, rejection, now);
         }
-        let ticket = match rt.breaker.lock().try_acquire(now) {
+        let acquired = rt.breaker.lock().try_acquire(now);
+        let ticket = match acquired {
             Ok(ticket) => ticket,
             Err(retry_after) => {
                 let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
@@ -481,12 +528,8 @@ impl Inner {
                 if let Some(ms) = retry_after {
                     p = p.retry_after_millis(ms);
                 }
-                return Admission::Rejected(self.reject(
-                    rt,
-                    RejectReason::CircuitOpen,
-                    p,
-                    trace_id,
-                ));
+                let rejection = self.reject(rt, RejectReason::CircuitOpen, p, trace_id);
+                return self.with_ratelimit(rt, rejection, now);
             }
         };
         let guard = CallGuard {

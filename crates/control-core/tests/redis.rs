@@ -376,3 +376,97 @@ async fn the_next_request_after_a_change_elsewhere_is_judged_by_it() {
     assert_eq!(status(&b_beta).await, StatusCode::SERVICE_UNAVAILABLE);
     store.purge().await.unwrap();
 }
+
+/// 503s before the limiter carry `RateLimit` read with one read-only round trip: the
+/// rejections take nothing, across planes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switched_off_503s_report_shared_ratelimit_without_consuming() {
+    let Some(store) = store().await else { return };
+    let plane_a = plane(&store, config(10, true));
+    let plane_b = plane(&store, config(10, true));
+    let a = guarded(&plane_a, "alpha");
+    let b = guarded(&plane_b, "alpha");
+    for svc in [&a, &b] {
+        assert_eq!(status(svc).await, StatusCode::OK);
+    }
+    plane_a
+        .disable_cluster("alpha", "maintenance", "ops", None)
+        .await
+        .unwrap();
+    plane_b.sync().await.unwrap();
+    let before = store.round_trips();
+    for svc in [&a, &b, &a, &b] {
+        let response = svc
+            .clone()
+            .oneshot(Request::new(Full::default()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let ratelimit = response.headers()["ratelimit"].to_str().unwrap();
+        assert!(ratelimit.starts_with("\"year\";r=8;t="), "{ratelimit}");
+        assert!(response.headers().contains_key("ratelimit-policy"));
+    }
+    // One round trip per rejection (plus at most a background version poll or two).
+    let trips = store.round_trips() - before;
+    assert!((4..=8).contains(&trips), "{trips} round trips");
+    let usage = plane_b.usage("alpha").await.unwrap();
+    assert_eq!(usage[0].used, 2, "a rejection took quota");
+    plane_b.enable_cluster("alpha", None, "ops").await.unwrap();
+    eventually(Duration::from_secs(1), "A sees the enable", || async {
+        status(&a).await == StatusCode::OK
+    })
+    .await;
+    assert_eq!(plane_b.usage("alpha").await.unwrap()[0].used, 3);
+    store.purge().await.unwrap();
+}
+
+/// A 503 before the limiter cannot read the counters from an unreachable Redis: it answers
+/// at once with `RateLimit-Policy` and without `RateLimit`.
+#[tokio::test(flavor = "current_thread")]
+async fn a_503_without_redis_omits_ratelimit() {
+    let store = RedisStore::lazy("redis://127.0.0.1:1").unwrap();
+    let mut clusters = BTreeMap::new();
+    clusters.insert(
+        "alpha".to_owned(),
+        ClusterConfig::per_minute_hour_day(100, 1000, 10_000),
+    );
+    let config = ControlConfig {
+        clusters,
+        breaker: dreamnet_control_core::BreakerConfig {
+            minimum_calls: 2,
+            window_size: 2,
+            ..dreamnet_control_core::BreakerConfig::default()
+        },
+        ..ControlConfig::default()
+    };
+    let plane = ControlPlane::builder().config(config).store(store).build();
+    let alpha = ServiceBuilder::new()
+        .layer(plane.layer("alpha"))
+        .service(service_fn(|_req: Request<Full<Bytes>>| async {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            Ok::<_, Infallible>(response)
+        }));
+    let started = Instant::now();
+    for _ in 0..2 {
+        let response = alpha.clone().oneshot(Request::new(Full::default())).await;
+        assert_eq!(response.unwrap().status(), 500, "fail open admits");
+    }
+    let response = alpha
+        .clone()
+        .oneshot(Request::new(Full::default()))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "breaker open"
+    );
+    assert!(response.headers().contains_key("ratelimit-policy"));
+    assert!(!response.headers().contains_key("ratelimit"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        plane.metrics().store_errors >= 3,
+        "the failed peek is counted"
+    );
+}

@@ -175,6 +175,33 @@ pub(crate) async fn notify_bumps_the_epoch(store: Arc<dyn ControlStore>) {
     }
 }
 
+pub(crate) async fn peek_reads_without_taking(store: Arc<dyn ControlStore>) {
+    let windows = [
+        WindowConfig::new("a", 3, YEAR),
+        WindowConfig::new("b", 1000, YEAR),
+    ];
+    let peeked = store.peek("c1", &windows, now()).await.unwrap();
+    assert_eq!(peeked.counts, vec![0, 0], "an unused cluster");
+    assert!(!peeked.admitted);
+    assert!(peeked.now_millis.abs_diff(now()) < 10_000);
+    for _ in 0..2 {
+        assert!(store.take("c1", &windows, now()).await.unwrap().admitted);
+    }
+    for _ in 0..5 {
+        let peeked = store.peek("c1", &windows, now()).await.unwrap();
+        assert_eq!(peeked.counts, vec![2, 2]);
+    }
+    // Peeks took nothing: exactly one more unit fits the limit of 3.
+    assert!(store.take("c1", &windows, now()).await.unwrap().admitted);
+    assert!(!store.take("c1", &windows, now()).await.unwrap().admitted);
+    // A window the cluster never counted reads as empty.
+    let other = [WindowConfig::new("c", 1, YEAR)];
+    assert_eq!(
+        store.peek("c1", &other, now()).await.unwrap().counts,
+        vec![0]
+    );
+}
+
 /// Runs the suite against a store factory: an async expression giving `Option<Arc<S>>` (a
 /// fresh, empty store; `None` skips, e.g. when Redis is unreachable), and an optional
 /// async cleanup taking the `Arc<S>`.
@@ -192,6 +219,7 @@ macro_rules! conformance_tests {
             concurrent_burst_admits_exactly_the_limit,
             state_compare_and_swap_and_audit,
             notify_bumps_the_epoch,
+            peek_reads_without_taking,
         );
     };
     (@tests $make:expr; $cleanup:expr; $($name:ident,)*) => {

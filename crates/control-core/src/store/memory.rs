@@ -8,7 +8,7 @@ use super::{BoxFuture, ControlStore, StoreError};
 use crate::{
     config::WindowConfig,
     state::{AuditEntry, ControlState, Versioned},
-    window::{decide, Slot, Taken},
+    window::{decide, window_start, Slot, Taken},
 };
 
 /// How many audit entries the memory store keeps (the oldest are dropped).
@@ -81,6 +81,31 @@ impl MemoryStore {
         decide(&mut counters.slots, windows, now_millis)
     }
 
+    /// The counts of `windows` at `now`, without taking (or realigning) anything.
+    fn peek_counts(&self, cluster: &str, windows: &[WindowConfig], now_millis: u64) -> Taken {
+        let counters = self.counters.read().get(cluster).map(Arc::clone);
+        let counters = counters.as_ref().map(|c| c.lock());
+        let counts = windows
+            .iter()
+            .map(|w| {
+                let Some(counters) = &counters else { return 0 };
+                counters
+                    .keys
+                    .iter()
+                    .position(|(n, s)| *n == w.name && *s == w.seconds)
+                    .map(|i| counters.slots[i])
+                    .filter(|slot| slot.start == window_start(w, now_millis))
+                    .map_or(0, |slot| slot.count)
+            })
+            .collect();
+        Taken {
+            admitted: false,
+            now_millis,
+            counts,
+            epoch: None,
+        }
+    }
+
     fn cluster(&self, cluster: &str) -> Arc<Mutex<Counters>> {
         if let Some(c) = self.counters.read().get(cluster) {
             return Arc::clone(c);
@@ -108,6 +133,26 @@ impl ControlStore for MemoryStore {
         now_millis: u64,
     ) -> Option<Result<Taken, StoreError>> {
         Some(Ok(self.decide(cluster, windows, now_millis)))
+    }
+
+    fn peek<'a>(
+        &'a self,
+        cluster: &'a str,
+        windows: &'a [WindowConfig],
+        now_millis: u64,
+    ) -> BoxFuture<'a, Result<Taken, StoreError>> {
+        Box::pin(std::future::ready(Ok(
+            self.peek_counts(cluster, windows, now_millis)
+        )))
+    }
+
+    fn peek_now(
+        &self,
+        cluster: &str,
+        windows: &[WindowConfig],
+        now_millis: u64,
+    ) -> Option<Result<Taken, StoreError>> {
+        Some(Ok(self.peek_counts(cluster, windows, now_millis)))
     }
 
     fn load(&self) -> BoxFuture<'_, Result<Option<Versioned>, StoreError>> {

@@ -59,6 +59,39 @@ pub trait ControlStore: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// Reads every window's count at the store's clock without taking anything
+    /// (`admitted` is `false`; `epoch` may be `None`). Used for the `RateLimit` header of
+    /// requests rejected before the limiter (kill switch, disabled cluster, open breaker).
+    ///
+    /// The default runs [`take`](ControlStore::take) with an extra zero-limit window, which
+    /// can admit nothing and so takes nothing.
+    fn peek<'a>(
+        &'a self,
+        cluster: &'a str,
+        windows: &'a [WindowConfig],
+        now_millis: u64,
+    ) -> BoxFuture<'a, Result<Taken, StoreError>> {
+        Box::pin(async move {
+            let mut probe = windows.to_vec();
+            probe.push(WindowConfig::new("__probe", 0, 1));
+            let mut taken = self.take(cluster, &probe, now_millis).await?;
+            taken.counts.truncate(windows.len());
+            taken.admitted = false;
+            Ok(taken)
+        })
+    }
+
+    /// [`peek`](ControlStore::peek) without a future, for stores that never wait (memory);
+    /// `None` means "use `peek`".
+    fn peek_now(
+        &self,
+        _cluster: &str,
+        _windows: &[WindowConfig],
+        _now_millis: u64,
+    ) -> Option<Result<Taken, StoreError>> {
+        None
+    }
+
     /// The stored state, or `None` when nothing was stored yet.
     fn load(&self) -> BoxFuture<'_, Result<Option<Versioned>, StoreError>>;
 

@@ -74,6 +74,29 @@ for i = 1, n do out[#out + 1] = counts[i] end
 return out
 ";
 
+/// The read-only counterpart of [`TAKE_SCRIPT`] (writes nothing): `KEYS` one counter per
+/// window, `ARGV` `window_ms` per window (plus, in tests only, a time to use instead of the
+/// server's). Returns `{now_ms, count...}`.
+pub const PEEK_SCRIPT: &str = r"
+local n = #KEYS
+local now
+if #ARGV > n then
+  now = tonumber(ARGV[n + 1])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local out = {now}
+for i = 1, n do
+  local len = tonumber(ARGV[i])
+  local slot = redis.call('HMGET', KEYS[i], 's', 'c')
+  local count = 0
+  if tonumber(slot[1]) == now - (now % len) then count = tonumber(slot[2]) or 0 end
+  out[#out + 1] = count
+end
+return out
+";
+
 /// The state compare-and-swap: `KEYS` version, doc, audit; `ARGV` expected version, the
 /// state JSON, the audit entry JSON, the audit capacity. Returns the new version or -1.
 const CAS_SCRIPT: &str = r"
@@ -93,6 +116,7 @@ pub struct RedisStore {
     prefix: Arc<str>,
     timeout: Duration,
     take: Arc<Script>,
+    peek: Arc<Script>,
     cas: Arc<Script>,
     round_trips: Arc<AtomicU64>,
 }
@@ -152,6 +176,7 @@ impl RedisStore {
             prefix: Arc::from("dreamnet:"),
             timeout: Duration::from_millis(500),
             take: Arc::new(Script::new(TAKE_SCRIPT)),
+            peek: Arc::new(Script::new(PEEK_SCRIPT)),
             cas: Arc::new(Script::new(CAS_SCRIPT)),
             round_trips: Arc::new(AtomicU64::new(0)),
         }
@@ -248,6 +273,39 @@ impl RedisStore {
         })
     }
 
+    /// One run of [`PEEK_SCRIPT`]; `at` replaces server time (tests only).
+    async fn run_peek(
+        &self,
+        windows: &[WindowConfig],
+        cluster: &str,
+        at: Option<u64>,
+    ) -> Result<Taken, StoreError> {
+        let mut invocation = self.peek.prepare_invoke();
+        for window in windows {
+            invocation
+                .key(self.counter_key(cluster, window))
+                .arg(window_millis(window));
+        }
+        if let Some(at) = at {
+            invocation.arg(at);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = self.timed(invocation.invoke_async(&mut conn)).await?;
+        if reply.len() != 1 + windows.len() {
+            return Err(corrupt("rate-limit peek script answered the wrong shape"));
+        }
+        let num = |v: i64| u64::try_from(v).map_err(|_| corrupt("negative counter"));
+        Ok(Taken {
+            admitted: false,
+            now_millis: num(reply[0])?,
+            epoch: None,
+            counts: reply[1..]
+                .iter()
+                .map(|&c| num(c))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
     fn state_key(&self, what: &str) -> String {
         format!("{}ctl:{{state}}:{what}", self.prefix)
     }
@@ -291,6 +349,15 @@ impl ControlStore for RedisStore {
     ) -> BoxFuture<'a, Result<Taken, StoreError>> {
         Box::pin(self.run_take(cluster, windows, None))
     }
+    fn peek<'a>(
+        &'a self,
+        cluster: &'a str,
+        windows: &'a [WindowConfig],
+        _now_millis: u64,
+    ) -> BoxFuture<'a, Result<Taken, StoreError>> {
+        Box::pin(self.run_peek(windows, cluster, None))
+    }
+
     fn load(&self) -> BoxFuture<'_, Result<Option<Versioned>, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
@@ -428,7 +495,8 @@ pub(crate) mod tests {
     }
 
     /// The Lua script mirrors [`crate::window::decide`]: the same random arrivals give the
-    /// same decisions and counts (the script is given the same clock for the comparison).
+    /// same decisions and counts, and the peek script reads those counts (the scripts are given
+    /// the same clock for the comparison).
     mod mirror {
         use super::*;
         use crate::window::{decide, Slot};
@@ -476,6 +544,8 @@ pub(crate) mod tests {
                     prop_assert_eq!(got.admitted, expected.admitted);
                     prop_assert_eq!(&got.counts, &expected.counts);
                     prop_assert_eq!(got.now_millis, now);
+                    let peeked = rt.block_on(store.run_peek(&windows, &cluster, Some(now))).unwrap();
+                    prop_assert_eq!(&peeked.counts, &expected.counts);
                 }
                 rt.block_on(store.purge()).unwrap();
             }
