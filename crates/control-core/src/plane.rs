@@ -495,6 +495,28 @@ impl Inner {
         }))
     }
 
+    /// Returns the unit an admitted `take` spent, for a request refused after it (a kill
+    /// switch or disable noticed through the epoch), so the refusal consumes nothing like
+    /// every other rejection. One more round trip, only on this rare path; until it lands,
+    /// a concurrent request may see that unit as used. If it fails the unit stays spent
+    /// (counted in `store_errors`). Answers the counts as they are afterwards.
+    async fn give_back(&self, rt: &ClusterRuntime, limits: &Limits, taken: &Taken) -> Taken {
+        let mut left = Taken {
+            admitted: false,
+            ..taken.clone()
+        };
+        if taken.admitted {
+            match self.store.give_back(&rt.id, &limits.windows, taken).await {
+                Ok(()) => left
+                    .counts
+                    .iter_mut()
+                    .for_each(|c| *c = c.saturating_sub(1)),
+                Err(error) => self.store_failed(&error),
+            }
+        }
+        left
+    }
+
     fn add_ratelimit(
         &self,
         rejection: &mut Rejection,
@@ -557,20 +579,23 @@ impl Inner {
                 .store
                 .take(&guard.cluster.id, &limits.windows, now)
                 .await;
-            if let Ok(Taken {
-                epoch: Some(epoch), ..
-            }) = &taken
+            if let Ok(
+                spent @ Taken {
+                    epoch: Some(epoch), ..
+                },
+            ) = &taken
             {
                 let seen = guard.cluster.epoch_seen.swap(*epoch, Ordering::AcqRel);
                 if seen != *epoch {
                     // Someone changed the shared state: reload before answering. A kill
-                    // switch or disable found this way stops this very request (its quota
-                    // unit is already spent: an emergency stop wins over exact accounting).
+                    // switch or disable found this way stops this very request.
                     let _ = plane.refresh(true).await;
                     let now = plane.clock.now_millis();
-                    if let Some(rejection) =
+                    if let Some(mut rejection) =
                         plane.switched_off(&guard.cluster, now, trace_id.as_deref())
                     {
+                        let left = plane.give_back(&guard.cluster, &limits, spent).await;
+                        plane.add_ratelimit(&mut rejection, &limits, Ok(left));
                         return Err(rejection);
                     }
                 }

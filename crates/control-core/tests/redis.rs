@@ -365,8 +365,9 @@ async fn the_next_request_after_a_change_elsewhere_is_judged_by_it() {
         .unwrap();
     assert_eq!(status(&b_beta).await, StatusCode::SERVICE_UNAVAILABLE);
     plane_a.release_kill_switch(None, "alice").await.unwrap();
-    // Rejected requests do not reach Redis; this one is let through by the kill switch's
-    // release only once B reloads, which `sync` (or the background poll) does.
+    // Rejected requests only read counters (for `RateLimit`), not the epoch; this one is let
+    // through by the kill switch's release only once B reloads, which `sync` (or the
+    // background poll) does.
     plane_b.sync().await.unwrap();
     assert_eq!(status(&b_beta).await, StatusCode::OK);
     plane_a
@@ -469,4 +470,38 @@ async fn a_503_without_redis_omits_ratelimit() {
         plane.metrics().store_errors >= 3,
         "the failed peek is counted"
     );
+}
+
+/// A replica that learns of a kill switch from the rate-limit script's epoch has already
+/// taken a unit for that request: it gives it back, so the 503 consumes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_switch_noticed_through_the_epoch_gives_the_unit_back() {
+    let Some(store) = store().await else { return };
+    let plane_a = plane(&store, config(10, true));
+    let plane_b = ControlPlane::builder()
+        .config(config(10, true))
+        .store(store.clone())
+        .refresh_interval(Duration::from_secs(3600))
+        .build();
+    let b_alpha = guarded(&plane_b, "alpha");
+    assert_eq!(status(&b_alpha).await, StatusCode::OK);
+    plane_a
+        .engage_kill_switch("incident", "alice", None)
+        .await
+        .unwrap();
+    let response = b_alpha
+        .clone()
+        .oneshot(Request::new(Full::default()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ratelimit = response.headers()["ratelimit"].to_str().unwrap();
+    assert!(ratelimit.starts_with("\"year\";r=9;t="), "{ratelimit}");
+    assert_eq!(
+        plane_a.usage("alpha").await.unwrap()[0].used,
+        1,
+        "the refused request kept its unit"
+    );
+    assert_eq!(plane_b.metrics().rejected.kill_switch, 1);
+    store.purge().await.unwrap();
 }

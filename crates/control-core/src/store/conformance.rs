@@ -202,6 +202,40 @@ pub(crate) async fn peek_reads_without_taking(store: Arc<dyn ControlStore>) {
     );
 }
 
+pub(crate) async fn give_back_returns_one_unit_per_window(store: Arc<dyn ControlStore>) {
+    let windows = [
+        WindowConfig::new("a", 2, YEAR),
+        WindowConfig::new("b", 1000, YEAR),
+    ];
+    let first = store.take("c1", &windows, now()).await.unwrap();
+    let second = store.take("c1", &windows, now()).await.unwrap();
+    assert!(first.admitted && second.admitted);
+    let refused = store.take("c1", &windows, now()).await.unwrap();
+    assert!(!refused.admitted);
+    // Giving back a refused attempt changes nothing (it took nothing).
+    store.give_back("c1", &windows, &refused).await.unwrap();
+    assert_eq!(
+        store.peek("c1", &windows, now()).await.unwrap().counts,
+        vec![2, 2]
+    );
+    store.give_back("c1", &windows, &second).await.unwrap();
+    assert_eq!(
+        store.peek("c1", &windows, now()).await.unwrap().counts,
+        vec![1, 1]
+    );
+    let again = store.take("c1", &windows, now()).await.unwrap();
+    assert!(again.admitted, "the unit given back is usable");
+    assert_eq!(again.counts, vec![2, 2]);
+    // A unit taken in an older window is not given back to the current one.
+    let mut stale = again.clone();
+    stale.now_millis -= YEAR * 1000;
+    store.give_back("c1", &windows, &stale).await.unwrap();
+    assert_eq!(
+        store.peek("c1", &windows, now()).await.unwrap().counts,
+        vec![2, 2]
+    );
+}
+
 /// Runs the suite against a store factory: an async expression giving `Option<Arc<S>>` (a
 /// fresh, empty store; `None` skips, e.g. when Redis is unreachable), and an optional
 /// async cleanup taking the `Arc<S>`.
@@ -220,6 +254,7 @@ macro_rules! conformance_tests {
             state_compare_and_swap_and_audit,
             notify_bumps_the_epoch,
             peek_reads_without_taking,
+            give_back_returns_one_unit_per_window,
         );
     };
     (@tests $make:expr; $cleanup:expr; $($name:ident,)*) => {

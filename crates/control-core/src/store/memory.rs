@@ -155,6 +155,34 @@ impl ControlStore for MemoryStore {
         Some(Ok(self.peek_counts(cluster, windows, now_millis)))
     }
 
+    fn give_back<'a>(
+        &'a self,
+        cluster: &'a str,
+        windows: &'a [WindowConfig],
+        taken: &'a Taken,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        if taken.admitted {
+            if let Some(counters) = self.counters.read().get(cluster) {
+                let mut counters = counters.lock();
+                for w in windows {
+                    let start = window_start(w, taken.now_millis);
+                    let Some(i) = counters
+                        .keys
+                        .iter()
+                        .position(|(n, s)| *n == w.name && *s == w.seconds)
+                    else {
+                        continue;
+                    };
+                    let slot = &mut counters.slots[i];
+                    if slot.start == start && slot.count > 0 {
+                        slot.count -= 1;
+                    }
+                }
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     fn load(&self) -> BoxFuture<'_, Result<Option<Versioned>, StoreError>> {
         let doc = self.document.lock();
         let loaded = doc.state.clone().map(|state| Versioned {

@@ -92,6 +92,17 @@ pub trait ControlStore: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// Gives back the unit an admitted [`take`](ControlStore::take) took from each window,
+    /// for a request that was then refused anyway (a kill switch noticed through the epoch).
+    /// A window that has rolled over since `taken` (or is already at 0) is left alone, so
+    /// this never lends quota to a later window.
+    fn give_back<'a>(
+        &'a self,
+        cluster: &'a str,
+        windows: &'a [WindowConfig],
+        taken: &'a Taken,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
     /// The stored state, or `None` when nothing was stored yet.
     fn load(&self) -> BoxFuture<'_, Result<Option<Versioned>, StoreError>>;
 

@@ -97,6 +97,18 @@ end
 return out
 ";
 
+/// Gives back one unit per window: `KEYS` one counter per window, `ARGV` the window start
+/// (ms) each unit was taken in. A counter that has rolled over or is at 0 is left alone.
+const GIVE_BACK_SCRIPT: &str = r"
+for i = 1, #KEYS do
+  local slot = redis.call('HMGET', KEYS[i], 's', 'c')
+  if tonumber(slot[1]) == tonumber(ARGV[i]) and (tonumber(slot[2]) or 0) > 0 then
+    redis.call('HINCRBY', KEYS[i], 'c', -1)
+  end
+end
+return 0
+";
+
 /// The state compare-and-swap: `KEYS` version, doc, audit; `ARGV` expected version, the
 /// state JSON, the audit entry JSON, the audit capacity. Returns the new version or -1.
 const CAS_SCRIPT: &str = r"
@@ -117,6 +129,7 @@ pub struct RedisStore {
     timeout: Duration,
     take: Arc<Script>,
     peek: Arc<Script>,
+    give_back: Arc<Script>,
     cas: Arc<Script>,
     round_trips: Arc<AtomicU64>,
 }
@@ -177,6 +190,7 @@ impl RedisStore {
             timeout: Duration::from_millis(500),
             take: Arc::new(Script::new(TAKE_SCRIPT)),
             peek: Arc::new(Script::new(PEEK_SCRIPT)),
+            give_back: Arc::new(Script::new(GIVE_BACK_SCRIPT)),
             cas: Arc::new(Script::new(CAS_SCRIPT)),
             round_trips: Arc::new(AtomicU64::new(0)),
         }
@@ -356,6 +370,29 @@ impl ControlStore for RedisStore {
         _now_millis: u64,
     ) -> BoxFuture<'a, Result<Taken, StoreError>> {
         Box::pin(self.run_peek(windows, cluster, None))
+    }
+
+    fn give_back<'a>(
+        &'a self,
+        cluster: &'a str,
+        windows: &'a [WindowConfig],
+        taken: &'a Taken,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            if !taken.admitted || windows.is_empty() {
+                return Ok(());
+            }
+            let mut invocation = self.give_back.prepare_invoke();
+            for window in windows {
+                invocation
+                    .key(self.counter_key(cluster, window))
+                    .arg(crate::window::window_start(window, taken.now_millis));
+            }
+            let mut conn = self.conn.clone();
+            self.timed(invocation.invoke_async::<i64>(&mut conn))
+                .await
+                .map(drop)
+        })
     }
 
     fn load(&self) -> BoxFuture<'_, Result<Option<Versioned>, StoreError>> {
