@@ -292,6 +292,107 @@ async fn switched_off_and_open_breaker_503s_report_ratelimit_without_consuming()
 }
 
 #[tokio::test]
+async fn switches_ended_by_their_ttl_are_audited_once_in_order() {
+    let (plane, clock) = plane(100);
+    plane
+        .engage_kill_switch("deploy", "ops", Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    plane
+        .disable_cluster("alpha", "bad deploy", "ops", Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(plane.audit(10).await.unwrap().len(), 2, "nothing ended yet");
+    clock.advance(Duration::from_secs(40));
+    for _ in 0..3 {
+        let audit = plane.audit(10).await.unwrap();
+        let seen: Vec<_> = audit
+            .iter()
+            .map(|e| {
+                (
+                    e.action.as_str(),
+                    e.cluster.as_deref(),
+                    e.reason.as_deref(),
+                    e.actor.as_deref(),
+                    e.at.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "kill_switch.disable",
+                    None,
+                    Some("ended by ttl"),
+                    Some("system"),
+                    "2026-01-01T00:00:30.000Z"
+                ),
+                (
+                    "cluster.enable",
+                    Some("alpha"),
+                    Some("ended by ttl"),
+                    Some("system"),
+                    "2026-01-01T00:00:10.000Z"
+                ),
+                (
+                    "cluster.disable",
+                    Some("alpha"),
+                    Some("bad deploy"),
+                    Some("ops"),
+                    "2026-01-01T00:00:00.000Z"
+                ),
+                (
+                    "kill_switch.enable",
+                    None,
+                    Some("deploy"),
+                    Some("ops"),
+                    "2026-01-01T00:00:00.000Z"
+                ),
+            ]
+        );
+        assert_eq!(audit[0].before["engaged"], true);
+        assert_eq!(audit[0].after["engaged"], false);
+        assert_eq!(audit[0].after["expiresAt"], serde_json::Value::Null);
+    }
+    let kill = plane.kill_switch();
+    assert!(!kill.enabled);
+    assert_eq!(kill.disabled_by.as_deref(), Some("system"));
+    assert_eq!(kill.expires_at, None);
+    assert_eq!(
+        plane.cluster("alpha").unwrap().reason.as_deref(),
+        Some("ended by ttl")
+    );
+    // The next change is recorded after the endings.
+    plane
+        .disable_cluster("beta", "noisy", "ops", Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(1));
+    plane.reset_breaker("alpha", None, "ops").await.unwrap();
+    let actions: Vec<_> = plane
+        .audit(3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.cluster, e.version))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            (
+                "circuit_breaker.reset".to_owned(),
+                Some("alpha".to_owned()),
+                7
+            ),
+            ("cluster.enable".to_owned(), Some("beta".to_owned()), 6),
+            ("cluster.disable".to_owned(), Some("beta".to_owned()), 5),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn kill_switch_ttl_ends_by_itself_and_disabling_one_cluster_spares_the_others() {
     let (plane, clock) = plane(100);
     let alpha = guarded(&plane, "alpha", ok_status());

@@ -286,10 +286,9 @@ impl ControlPlaneBuilder {
             reload: tokio::sync::Mutex::new(()),
             store,
         });
-        if inner.store.is_shared() {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(refresher(Arc::downgrade(&inner), self.refresh_interval));
-            }
+        // Polls a shared store and, on any store, records switches that ended by their TTL.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(refresher(Arc::downgrade(&inner), self.refresh_interval));
         }
         ControlPlane { inner }
     }
@@ -301,7 +300,10 @@ async fn refresher(plane: Weak<Inner>, every: Duration) {
     loop {
         ticker.tick().await;
         let Some(inner) = plane.upgrade() else { return };
-        let _ = inner.refresh(false).await;
+        if inner.store.is_shared() {
+            let _ = inner.refresh(false).await;
+        }
+        let _ = inner.end_expired().await;
     }
 }
 
@@ -758,6 +760,90 @@ impl Inner {
         *local = loaded;
     }
 
+    /// Records every engaged switch whose TTL is over as released ("ended by ttl", actor
+    /// `system`), one audit entry each, through the state compare-and-swap: when several
+    /// planes notice the same expiry, exactly one stores it and the others, on reloading,
+    /// find the switch already released. Traffic does not wait for this (every check
+    /// evaluates `expiresAt` with the clock); it only completes the audit trail and the
+    /// state. Runs in the background refresher, before every change and before the audit
+    /// trail is read.
+    async fn end_expired(&self) -> Result<(), StoreError> {
+        // Bounded: each round ends one switch or loses a race to another writer.
+        for _ in 0..64 {
+            let now = self.clock.now_millis();
+            if expired_switch(&self.state.read().state, now).is_none() {
+                return Ok(());
+            }
+            let mut base = match self.base().await {
+                Ok(base) => base,
+                Err(e) => {
+                    self.store_failed(&e);
+                    return Err(e);
+                }
+            };
+            let Some((cluster, at)) = expired_switch(&base.state, now) else {
+                // Someone else released it; take their state.
+                return self.refresh(true).await;
+            };
+            let switch = match &cluster {
+                None => &mut base.state.kill_switch,
+                Some(id) => match base.state.clusters.get_mut(id) {
+                    Some(c) => &mut c.disabled,
+                    None => return Ok(()),
+                },
+            };
+            let before = json(switch);
+            *switch = released(Some(ENDED_BY_TTL), SYSTEM_ACTOR, at);
+            let entry = AuditEntry {
+                version: base.version + 1,
+                action: if cluster.is_some() {
+                    "cluster.enable"
+                } else {
+                    "kill_switch.disable"
+                }
+                .to_owned(),
+                cluster: cluster.clone(),
+                reason: Some(ENDED_BY_TTL.to_owned()),
+                actor: Some(SYSTEM_ACTOR.to_owned()),
+                at: rfc3339(at),
+                before,
+                after: json(switch),
+            };
+            let swapped = self
+                .store
+                .compare_and_swap(base.version, &base.state, &entry)
+                .await;
+            match swapped {
+                Ok(Some(version)) => {
+                    tracing::info!(
+                        action = entry.action,
+                        cluster = entry.cluster,
+                        version,
+                        "control switch ended by its ttl"
+                    );
+                    self.apply(Versioned {
+                        version,
+                        state: base.state,
+                    });
+                    let affected: Vec<String> = match cluster {
+                        Some(id) => vec![id],
+                        None => self.clusters.keys().map(ToString::to_string).collect(),
+                    };
+                    if let Err(e) = self.store.notify(&affected).await {
+                        self.store_failed(&e);
+                    }
+                }
+                // Another writer got there first: reload and look again.
+                Ok(None) => {}
+                Err(e) => {
+                    self.store_failed(&e);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The stored state (or, before anything was stored, this plane's initial state) with
     /// any cluster this plane knows but the document lacks added from the configuration.
     async fn base(&self) -> Result<Versioned, StoreError> {
@@ -887,6 +973,9 @@ impl ControlPlane {
             }
         }
         let inner = &self.inner;
+        // A switch that ended by its TTL is recorded before this change (the audit trail
+        // stays in order); if the store is unreachable the change below fails anyway.
+        let _ = inner.end_expired().await;
         for _ in 0..32 {
             let mut base = inner.base().await?;
             let now = inner.clock.now_millis();
@@ -1256,11 +1345,15 @@ impl ControlPlane {
         }
     }
 
-    /// The audit trail, newest first.
+    /// The audit trail, newest first. Switches whose TTL is over are recorded first, so the
+    /// trail shows them ("ended by ttl", actor `system`) even before the background task
+    /// gets to them.
     ///
     /// # Errors
     /// An unreachable store.
     pub async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, ControlError> {
+        // Switches whose TTL is over are recorded first ("ended by ttl").
+        self.inner.end_expired().await?;
         Ok(self.inner.store.audit(limit).await?)
     }
 
@@ -1291,6 +1384,24 @@ impl ControlPlane {
             state_version: self.inner.state.read().version,
         }
     }
+}
+
+/// The audit reason of a switch released by its TTL.
+const ENDED_BY_TTL: &str = "ended by ttl";
+/// The audit actor of changes the plane makes by itself.
+const SYSTEM_ACTOR: &str = "system";
+
+/// The engaged switch whose TTL ended first, if any is over at `now` (`None` = the global
+/// kill switch, else the cluster id), with its expiry.
+fn expired_switch(state: &ControlState, now: u64) -> Option<(Option<String>, u64)> {
+    let expiry = |s: &Switch| s.expires_at.filter(|&at| s.engaged && at <= now);
+    let global = expiry(&state.kill_switch).map(|at| (None, at));
+    let clusters = state
+        .clusters
+        .iter()
+        .filter_map(|(id, c)| expiry(&c.disabled).map(|at| (Some(id.clone()), at)));
+    // The earliest first, so the audit trail lists endings in the order they happened.
+    global.into_iter().chain(clusters).min_by_key(|(_, at)| *at)
 }
 
 fn require_reason(reason: &str) -> Result<(), ControlError> {

@@ -505,3 +505,79 @@ async fn a_kill_switch_noticed_through_the_epoch_gives_the_unit_back() {
     assert_eq!(plane_b.metrics().rejected.kill_switch, 1);
     store.purge().await.unwrap();
 }
+
+/// When a kill switch or a disable ends by its TTL, the planes sharing Redis race to record
+/// it (background refreshers and audit reads at once): exactly one entry per ending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_ending_is_audited_exactly_once_across_planes() {
+    let Some(store) = store().await else { return };
+    let clock = dreamnet_common::ManualClock::new(1_767_225_600_000);
+    let planes: Vec<ControlPlane> = (0..4)
+        .map(|i| {
+            ControlPlane::builder()
+                .config(config(1000, true))
+                .store(store.clone())
+                .clock(Arc::new(clock.clone()))
+                // Two poll in the background (and end switches there), two only on demand.
+                .refresh_interval(Duration::from_millis(if i < 2 { 5 } else { 3_600_000 }))
+                .build()
+        })
+        .collect();
+    for round in 0..5u64 {
+        planes[0]
+            .engage_kill_switch("incident", "alice", Some(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        planes[1]
+            .disable_cluster("beta", "noisy", "bob", Some(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        for plane in &planes {
+            plane.sync().await.unwrap();
+        }
+        clock.advance(Duration::from_secs(11));
+        let reads = planes.iter().cycle().take(16).map(|plane| {
+            let plane = plane.clone();
+            tokio::spawn(async move { plane.audit(1000).await.unwrap() })
+        });
+        for read in futures_util::future::join_all(reads).await {
+            let audit = read.unwrap();
+            assert!(
+                audit
+                    .iter()
+                    .filter(|e| e.actor.as_deref() == Some("system"))
+                    .count()
+                    <= 2 * (round as usize + 1)
+            );
+        }
+        let audit = planes[3].audit(1000).await.unwrap();
+        let ended: Vec<_> = audit
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("ended by ttl"))
+            .map(|e| (e.action.as_str(), e.cluster.as_deref(), e.actor.as_deref()))
+            .collect();
+        assert_eq!(
+            ended.len(),
+            2 * (round as usize + 1),
+            "round {round}: {ended:?}"
+        );
+        assert_eq!(
+            &ended[..2],
+            [
+                ("kill_switch.disable", None, Some("system")),
+                ("cluster.enable", Some("beta"), Some("system")),
+            ]
+        );
+        assert_eq!(
+            audit.len(),
+            4 * (round as usize + 1),
+            "four entries per round"
+        );
+        for plane in &planes {
+            plane.sync().await.unwrap();
+            assert_eq!(plane.kill_switch().disabled_by.as_deref(), Some("system"));
+            assert!(plane.cluster("beta").unwrap().enabled);
+        }
+    }
+    store.purge().await.unwrap();
+}
