@@ -5,27 +5,36 @@
 //! charged sums) and `dreamnet_billable_actions` (one row per attempt, with a partial unique
 //! index on (scope, idempotency key) over live, i.e. not failed, rows).
 //!
-//! Every state change is one transaction that locks the account row first
+//! Every state change is one call of a server-side plpgsql function the builder creates
+//! (`dreamnet_billable_reserve`, `dreamnet_billable_resolve`), so one statement, one implicit
+//! transaction and one round trip. Each function locks the account row first
 //! (`SELECT ... FOR UPDATE`) and the action row second. One lock order everywhere means no
 //! deadlocks between live requests and sweepers, and the account lock serializes the
 //! "available >= amount" check with the hold, so concurrent reservations never overspend
 //! (TigerBeetle's `debits_must_not_exceed_credits`; a `CHECK` constraint enforces it again).
+//! Transitions are decided on the locked row, so they stay exclusive.
 //!
 //! Timestamps are Unix milliseconds from the ledger's [`Clock`](dreamnet_common::Clock),
 //! passed in as parameters, so timeouts are testable with a fake clock; replicas should run
 //! NTP-synced clocks (a skew only shifts when a reservation counts as expired).
 //!
-//! Round trips (statements issued together are pipelined on one connection):
+//! Round trips (statements are prepared once per connection and cached):
 //!
 //! | call | round trips |
 //! |---|---|
-//! | `reserve` | 4: `BEGIN`; upsert account + lock it + read the key's live action; insert action and add the hold (one statement); `COMMIT` |
-//! | `confirm` | 4: `BEGIN`; lock account + lock action; update action + account; `COMMIT` |
-//! | `charge` | 4: same shape as `confirm` |
-//! | replay (same key) | 4 (the `reserve` that finds the existing action; it writes nothing) |
+//! | `reserve` | 1: `dreamnet_billable_reserve` (upsert + lock the account, lock the key's live action, void it if expired, check funds, insert, hold) |
+//! | `confirm` | 1: `dreamnet_billable_resolve` (lock account, lock action, check, move both) |
+//! | `charge`, `void` | 1: same function |
+//! | replay (same key) | 1 (the `reserve` that finds the existing action; it writes nothing) |
 //!
-//! A successful billable request therefore costs 12 round trips (plus a pool checkout);
-//! statements are prepared once per connection and cached.
+//! A successful billable request therefore costs 3 round trips (plus a pool checkout). In
+//! the rare race where the key goes live under another account's lock between the lookup
+//! and the insert, the function rolls everything back (SQLSTATE `DB409`) and one more
+//! `SELECT` reads the winner's action.
+//!
+//! The functions return the action table's columns positionally (`a.*`): a migration that
+//! adds a column must `DROP` and recreate them (`CREATE OR REPLACE` cannot change a
+//! function's result type).
 
 use std::{fmt::Write as _, sync::Arc};
 
@@ -33,7 +42,7 @@ use bytes::Bytes;
 use deadpool_postgres::{Config, GenericClient, Pool, Runtime, Transaction};
 use dreamnet_common::{clock, SharedClock};
 use futures_util::future::{BoxFuture, FutureExt};
-use tokio_postgres::{types::ToSql, NoTls, Row};
+use tokio_postgres::{error::SqlState, types::ToSql, NoTls, Row};
 
 use crate::logs;
 
@@ -199,13 +208,9 @@ struct Sql {
     migrate: String,
     upsert_account: String,
     lock_account: String,
-    lock_account_of_action: String,
-    live_action_for_update: String,
     live_action: String,
-    insert_action: String,
-    lock_action: String,
-    set_action: String,
-    move_account: String,
+    reserve: String,
+    resolve: String,
     set_credit: String,
     get_action: String,
     get_account: String,
@@ -258,6 +263,7 @@ impl Sql {
              CREATE INDEX IF NOT EXISTS dreamnet_billable_actions_open
                  ON {act} (created_at) WHERE state IN ('pending', 'confirmed');"
         );
+        migrate.push_str(&functions(&s, &acc, &act));
         Self {
             migrate,
             upsert_account: format!(
@@ -268,42 +274,21 @@ impl Sql {
                 "SELECT account, currency, credit, pending, charged FROM {acc}
                  WHERE account = $1 FOR UPDATE"
             ),
-            lock_account_of_action: format!(
-                "SELECT account, currency, credit, pending, charged FROM {acc}
-                 WHERE account = (SELECT account FROM {act} WHERE id = $1) FOR UPDATE"
-            ),
-            live_action_for_update: format!(
-                "SELECT {ACTION_COLUMNS} FROM {act}
-                 WHERE scope = $1 AND idem_key = $2 AND state <> 'failed' FOR UPDATE"
-            ),
             live_action: format!(
                 "SELECT {ACTION_COLUMNS} FROM {act}
                  WHERE scope = $1 AND idem_key = $2 AND state <> 'failed'"
             ),
-            // Insert and hold in one statement; no row back means the key is live already.
-            insert_action: format!(
-                "WITH ins AS (
-                     INSERT INTO {act} (id, scope, idem_key, fingerprint, action, account,
-                         reserved, amount, currency, state, trace_id, created_at, updated_at,
-                         expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, 'pending', $9, $10, $10, $11)
-                     ON CONFLICT (scope, idem_key) WHERE state <> 'failed' DO NOTHING
-                     RETURNING account, amount
-                 )
-                 UPDATE {acc} SET pending = {acc}.pending + ins.amount, updated_at = $10
-                 FROM ins WHERE {acc}.account = ins.account
-                 RETURNING {acc}.account"
+            reserve: format!(
+                "SELECT o_outcome AS outcome, o_account_currency AS account_currency,
+                     o_available AS available, {returned}
+                 FROM {s}.dreamnet_billable_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                     $11, $12)",
+                returned = returned_action_columns()
             ),
-            lock_action: format!("SELECT {ACTION_COLUMNS} FROM {act} WHERE id = $1 FOR UPDATE"),
-            set_action: format!(
-                "UPDATE {act} SET state = $2, amount = $3, response = COALESCE($4, response),
-                     updated_at = $5
-                 WHERE id = $1 RETURNING {ACTION_COLUMNS}"
-            ),
-            move_account: format!(
-                "UPDATE {acc} SET pending = pending + $2, charged = charged + $3,
-                     updated_at = $4
-                 WHERE account = $1"
+            resolve: format!(
+                "SELECT o_outcome AS outcome, {returned}
+                 FROM {s}.dreamnet_billable_resolve($1, $2, $3, $4, $5)",
+                returned = returned_action_columns()
             ),
             set_credit: format!(
                 "UPDATE {acc} SET credit = $2, updated_at = $3 WHERE account = $1
@@ -325,6 +310,157 @@ impl Sql {
             ),
         }
     }
+}
+
+/// The action columns as the functions return them (`o_id AS id`, ...), so [`action_from`]
+/// reads their rows like the table's.
+fn returned_action_columns() -> String {
+    ACTION_COLUMNS
+        .split(", ")
+        .map(|column| format!("o_{column} AS {column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The server-side functions: each state change is one call, i.e. one round trip and one
+/// (implicit) transaction. Both lock the account row before the action row.
+fn functions(s: &str, acc: &str, act: &str) -> String {
+    let out = "o_id TEXT, o_scope TEXT, o_idem_key TEXT, o_fingerprint TEXT, o_action TEXT,
+         o_account TEXT, o_reserved BIGINT, o_amount BIGINT, o_currency TEXT, o_state TEXT,
+         o_trace_id TEXT, o_created_at BIGINT, o_updated_at BIGINT, o_expires_at BIGINT,
+         o_response BYTEA";
+    // A row of NULL action columns, for outcomes without an action.
+    let no_action = format!("FROM (SELECT 1) AS one LEFT JOIN {act} AS a ON FALSE");
+    format!(
+        "
+         -- Moves an action (locked by the caller, with its account) to p_to with p_amount,
+         -- moving the held and charged sums of its account.
+         CREATE OR REPLACE FUNCTION {s}.dreamnet_billable_transition(
+             p_id TEXT, p_account TEXT, p_from TEXT, p_from_amount BIGINT, p_to TEXT,
+             p_amount BIGINT, p_response BYTEA, p_now BIGINT
+         ) RETURNS VOID LANGUAGE plpgsql AS $fn$
+         BEGIN
+             UPDATE {act} SET state = p_to, amount = p_amount,
+                 response = COALESCE(p_response, response), updated_at = p_now
+             WHERE id = p_id;
+             UPDATE {acc} SET
+                 pending = pending
+                     - CASE WHEN p_from IN ('pending', 'confirmed') THEN p_from_amount ELSE 0 END
+                     + CASE WHEN p_to IN ('pending', 'confirmed') THEN p_amount ELSE 0 END,
+                 charged = charged + CASE WHEN p_to = 'charged' THEN p_amount ELSE 0 END,
+                 updated_at = p_now
+             WHERE account = p_account;
+         END $fn$;
+
+         -- Reserve: upsert + lock the account, lock the key's live action; an unexpired one
+         -- is 'existing' (nothing written); else currency and funds checks, the expired one
+         -- voided, the new action inserted and its amount held. SQLSTATE DB409 (all rolled
+         -- back): the key went live meanwhile under another account's lock.
+         CREATE OR REPLACE FUNCTION {s}.dreamnet_billable_reserve(
+             p_id TEXT, p_scope TEXT, p_key TEXT, p_fingerprint TEXT, p_action TEXT,
+             p_account TEXT, p_amount BIGINT, p_currency TEXT, p_trace TEXT, p_now BIGINT,
+             p_expires BIGINT, p_default_credit BIGINT
+         ) RETURNS TABLE (o_outcome TEXT, o_account_currency TEXT, o_available BIGINT, {out})
+         LANGUAGE plpgsql AS $fn$
+         DECLARE
+             v_acc {acc}%ROWTYPE;
+             v_live {act}%ROWTYPE;
+             v_found BOOLEAN;
+             v_available BIGINT;
+         BEGIN
+             INSERT INTO {acc} (account, currency, credit, created_at, updated_at)
+                 VALUES (p_account, p_currency, p_default_credit, p_now, p_now)
+                 ON CONFLICT (account) DO NOTHING;
+             SELECT * INTO v_acc FROM {acc} WHERE account = p_account FOR UPDATE;
+             SELECT * INTO v_live FROM {act}
+                 WHERE scope = p_scope AND idem_key = p_key AND state <> 'failed' FOR UPDATE;
+             v_found := FOUND;
+             IF v_found AND NOT (v_live.state = 'pending' AND p_now >= v_live.expires_at) THEN
+                 RETURN QUERY SELECT 'existing'::TEXT, NULL::TEXT, NULL::BIGINT, a.*
+                     FROM {act} AS a WHERE a.id = v_live.id;
+                 RETURN;
+             END IF;
+             IF v_acc.currency <> p_currency THEN
+                 RETURN QUERY SELECT 'currency_mismatch'::TEXT, v_acc.currency, NULL::BIGINT, a.*
+                     {no_action};
+                 RETURN;
+             END IF;
+             IF v_found THEN
+                 -- A crashed attempt past its timeout: void it so this retry can run.
+                 PERFORM {s}.dreamnet_billable_transition(v_live.id, v_live.account,
+                     v_live.state, v_live.amount, 'failed', v_live.amount, NULL, p_now);
+                 IF v_live.account = p_account THEN
+                     v_acc.pending := v_acc.pending - v_live.amount;
+                 END IF;
+             END IF;
+             IF v_acc.credit IS NOT NULL THEN
+                 v_available := v_acc.credit - v_acc.pending - v_acc.charged;
+                 IF v_available < p_amount THEN
+                     RETURN QUERY SELECT 'insufficient_funds'::TEXT, v_acc.currency, v_available,
+                         a.* {no_action};
+                     RETURN;
+                 END IF;
+             END IF;
+             INSERT INTO {act} (id, scope, idem_key, fingerprint, action, account, reserved,
+                 amount, currency, state, trace_id, created_at, updated_at, expires_at)
+             VALUES (p_id, p_scope, p_key, p_fingerprint, p_action, p_account, p_amount,
+                 p_amount, p_currency, 'pending', p_trace, p_now, p_now, p_expires)
+             ON CONFLICT (scope, idem_key) WHERE state <> 'failed' DO NOTHING;
+             IF NOT FOUND THEN
+                 RAISE EXCEPTION 'idempotency key went live meanwhile' USING ERRCODE = 'DB409';
+             END IF;
+             UPDATE {acc} SET pending = pending + p_amount, updated_at = p_now
+                 WHERE account = p_account;
+             RETURN QUERY SELECT 'reserved'::TEXT, NULL::TEXT, NULL::BIGINT, a.*
+                 FROM {act} AS a WHERE a.id = p_id;
+         END $fn$;
+
+         -- Confirm (p_to 'confirmed', with p_actual and p_response), charge ('charged') or
+         -- void ('failed'): lock the account, then the action; exclusive transitions. Outcomes:
+         -- 'done' (the new row), 'refused' (the current row: wrong state), 'not_found',
+         -- 'invalid_amount', 'exceeds', 'expired' (confirm too late: voided, committed).
+         CREATE OR REPLACE FUNCTION {s}.dreamnet_billable_resolve(
+             p_id TEXT, p_to TEXT, p_actual BIGINT, p_response BYTEA, p_now BIGINT
+         ) RETURNS TABLE (o_outcome TEXT, {out})
+         LANGUAGE plpgsql AS $fn$
+         DECLARE
+             v_act {act}%ROWTYPE;
+             v_amount BIGINT;
+             v_outcome TEXT := 'done';
+         BEGIN
+             PERFORM 1 FROM {acc}
+                 WHERE account = (SELECT account FROM {act} WHERE id = p_id) FOR UPDATE;
+             SELECT * INTO v_act FROM {act} WHERE id = p_id FOR UPDATE;
+             IF NOT FOUND THEN
+                 RETURN QUERY SELECT 'not_found'::TEXT, a.* {no_action};
+                 RETURN;
+             END IF;
+             IF p_to = 'confirmed' THEN
+                 v_amount := COALESCE(p_actual, v_act.reserved);
+                 IF v_act.state <> 'pending' THEN
+                     v_outcome := 'refused';
+                 ELSIF v_amount < 0 THEN
+                     v_outcome := 'invalid_amount';
+                 ELSIF v_amount > v_act.reserved THEN
+                     v_outcome := 'exceeds';
+                 ELSIF p_now >= v_act.expires_at THEN
+                     PERFORM {s}.dreamnet_billable_transition(p_id, v_act.account, v_act.state,
+                         v_act.amount, 'failed', v_act.amount, NULL, p_now);
+                     v_outcome := 'expired';
+                 ELSE
+                     PERFORM {s}.dreamnet_billable_transition(p_id, v_act.account, v_act.state,
+                         v_act.amount, 'confirmed', v_amount, p_response, p_now);
+                 END IF;
+             ELSIF (v_act.state = 'confirmed' AND p_to = 'charged')
+                 OR (v_act.state = 'pending' AND p_to = 'failed') THEN
+                 PERFORM {s}.dreamnet_billable_transition(p_id, v_act.account, v_act.state,
+                     v_act.amount, p_to, v_act.amount, NULL, p_now);
+             ELSE
+                 v_outcome := 'refused';
+             END IF;
+             RETURN QUERY SELECT v_outcome, a.* FROM {act} AS a WHERE a.id = p_id;
+         END $fn$;"
+    )
 }
 
 fn millis(ms: u64) -> i64 {
@@ -368,141 +504,23 @@ fn account_from(row: &Row) -> LedgerResult<Account> {
     })
 }
 
-/// Whether `state` holds its amount as pending on the account.
-fn held(state: ActionState) -> bool {
-    matches!(state, ActionState::Pending | ActionState::Confirmed)
-}
+/// The SQLSTATE `dreamnet_billable_reserve` raises when the key went live meanwhile.
+const KEY_WENT_LIVE: &str = "DB409";
 
 impl PostgresLedger {
-    /// Moves a locked action to `to` with `amount` (and maybe a response), adjusting its
-    /// locked account. Both statements are pipelined.
-    async fn transition(
-        &self,
-        tx: &Transaction<'_>,
-        action: &Action,
-        to: ActionState,
-        amount: Amount,
-        response: Option<&[u8]>,
-        now: i64,
-    ) -> LedgerResult<Action> {
-        let sql = &self.inner.sql;
-        let mut pending_delta = 0;
-        if held(action.state) {
-            pending_delta -= action.amount;
-        }
-        if held(to) {
-            pending_delta += amount;
-        }
-        let charged_delta = if to == ActionState::Charged {
-            amount
-        } else {
-            0
-        };
-        let (set_action, move_account) = prepare2(tx, &sql.set_action, &sql.move_account).await?;
-        let (id, state) = (action.id.as_str(), to.as_str());
-        let action_params: [&(dyn ToSql + Sync); 5] = [&id, &state, &amount, &response, &now];
-        let account_params: [&(dyn ToSql + Sync); 4] =
-            [&action.account, &pending_delta, &charged_delta, &now];
-        let (row, _) = tokio::try_join!(
-            tx.query_one(&set_action, &action_params),
-            tx.execute(&move_account, &account_params),
-        )
-        .map_err(backend)?;
-        action_from(&row)
-    }
-
-    /// Locks (account, action) of `id` in that order, pipelined.
-    async fn lock_action(&self, tx: &Transaction<'_>, id: &ActionId) -> LedgerResult<Action> {
-        let sql = &self.inner.sql;
-        let (lock_account, lock_action) =
-            prepare2(tx, &sql.lock_account_of_action, &sql.lock_action).await?;
-        let id_str = id.as_str();
-        let params: [&(dyn ToSql + Sync); 1] = [&id_str];
-        let (_, action) = tokio::try_join!(
-            tx.query_opt(&lock_account, &params),
-            tx.query_opt(&lock_action, &params),
-        )
-        .map_err(backend)?;
-        action_from(&action.ok_or_else(|| LedgerError::NotFound(id.clone()))?)
-    }
-
-    async fn reserve_tx(&self, request: ReserveRequest) -> LedgerResult<Reservation> {
+    async fn reserve_call(&self, request: ReserveRequest) -> LedgerResult<Reservation> {
         if request.amount < 0 {
             return Err(LedgerError::InvalidAmount(request.amount));
         }
         let sql = &self.inner.sql;
         let now = self.now();
-        let mut client = self.inner.pool.get().await.map_err(backend)?;
-        let tx = client.transaction().await.map_err(backend)?;
-        let (upsert, lock, live) = tokio::try_join!(
-            tx.prepare_cached(&sql.upsert_account),
-            tx.prepare_cached(&sql.lock_account),
-            tx.prepare_cached(&sql.live_action_for_update),
-        )
-        .map_err(backend)?;
-        // Sent in this order on one connection: upsert, lock, then read the key's action.
-        let upsert_params: [&(dyn ToSql + Sync); 4] = [
-            &request.account,
-            &request.currency,
-            &self.inner.default_credit,
-            &now,
-        ];
-        let lock_params: [&(dyn ToSql + Sync); 1] = [&request.account];
-        let live_params: [&(dyn ToSql + Sync); 2] = [&request.scope, &request.idempotency_key];
-        let (_, account_row, live) = tokio::try_join!(
-            tx.execute(&upsert, &upsert_params),
-            tx.query_one(&lock, &lock_params),
-            tx.query_opt(&live, &live_params),
-        )
-        .map_err(backend)?;
-        let mut account = account_from(&account_row)?;
-        if let Some(row) = live {
-            let existing = action_from(&row)?;
-            if !existing.is_expired(millis_u(now)) {
-                tx.commit().await.map_err(backend)?;
-                return Ok(Reservation::Existing(existing));
-            }
-            // A crashed attempt past its timeout: void it so this retry can run.
-            self.transition(
-                &tx,
-                &existing,
-                ActionState::Failed,
-                existing.amount,
-                None,
-                now,
-            )
-            .await?;
-            if existing.account == account.account {
-                account.pending -= existing.amount;
-            }
-        }
-        if account.currency != request.currency {
-            return Err(LedgerError::CurrencyMismatch {
-                account: request.account,
-                account_currency: account.currency,
-                requested: request.currency,
-            });
-        }
-        if let Some(available) = account.available() {
-            if available < request.amount {
-                tx.commit().await.map_err(backend)?;
-                return Ok(Reservation::InsufficientFunds {
-                    account: request.account,
-                    available,
-                    required: request.amount,
-                    currency: request.currency,
-                });
-            }
-        }
         let id = ActionId::random();
         let expires_at =
             now.saturating_add(i64::try_from(request.timeout.as_millis()).unwrap_or(i64::MAX));
-        let st = tx
-            .prepare_cached(&sql.insert_action)
-            .await
-            .map_err(backend)?;
-        let inserted = tx
-            .query_opt(
+        let client = self.inner.pool.get().await.map_err(backend)?;
+        let st = client.prepare_cached(&sql.reserve).await.map_err(backend)?;
+        let result = client
+            .query_one(
                 &st,
                 &[
                     &id.as_str(),
@@ -516,109 +534,86 @@ impl PostgresLedger {
                     &request.trace_id,
                     &now,
                     &expires_at,
+                    &self.inner.default_credit,
                 ],
             )
-            .await
-            .map_err(backend)?;
-        if inserted.is_none() {
-            // The key went live meanwhile under another account's lock: report that one.
-            tx.rollback().await.map_err(backend)?;
-            let client = self.inner.pool.get().await.map_err(backend)?;
-            let st = client
-                .prepare_cached(&sql.live_action)
-                .await
-                .map_err(backend)?;
-            let row = client
-                .query_opt(&st, &[&request.scope, &request.idempotency_key])
-                .await
-                .map_err(backend)?
-                .ok_or_else(|| backend("the key's live action vanished; retry"))?;
-            return Ok(Reservation::Existing(action_from(&row)?));
+            .await;
+        let row = match result {
+            Ok(row) => row,
+            Err(err) if err.code().map(SqlState::code) == Some(KEY_WENT_LIVE) => {
+                // Everything rolled back; the key's live action (another account's) answers.
+                let st = client
+                    .prepare_cached(&sql.live_action)
+                    .await
+                    .map_err(backend)?;
+                let row = client
+                    .query_opt(&st, &[&request.scope, &request.idempotency_key])
+                    .await
+                    .map_err(backend)?
+                    .ok_or_else(|| backend("the key's live action vanished; retry"))?;
+                return Ok(Reservation::Existing(action_from(&row)?));
+            }
+            Err(err) => return Err(backend(err)),
+        };
+        let outcome: String = row.try_get("outcome").map_err(backend)?;
+        match outcome.as_str() {
+            "reserved" => Ok(Reservation::Reserved(action_from(&row)?)),
+            "existing" => Ok(Reservation::Existing(action_from(&row)?)),
+            "insufficient_funds" => Ok(Reservation::InsufficientFunds {
+                account: request.account,
+                available: row.try_get("available").map_err(backend)?,
+                required: request.amount,
+                currency: request.currency,
+            }),
+            "currency_mismatch" => Err(LedgerError::CurrencyMismatch {
+                account: request.account,
+                account_currency: row.try_get("account_currency").map_err(backend)?,
+                requested: request.currency,
+            }),
+            other => Err(backend(format!("unknown reserve outcome {other:?}"))),
         }
-        tx.commit().await.map_err(backend)?;
-        Ok(Reservation::Reserved(Action {
-            id,
-            scope: request.scope,
-            idempotency_key: request.idempotency_key,
-            fingerprint: request.fingerprint,
-            action: request.action,
-            account: request.account,
-            reserved: request.amount,
-            amount: request.amount,
-            currency: request.currency,
-            state: ActionState::Pending,
-            trace_id: request.trace_id,
-            created_at_ms: millis_u(now),
-            updated_at_ms: millis_u(now),
-            expires_at_ms: millis_u(expires_at),
-            response: None,
-        }))
     }
 
-    async fn confirm_tx(
+    /// Confirm (`to` = confirmed), charge or void, in one call of `dreamnet_billable_resolve`.
+    async fn resolve_call(
         &self,
         id: &ActionId,
-        response: Bytes,
+        to: ActionState,
         actual: Option<Amount>,
+        response: Option<&[u8]>,
     ) -> LedgerResult<Action> {
         let now = self.now();
-        let mut client = self.inner.pool.get().await.map_err(backend)?;
-        let tx = client.transaction().await.map_err(backend)?;
-        let action = self.lock_action(&tx, id).await?;
-        match action.state {
-            ActionState::Pending => {}
-            ActionState::Confirmed => return Err(LedgerError::AlreadyConfirmed(id.clone())),
-            ActionState::Charged => return Err(LedgerError::AlreadyCharged(id.clone())),
-            ActionState::Failed => return Err(LedgerError::AlreadyVoided(id.clone())),
+        let client = self.inner.pool.get().await.map_err(backend)?;
+        let st = client
+            .prepare_cached(&self.inner.sql.resolve)
+            .await
+            .map_err(backend)?;
+        let (id_str, to_str) = (id.as_str(), to.as_str());
+        let params: [&(dyn ToSql + Sync); 5] = [&id_str, &to_str, &actual, &response, &now];
+        let row = client.query_one(&st, &params).await.map_err(backend)?;
+        let outcome: String = row.try_get("outcome").map_err(backend)?;
+        if outcome == "not_found" {
+            return Err(LedgerError::NotFound(id.clone()));
         }
-        let amount = actual.unwrap_or(action.reserved);
-        if amount < 0 {
-            return Err(LedgerError::InvalidAmount(amount));
-        }
-        if amount > action.reserved {
-            return Err(LedgerError::ExceedsReservation {
+        let action = action_from(&row)?;
+        match outcome.as_str() {
+            "done" => Ok(action),
+            "expired" => Err(LedgerError::Expired(id.clone())),
+            "invalid_amount" => Err(LedgerError::InvalidAmount(
+                actual.unwrap_or(action.reserved),
+            )),
+            "exceeds" => Err(LedgerError::ExceedsReservation {
                 reserved: action.reserved,
-                actual: amount,
-            });
+                actual: actual.unwrap_or(action.reserved),
+            }),
+            "refused" => Err(match (action.state, to) {
+                (ActionState::Pending, _) => LedgerError::NotConfirmed(id.clone()),
+                (ActionState::Confirmed, _) => LedgerError::AlreadyConfirmed(id.clone()),
+                (ActionState::Charged, _) => LedgerError::AlreadyCharged(id.clone()),
+                (ActionState::Failed, _) => LedgerError::AlreadyVoided(id.clone()),
+            }),
+            other => Err(backend(format!("unknown resolve outcome {other:?}"))),
         }
-        if action.is_expired(millis_u(now)) {
-            self.transition(&tx, &action, ActionState::Failed, action.amount, None, now)
-                .await?;
-            tx.commit().await.map_err(backend)?;
-            return Err(LedgerError::Expired(id.clone()));
-        }
-        let confirmed = self
-            .transition(
-                &tx,
-                &action,
-                ActionState::Confirmed,
-                amount,
-                Some(&response),
-                now,
-            )
-            .await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(confirmed)
-    }
-
-    async fn resolve_tx(&self, id: &ActionId, to: ActionState) -> LedgerResult<Action> {
-        let now = self.now();
-        let mut client = self.inner.pool.get().await.map_err(backend)?;
-        let tx = client.transaction().await.map_err(backend)?;
-        let action = self.lock_action(&tx, id).await?;
-        match (action.state, to) {
-            (ActionState::Confirmed, ActionState::Charged)
-            | (ActionState::Pending, ActionState::Failed) => {}
-            (ActionState::Pending, _) => return Err(LedgerError::NotConfirmed(id.clone())),
-            (ActionState::Confirmed, _) => return Err(LedgerError::AlreadyConfirmed(id.clone())),
-            (ActionState::Charged, _) => return Err(LedgerError::AlreadyCharged(id.clone())),
-            (ActionState::Failed, _) => return Err(LedgerError::AlreadyVoided(id.clone())),
-        }
-        let resolved = self
-            .transition(&tx, &action, to, action.amount, None, now)
-            .await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(resolved)
     }
 
     async fn credit_tx(
@@ -740,15 +735,11 @@ async fn prepare2(
     tokio::try_join!(tx.prepare_cached(a), tx.prepare_cached(b)).map_err(backend)
 }
 
-fn millis_u(ms: i64) -> u64 {
-    unmillis(ms)
-}
-
 impl Ledger for PostgresLedger {
     fn reserve(&self, request: ReserveRequest) -> BoxFuture<'_, LedgerResult<Reservation>> {
         let logged = logs::Logged::of(&request);
         async move {
-            let outcome = self.reserve_tx(request).await;
+            let outcome = self.reserve_call(request).await;
             logged.emit(&outcome);
             outcome
         }
@@ -761,15 +752,21 @@ impl Ledger for PostgresLedger {
         response: Bytes,
         actual: Option<Amount>,
     ) -> BoxFuture<'a, LedgerResult<Action>> {
-        self.confirm_tx(id, response, actual).boxed()
+        async move {
+            self.resolve_call(id, ActionState::Confirmed, actual, Some(&response))
+                .await
+        }
+        .boxed()
     }
 
     fn charge<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Action>> {
-        self.resolve_tx(id, ActionState::Charged).boxed()
+        self.resolve_call(id, ActionState::Charged, None, None)
+            .boxed()
     }
 
     fn void<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Action>> {
-        self.resolve_tx(id, ActionState::Failed).boxed()
+        self.resolve_call(id, ActionState::Failed, None, None)
+            .boxed()
     }
 
     fn action<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Option<Action>>> {

@@ -95,6 +95,7 @@ macro_rules! ledger_suite {
             rejections_carry_trace_ids_and_refuse_before_reserving,
             recovery_pages_through_more_than_a_batch,
             dropped_request_voids_at_once_when_asked,
+            one_key_racing_on_two_accounts_reserves_once,
         );
     };
     (@tests $make:path; $($name:ident),* $(,)?) => {$(
@@ -1139,4 +1140,39 @@ pub async fn dropped_request_voids_at_once_when_asked(f: &Fixture) {
     assert_eq!(status, StatusCode::CREATED);
     tokio::task::yield_now().await;
     assert_eq!(balance(ledger, &acct).await, (Some(PRICE), 0, PRICE));
+}
+
+/// The same key reserved at once for two accounts (locks on different account rows, so only
+/// the unique (scope, key) index decides): exactly one reservation, the other call gets
+/// that action, and only its account holds the amount.
+pub async fn one_key_racing_on_two_accounts_reserves_once(f: &Fixture) {
+    let ledger = &f.ledger;
+    let (a, b) = (account("race-a"), account("race-b"));
+    let scope = scope_of(&account("race-client"));
+    let request = |acct: &str, key: &str| ReserveRequest {
+        scope: scope.clone(),
+        ..reserve_request(acct, key, PRICE)
+    };
+    for round in 0..20 {
+        let key = format!("race-{round}");
+        let (left, right) = tokio::join!(
+            ledger.reserve(request(&a, &key)),
+            ledger.reserve(request(&b, &key)),
+        );
+        let (won, lost) = match (left.unwrap(), right.unwrap()) {
+            (Reservation::Reserved(won), Reservation::Existing(lost))
+            | (Reservation::Existing(lost), Reservation::Reserved(won)) => (won, lost),
+            other => panic!("round {round}: expected one reservation, got {other:?}"),
+        };
+        assert_eq!(
+            won.id, lost.id,
+            "round {round}: the loser sees the winner's action"
+        );
+        ledger.void(&won.id).await.unwrap();
+    }
+    for acct in [&a, &b] {
+        if let Some(account) = ledger.account(acct).await.unwrap() {
+            assert_eq!(account.pending, 0, "{acct}: every hold released");
+        }
+    }
 }

@@ -1,0 +1,88 @@
+//! Latency of billable requests through the layer on PostgreSQL: `n` sequential new
+//! requests (reserve + run + confirm + charge) and `n` replays, in a throwaway schema.
+//!
+//! `cargo run --release -p dreamnet-billable --features postgres --example pg_latency [n]`
+//! (server from `DREAMNET_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
+#![allow(missing_docs, clippy::print_stdout)]
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use dreamnet_billable::{ledger::postgres::pool_for, BillableLayer, PostgresLedger};
+use dreamnet_common::backends;
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+fn request(key: usize) -> Request<Full<Bytes>> {
+    Request::post("/api/mint-dream")
+        .header("idempotency-key", format!("bench-{key}"))
+        .header("x-account-id", "acct-bench")
+        .body(Full::new(Bytes::from_static(b"{\"dreamId\":\"d-1\"}")))
+        .expect("request")
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(300);
+    let pool = pool_for(&backends::database_url()).expect("pool");
+    let schema = format!("t_bill_lat_{:016x}", rand::random::<u64>());
+    let ledger = Arc::new(
+        PostgresLedger::builder(pool.clone())
+            .schema(schema.clone())
+            .build()
+            .await
+            .expect("ledger"),
+    );
+    let mut svc = ServiceBuilder::new()
+        .layer(BillableLayer::with_shared_ledger(ledger, "mint-dream", 1))
+        .service(tower::service_fn(|_r: Request<Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                b"minted",
+            ))))
+        }));
+    // Warm the pool and the prepared statements.
+    for key in 0..20 {
+        let response = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request(n + key))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let timed = |what: &str, replay: bool| {
+        let what = what.to_owned();
+        let mut svc = svc.clone();
+        async move {
+            let start = Instant::now();
+            for key in 0..n {
+                let response = svc.ready().await.unwrap().call(request(key)).await.unwrap();
+                assert_eq!(response.status(), 200);
+                assert_eq!(
+                    response.headers().contains_key("idempotent-replayed"),
+                    replay
+                );
+            }
+            let per: Duration = start.elapsed() / u32::try_from(n).unwrap();
+            println!(
+                "{what}: {:.2} ms per request ({n} sequential)",
+                per.as_secs_f64() * 1e3
+            );
+        }
+    };
+    timed("new billable request", false).await;
+    timed("replay", true).await;
+    let client = pool.get().await.expect("pool");
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await
+        .expect("drop schema");
+}
