@@ -1,6 +1,7 @@
 //! The control plane: one admission decision (kill switch, disabled, breaker, 3 windows on
 //! the memory store, outcome recorded) uncontended and from 2 threads on one cluster, and the
-//! layer (same decision plus response headers) against the bare service. Redis round trips are benched in `crates/control-core/benches/redis.rs`
+//! layer (same decision plus response headers) against the bare service, and a kill-switch
+//! 503 (problem+json plus both rate-limit headers). Redis round trips are benched in `crates/control-core/benches/redis.rs`
 //! (it needs the crate's `redis` feature).
 //!
 //! Run: `cargo bench -p dreamnet-benches --bench control`
@@ -118,6 +119,21 @@ fn decision(c: &mut Criterion) {
                 }
             });
             start.elapsed()
+        });
+    });
+    // A 503 from the kill switch: problem+json plus `RateLimit-Policy` and `RateLimit`
+    // (the counters read, nothing taken).
+    let stopped = crate::plane();
+    now(stopped.engage_kill_switch("bench", "bench", None)).unwrap();
+    let mut stopped_svc = ServiceBuilder::new()
+        .layer(stopped.layer("wolf-pack"))
+        .service(service_fn(bare_handler));
+    group.bench_function("layer_memory_kill_switch_503", |b| {
+        b.iter(|| {
+            let response = now(stopped_svc.call(request())).unwrap();
+            assert_eq!(response.status(), 503);
+            assert!(response.headers().contains_key("ratelimit"));
+            black_box(response)
         });
     });
     group.finish();

@@ -1,5 +1,6 @@
 //! The control layer on Redis: latency of one guarded request (one `EVALSHA` per decision)
-//! and Redis round trips per request.
+//! and of a kill-switch 503 (one read-only `EVALSHA` for `RateLimit`), and Redis round trips
+//! per request.
 //!
 //! Run: `cargo bench -p dreamnet-control-core --features redis --bench redis`
 #![allow(missing_docs, clippy::print_stdout)]
@@ -76,6 +77,31 @@ fn redis(c: &mut Criterion) {
     let per_request = trips as f64 / requests.max(1) as f64;
     println!(
         "control/redis round trips per request: {per_request:.3} ({trips} round trips for {requests} requests; the background refresher was slowed to 1/h)"
+    );
+    // A kill-switch 503: one read-only round trip for `RateLimit` (nothing taken).
+    rt.block_on(plane.engage_kill_switch("bench", "bench", None))
+        .expect("engage");
+    let trips_before = store.round_trips();
+    let rejected_before = plane.metrics().rejected.kill_switch;
+    c.bench_function("control/layer_redis_kill_switch_503", |b| {
+        b.to_async(&rt).iter(|| {
+            let svc = svc.clone();
+            async move {
+                let response = svc
+                    .oneshot(Request::new(Full::new(Bytes::new())))
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 503);
+                assert!(response.headers().contains_key("ratelimit"));
+            }
+        });
+    });
+    let rejected = plane.metrics().rejected.kill_switch - rejected_before;
+    let trips = store.round_trips() - trips_before;
+    #[allow(clippy::cast_precision_loss)]
+    let per_rejection = trips as f64 / rejected.max(1) as f64;
+    println!(
+        "control/redis round trips per kill-switch 503: {per_rejection:.3} ({trips} for {rejected})"
     );
     rt.block_on(store.purge()).ok();
 }
