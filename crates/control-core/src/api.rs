@@ -300,19 +300,23 @@ impl ControlApi {
             ["disable"] => {
                 allow(method, &Method::POST)?;
                 let b: SwitchBody = parse(parts, body, false).await?;
-                let view = plane
+                let mut view = plane
                     .disable_cluster(id, &b.reason()?, b.actor(), b.ttl()?)
                     .await
                     .map_err(problem)?;
+                // The same shape as `GET /cluster/{id}`: usage windows included.
+                view.usage.windows = plane.usage(id).await.unwrap_or_default();
                 ok(&view)
             }
             ["enable"] => {
                 allow(method, &Method::POST)?;
                 let b: NoteBody = parse(parts, body, true).await?;
-                let view = plane
+                let mut view = plane
                     .enable_cluster(id, b.reason.as_deref(), b.actor())
                     .await
                     .map_err(problem)?;
+                // The same shape as `GET /cluster/{id}`: usage windows included.
+                view.usage.windows = plane.usage(id).await.unwrap_or_default();
                 ok(&view)
             }
             ["rate-limit"] => {
@@ -511,7 +515,14 @@ where
         }
         return Err(bad_request("a JSON body is required"));
     }
-    serde_json::from_slice(&bytes).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| bad_request(&format!("invalid JSON body: {e}")))?;
+    // serde's derive also reads a struct from a JSON array (`["reason", "actor", 60]` would
+    // engage the kill switch): only an object is a valid body.
+    if !value.is_object() {
+        return Err(bad_request("the JSON body must be an object"));
+    }
+    serde_json::from_value(value).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))
 }
 
 fn ok<T: Serialize>(value: &T) -> Result<Response<Full<Bytes>>, Problem> {
@@ -662,9 +673,11 @@ mod tests {
         assert_eq!(status, 200);
         assert_eq!(body["enabled"], false);
         assert_eq!(body["disabledBy"], "system");
+        assert_eq!(body["usage"]["windows"][0]["name"], "minute");
         let (status, body, _) =
             call(&api, "POST", "/api/control/cluster/wolf-pack/enable", "{}").await;
         assert_eq!((status, &body["enabled"]), (StatusCode::OK, &json!(true)));
+        assert_eq!(body["usage"]["windows"].as_array().unwrap().len(), 3);
 
         let (status, body, _) = call(
             &api,
@@ -745,6 +758,26 @@ mod tests {
             (
                 "/api/control/kill-switch/enable",
                 r#"["reason"]"#,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "/api/control/kill-switch/enable",
+                r#"["array body", "admin", 60]"#,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "/api/control/cluster/wolf-pack/disable",
+                r#"["array body", "admin", null]"#,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "/api/control/cluster/wolf-pack/rate-limit",
+                r#"[null, 5, null, null, null, null, null, null]"#,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "/api/control/cluster/wolf-pack/circuit-breaker/trip",
+                r#"["array body", "admin"]"#,
                 StatusCode::BAD_REQUEST,
             ),
             (
