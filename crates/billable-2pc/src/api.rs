@@ -230,6 +230,11 @@ impl<L: Ledger + ?Sized> BillableApi<L> {
                     }
                 };
                 let currency = credit.currency.as_deref().unwrap_or(&self.currency);
+                if !valid_currency(currency) {
+                    return Err(bad_request(
+                        "\"currency\" must be a code of 3 to 12 uppercase letters or digits (e.g. USD)",
+                    ));
+                }
                 let account = ledger
                     .add_credit(id, amount, currency)
                     .await
@@ -387,7 +392,24 @@ where
                 .detail(format!("the request body is larger than {limit} bytes")),
             BufferError::Body(_) => bad_request("the request body could not be read"),
         })?;
-    serde_json::from_slice(&bytes).map_err(|err| bad_request(&format!("malformed JSON: {err}")))
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|err| bad_request(&format!("malformed JSON: {err}")))?;
+    // serde's derive also reads a struct from a JSON array (`[500, null]`): only an object
+    // is the documented body.
+    if !value.is_object() {
+        return Err(bad_request("the JSON body must be an object"));
+    }
+    serde_json::from_value(value).map_err(|err| bad_request(&format!("malformed JSON: {err}")))
+}
+
+/// A currency code: 3 to 12 uppercase ASCII letters or digits, starting with a letter
+/// (`USD`, `EUR`, or a custom unit such as `CREDITS`).
+fn valid_currency(code: &str) -> bool {
+    (3..=12).contains(&code.len())
+        && code.starts_with(|c: char| c.is_ascii_uppercase())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 fn ok(value: &impl Serialize) -> Result<Response<Full<Bytes>>, Problem> {
@@ -545,6 +567,11 @@ mod tests {
             "{\"amount\":\"10\"}",
             "{\"amount\":10,\"extra\":1}",
             "{}",
+            "[300]",
+            "[300, null]",
+            "{\"amount\":10,\"currency\":\"\"}",
+            "{\"amount\":10,\"currency\":\"usd\"}",
+            "{\"amount\":10,\"currency\":\"not a currency\"}",
         ] {
             let (status, problem) = call(&api, Method::POST, path, bad).await;
             assert_eq!(status, 400, "{bad}");
