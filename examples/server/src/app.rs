@@ -166,11 +166,14 @@ impl App {
         let billable_api = BillableApi::with_shared_ledger(ledger.clone())
             .strip_prefix("/api/billable")
             .currency(billing.config.currency.as_str());
+        let billable_routes = Router::new()
+            .route_service("/api/billable", billable_api.clone())
+            .route_service("/api/billable/{*rest}", billable_api)
+            .route_layer(middleware::from_fn(billing::check_account_path));
         let admin_routes = Router::new()
             .route_service("/api/control", control_api.clone())
             .route_service("/api/control/{*rest}", control_api)
-            .route_service("/api/billable", billable_api.clone())
-            .route_service("/api/billable/{*rest}", billable_api)
+            .merge(billable_routes)
             .route_layer(middleware::from_fn_with_state(
                 token.clone(),
                 auth::require_admin,

@@ -2,10 +2,11 @@
 
 use std::{sync::Arc, time::Duration};
 
+use axum::{extract::Request, middleware::Next, response::Response};
 use dreamnet_billable::{Amount, BillableLayer, Ledger, ReservedAction, ACCOUNT_ID_HEADER};
-use http::{request::Parts, Extensions};
+use http::{request::Parts, Extensions, StatusCode};
 
-use crate::{config::BillingConfig, handlers};
+use crate::{config::BillingConfig, handlers, problem};
 
 /// The ledger every replica shares (memory or PostgreSQL).
 pub(crate) type SharedLedger = Arc<dyn Ledger>;
@@ -22,6 +23,26 @@ pub(crate) fn valid_account(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._@:-".contains(&b))
+}
+
+/// Middleware in front of the billable API: an account id in the path
+/// (`/api/billable/accounts/{id}...`) must follow the same rule as `X-Account-Id`, else 400
+/// and the ledger is not touched. Without it a credit could open an account (`a%20b`, 300
+/// characters, ...) that no mint can ever charge.
+pub(crate) async fn check_account_path(request: Request, next: Next) -> Response {
+    let id = request
+        .uri()
+        .path()
+        .strip_prefix("/api/billable/accounts/")
+        .and_then(|rest| rest.split('/').next());
+    match id {
+        Some(id) if !valid_account(id) => problem::respond(
+            StatusCode::BAD_REQUEST,
+            "an account id is 1..=128 characters of A-Z a-z 0-9 . _ @ : -",
+            request.extensions(),
+        ),
+        _ => next.run(request).await,
+    }
 }
 
 /// The account a mint charges: `X-Account-Id` when present (a malformed one is refused

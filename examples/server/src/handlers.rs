@@ -9,11 +9,7 @@ use axum::{
 };
 use bytes::Bytes;
 use dreamnet_common::body::{buffer_limited, BufferError};
-use dreamnet_idempotency::{
-    key_from_headers, Fingerprint, DEFAULT_KEY_HEADERS, IDEMPOTENT_REPLAYED, LOG_TARGET,
-};
 use http::{header, HeaderMap, StatusCode};
-use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -165,6 +161,13 @@ pub(crate) struct MintResponse {
 pub(crate) fn parse_mint(bytes: &[u8]) -> Result<MintRequest, String> {
     let value: Value =
         serde_json::from_slice(bytes).map_err(|err| format!("malformed JSON body: {err}"))?;
+    // serde's derive also reads a struct from a JSON array (`["d", "w"]`): only an object is
+    // the documented body.
+    if !value.is_object() {
+        return Err(
+            "body must be a JSON object {\"dreamId\": string, \"wallet\": string}".to_owned(),
+        );
+    }
     let request: MintRequest = serde_json::from_value(value).map_err(|err| {
         format!("body must be {{\"dreamId\": string, \"wallet\": string}}: {err}")
     })?;
@@ -179,94 +182,30 @@ pub(crate) fn parse_mint(bytes: &[u8]) -> Result<MintRequest, String> {
     Ok(request)
 }
 
-/// The idempotency key and request digest of a mint, for the DeployKeeper log lines.
-#[derive(Debug, Clone)]
-pub(crate) struct MintLog {
-    key: String,
-    digest: String,
-}
-
-/// Replayed bodies larger than this are not read back for the original trace id.
-const MAX_LOGGED_REPLAY: usize = 64 * 1024;
-
 /// Middleware in front of the billable layer: a mint body that is not valid is answered 400
 /// before anything is reserved, so a malformed request never touches the ledger.
 ///
-/// It also writes the seed's DeployKeeper lines for mints (the billable layer owns
-/// idempotency on these routes and does not log them): `Status: NEW` from the handler when
-/// the action runs, `Duplicate detected` here when the layer answered a replay (409 / 422 /
-/// stored response), with the original request's trace id read back from the replayed body.
+/// The seed's DeployKeeper lines of a mint (`Status: NEW` on the reservation, `Duplicate
+/// detected` on a replay, 409 or 422) come from the billable crate's ledger, which owns
+/// idempotency on these routes; the server does not write them again.
 pub(crate) async fn validate_mint(request: Request, next: Next) -> Response {
-    let (mut parts, bytes) = match read_body(request).await {
+    let (parts, bytes) = match read_body(request).await {
         Ok(read) => read,
         Err(response) => return response,
     };
     if let Err(detail) = parse_mint(&bytes) {
         return problem::respond(StatusCode::BAD_REQUEST, detail, &parts.extensions);
     }
-    let log = match key_from_headers(&parts.headers, &DEFAULT_KEY_HEADERS) {
-        Ok(Some(key)) => Some(MintLog {
-            key: key.as_str().to_owned(),
-            digest: Fingerprint::compute(&parts, &[], &bytes)
-                .as_str()
-                .to_owned(),
-        }),
-        _ => None,
-    };
-    if let Some(log) = &log {
-        parts.extensions.insert(log.clone());
+    let account = parts.headers.get(dreamnet_billable::ACCOUNT_ID_HEADER);
+    if account.is_some_and(|v| !v.to_str().is_ok_and(crate::billing::valid_account)) {
+        return problem::respond(
+            StatusCode::BAD_REQUEST,
+            "X-Account-Id must be 1..=128 characters of A-Z a-z 0-9 . _ @ : -",
+            &parts.extensions,
+        );
     }
-    let trace = problem::trace_id(&parts.extensions);
-    let response = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
-    let Some(log) = log else {
-        return response;
-    };
-    let replayed = response
-        .headers()
-        .get(IDEMPOTENT_REPLAYED)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-    let outcome = match response.status() {
-        _ if replayed => "replayed",
-        StatusCode::CONFLICT => "in_flight",
-        StatusCode::UNPROCESSABLE_ENTITY => "fingerprint_mismatch",
-        _ => return response,
-    };
-    let (response_parts, body) = response.into_parts();
-    let (original, body) = if replayed {
-        match http_body_util::Limited::new(body, MAX_LOGGED_REPLAY)
-            .collect()
-            .await
-        {
-            Ok(collected) => {
-                let bytes = collected.to_bytes();
-                let original = serde_json::from_slice::<Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v.get("traceId").and_then(Value::as_str).map(str::to_owned));
-                (original, Body::from(bytes))
-            }
-            Err(_) => (None, Body::empty()),
-        }
-    } else {
-        (None, body)
-    };
-    let trace = trace.as_deref().unwrap_or("-");
-    let original = original.as_deref().unwrap_or("-");
-    tracing::info!(
-        target: LOG_TARGET,
-        idempotency_key = %log.key,
-        trace_id = trace,
-        digest = %log.digest,
-        original_trace_id = original,
-        outcome,
-        "[Idempotency] Duplicate detected - Key: {}, Trace: {}, Digest: {}, Original: {}",
-        log.key,
-        trace,
-        log.digest,
-        original,
-    );
-    Response::from_parts(response_parts, body)
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// What kind of mint a handler performs.
@@ -292,21 +231,6 @@ pub(crate) async fn mint(kind: MintKind, request: Request) -> Response {
     };
     let token_id = format!("{prefix}-{}", hex::encode(rand::random::<[u8; 12]>()));
     let action_id = crate::app::action_id(&parts.extensions);
-    if let Some(log) = parts.extensions.get::<MintLog>() {
-        let trace = problem::trace_id(&parts.extensions);
-        let trace = trace.as_deref().unwrap_or("-");
-        tracing::info!(
-            target: LOG_TARGET,
-            idempotency_key = %log.key,
-            trace_id = trace,
-            digest = %log.digest,
-            status = "NEW",
-            "[DeployKeeper] Idempotency-Key: {}, Trace-ID: {}, Digest: {}, Status: NEW",
-            log.key,
-            trace,
-            log.digest,
-        );
-    }
     tracing::info!(
         dream_id = %body.dream_id,
         token_id = %token_id,
@@ -338,6 +262,8 @@ mod tests {
             br#"{"dreamId":"","wallet":"w"}"#,
             br#"{"dreamId":"d","wallet":"  "}"#,
             br#"[]"#,
+            br#"["d","w"]"#,
+            br#"["d","w",1]"#,
             b"",
             br#"null"#,
         ] {

@@ -175,14 +175,25 @@ async fn credit_lines_refuse_overspending_with_402(stores: Stores) {
     let account = http.admin_get("/api/billable/accounts/acme").await.json();
     assert_eq!(account["available"], 0);
 
-    // A malformed account header is refused, never charged to the default account.
-    http.post_json(
-        "/api/mint-dream",
-        &[("x-account-id", "bad account"), ("idempotency-key", "a3")],
-        MINT,
-    )
-    .await
-    .assert_problem(400);
+    // A malformed account header is refused, never charged to the default account, and the
+    // problem names the header (not "no account").
+    let refused = http
+        .post_json(
+            "/api/mint-dream",
+            &[("x-account-id", "bad account"), ("idempotency-key", "a3")],
+            MINT,
+        )
+        .await
+        .assert_problem(400);
+    assert!(
+        refused["detail"].as_str().unwrap().contains("X-Account-Id"),
+        "{refused}"
+    );
+    // Nothing was reserved: the key is still free for a valid request.
+    let ok = http
+        .post_json("/api/mint-dream", &[("idempotency-key", "a3")], MINT)
+        .await;
+    assert_eq!(ok.status, 201, "{}", ok.text());
 
     server.stop().await;
 }
@@ -206,15 +217,48 @@ async fn billable_api_validates_and_changes_nothing_on_bad_input(stores: Stores)
         r#"{"amount": 1.5}"#,
         r#"{"amount": 10"#,
         r#"{}"#,
+        // serde would read the struct from an array; only the object is the contract.
+        r"[10]",
+        r"[10, null]",
+        r#"{"amount": 10, "currency": ""}"#,
+        r#"{"amount": 10, "currency": "usd"}"#,
+        r#"{"amount": 10, "currency": "not a currency"}"#,
     ] {
         http.admin_post("/api/billable/accounts/acme/credit", bad)
             .await
             .assert_problem(400);
     }
+    // Account ids in the path follow the X-Account-Id rule: an account no mint could
+    // charge is never opened.
+    let long = format!("/api/billable/accounts/{}/credit", "a".repeat(129));
+    for path in [
+        "/api/billable/accounts/a%20b/credit",
+        "/api/billable/accounts/a%2Fb/credit",
+        "/api/billable/accounts/%C3%A9/credit",
+        "/api/billable/accounts//credit",
+        long.as_str(),
+    ] {
+        http.admin_post(path, r#"{"amount": 10}"#)
+            .await
+            .assert_problem(400);
+    }
+    http.admin_get("/api/billable/accounts/a%20b")
+        .await
+        .assert_problem(400);
+    // Without the token it is still 401 first.
+    http.post_json(
+        "/api/billable/accounts/a%20b/credit",
+        &[],
+        r#"{"amount": 10}"#,
+    )
+    .await
+    .assert_problem(401);
     // Nothing was created by the refused requests.
     http.admin_get("/api/billable/accounts/acme")
         .await
         .assert_problem(404);
+    let stats = http.admin_get("/api/billable/stats").await.json();
+    assert_eq!(stats["amounts"]["charged"], 0);
     let ok = http
         .admin_post("/api/billable/accounts/acme/credit", r#"{"amount": 10}"#)
         .await;

@@ -99,6 +99,22 @@ async fn generated_token_json_logs_and_sigterm() {
         "DeployKeeper lines missing:\n{}",
         lines.join("\n")
     );
+    // Each DeployKeeper line once: on the mint routes the billable crate writes them (its
+    // ledger owns idempotency there) and the server must not repeat them.
+    for needle in [
+        "[DeployKeeper] Idempotency-Key: log-key-1,",
+        "Duplicate detected - Key: log-key-1,",
+        "[DeployKeeper] Idempotency-Key: mint-log-1,",
+        "Duplicate detected - Key: mint-log-1,",
+    ] {
+        let count = lines.iter().filter(|l| l.contains(needle)).count();
+        assert_eq!(
+            count,
+            1,
+            "{needle:?} logged {count} times:\n{}",
+            lines.join("\n")
+        );
+    }
     let mut request_lines = 0;
     for line in &lines {
         let json: Value = serde_json::from_str(line)

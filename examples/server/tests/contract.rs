@@ -235,6 +235,8 @@ async fn mint_validates_before_anything_is_reserved(stores: Stores) {
         r#"{"dreamId":1,"wallet":"w"}"#,
         r#"{"dreamId":"","wallet":"w"}"#,
         r"[]",
+        // serde would read the struct from an array; only the object is the contract.
+        r#"["d","w"]"#,
     ] {
         http.post_json("/api/mint-dream", &key, bad)
             .await
@@ -265,7 +267,62 @@ async fn mint_validates_before_anything_is_reserved(stores: Stores) {
     server.stop().await;
 }
 
+async fn admin_bodies_must_be_objects_and_refusals_change_nothing(stores: Stores) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
+    let http = &server.http;
+    let state = |view: &serde_json::Value| {
+        let clusters = view["clusters"].as_object().expect("clusters");
+        let per_cluster: Vec<_> = clusters
+            .iter()
+            .map(|(id, c)| {
+                (
+                    id.clone(),
+                    c["enabled"].clone(),
+                    c["rateLimit"].clone(),
+                    c["circuitBreaker"]["state"].clone(),
+                )
+            })
+            .collect();
+        (view["killSwitch"].clone(), per_cluster)
+    };
+    let before = state(&http.admin_get("/api/control").await.json());
+    // Each of these is an array that serde's derive would read as the body struct
+    // (positional fields): the kill switch would be engaged by the first one.
+    for (path, body) in [
+        (
+            "/api/control/kill-switch/enable",
+            r#"["array body", "admin", 60]"#,
+        ),
+        (
+            "/api/control/cluster/wolf-pack/disable",
+            r#"["array body", "admin", null]"#,
+        ),
+        (
+            "/api/control/cluster/wolf-pack/rate-limit",
+            r"[null, 1, null, null, false, null, null, null]",
+        ),
+        (
+            "/api/control/cluster/wolf-pack/circuit-breaker/trip",
+            r#"["array body", "admin"]"#,
+        ),
+        ("/api/control/kill-switch/enable", r#""reason""#),
+        ("/api/control/cluster/wolf-pack/disable", "null"),
+    ] {
+        http.admin_post(path, body).await.assert_problem(400);
+    }
+    let after = state(&http.admin_get("/api/control").await.json());
+    assert_eq!(before, after);
+    let audit = http.admin_get("/api/control/audit").await.json();
+    assert_eq!(audit["entries"], serde_json::json!([]), "{audit}");
+    // Guarded traffic still flows.
+    assert_eq!(http.get("/api/wolf-pack/echo").await.status, 200);
+    server.stop().await;
+}
+
 on_every_backend!(
+    admin_bodies_must_be_objects_and_refusals_change_nothing,
     health_unknown_routes_and_methods,
     trace_id_is_kept_when_valid_and_replaced_when_not,
     echo_answers_cluster_method_trace_and_body,
