@@ -1,7 +1,7 @@
 //! Latency of billable requests through the layer on PostgreSQL: `n` sequential new
 //! requests (reserve + run + confirm + charge) and `n` replays, in a throwaway schema.
 //!
-//! `cargo run --release -p dreamnet-billable --features postgres --example pg_latency [n]`
+//! `cargo run --release -p dreamnet-billable --features postgres --example pg_latency -- [n]`
 //! (server from `DREAMNET_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
 #![allow(missing_docs, clippy::print_stdout)]
 
@@ -62,19 +62,26 @@ async fn main() {
         let what = what.to_owned();
         let mut svc = svc.clone();
         async move {
+            let mut times = Vec::with_capacity(n);
             let start = Instant::now();
             for key in 0..n {
+                let one = Instant::now();
                 let response = svc.ready().await.unwrap().call(request(key)).await.unwrap();
+                times.push(one.elapsed());
                 assert_eq!(response.status(), 200);
                 assert_eq!(
                     response.headers().contains_key("idempotent-replayed"),
                     replay
                 );
             }
-            let per: Duration = start.elapsed() / u32::try_from(n).unwrap();
+            let mean: Duration = start.elapsed() / u32::try_from(n).unwrap();
+            times.sort_unstable();
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
             println!(
-                "{what}: {:.2} ms per request ({n} sequential)",
-                per.as_secs_f64() * 1e3
+                "{what}: median {:.2} ms, p10 {:.2} ms, mean {:.2} ms ({n} sequential)",
+                ms(times[n / 2]),
+                ms(times[n / 10]),
+                ms(mean)
             );
         }
     };

@@ -25,7 +25,7 @@
 //! | `reserve` | 1: `dreamnet_billable_reserve` (upsert + lock the account, lock the key's live action, void it if expired, check funds, insert, hold) |
 //! | `confirm` | 1: `dreamnet_billable_resolve` (lock account, lock action, check, move both) |
 //! | `charge`, `void` | 1: same function |
-//! | replay (same key) | 1 (the `reserve` that finds the existing action; it writes nothing) |
+//! | replay (same key) | 1 (the `reserve` that finds the existing action with a plain, lock-free read first; it writes nothing, so its commit needs no WAL flush) |
 //!
 //! A successful billable request therefore costs 3 round trips (plus a pool checkout). In
 //! the rare race where the key goes live under another account's lock between the lookup
@@ -368,6 +368,14 @@ fn functions(s: &str, acc: &str, act: &str) -> String {
              v_found BOOLEAN;
              v_available BIGINT;
          BEGIN
+             -- A replay first: read without locking, so it writes nothing (no row lock, no
+             -- transaction id, no WAL flush at commit). The locked path below re-checks.
+             SELECT * INTO v_live FROM {act}
+                 WHERE scope = p_scope AND idem_key = p_key AND state <> 'failed';
+             IF FOUND AND NOT (v_live.state = 'pending' AND p_now >= v_live.expires_at) THEN
+                 RETURN QUERY SELECT 'existing'::TEXT, NULL::TEXT, NULL::BIGINT, v_live.*;
+                 RETURN;
+             END IF;
              INSERT INTO {acc} (account, currency, credit, created_at, updated_at)
                  VALUES (p_account, p_currency, p_default_credit, p_now, p_now)
                  ON CONFLICT (account) DO NOTHING;
