@@ -8,7 +8,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use dreamnet_billable::{ActionId, BillableLayer, Ledger, MemoryLedger};
+use dreamnet_billable::{ActionId, BillableLayer, Ledger, MemoryLedger, ReserveRequest};
 use dreamnet_trace_id::TraceContext;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -49,6 +49,79 @@ fn deploy_keeper_events(capture: &Capture) -> Vec<Value> {
 
 #[tokio::test]
 async fn new_replay_and_mismatch_lines_carry_key_trace_digest_and_original() {
+    lines_of_a_billable_route(Arc::new(MemoryLedger::new())).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_ledger_writes_the_same_lines() {
+    use dreamnet_billable::{ledger::postgres::pool_for, PostgresLedger};
+    use dreamnet_common::backends;
+
+    let pool = match pool_for(&backends::database_url()) {
+        Ok(pool) => pool,
+        Err(err) => return backends::unavailable("PostgreSQL", &err),
+    };
+    if let Err(err) = pool.get().await {
+        return backends::unavailable("PostgreSQL", &err);
+    }
+    let schema = format!("t_bill_logs_{:016x}", rand::random::<u64>());
+    let ledger = PostgresLedger::builder(pool.clone())
+        .schema(schema.clone())
+        .build()
+        .await
+        .expect("tables created");
+    let outcome = std::panic::AssertUnwindSafe(lines_of_a_billable_route(Arc::new(ledger)));
+    let outcome = futures_util::FutureExt::catch_unwind(outcome).await;
+    pool.get()
+        .await
+        .expect("pool")
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await
+        .expect("drop schema");
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn a_key_still_running_is_logged_as_in_flight() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let ledger = MemoryLedger::new();
+    let request = |trace: &str| ReserveRequest {
+        scope: "account:acct-1".to_owned(),
+        idempotency_key: "order-7".to_owned(),
+        fingerprint: "ab".repeat(32),
+        action: "mint-dream".to_owned(),
+        account: "acct-1".to_owned(),
+        amount: 1,
+        currency: "USD".to_owned(),
+        trace_id: Some(trace.to_owned()),
+        timeout: std::time::Duration::from_secs(60),
+    };
+    ledger.reserve(request("trace-running")).await.unwrap();
+    ledger.reserve(request("trace-impatient")).await.unwrap();
+    let events = deploy_keeper_events(&capture);
+    assert_eq!(events.len(), 2, "{events:?}");
+    let in_flight = &events[1]["fields"];
+    assert_eq!(in_flight["outcome"], "in_flight");
+    assert_eq!(
+        in_flight["message"],
+        format!(
+            "[Idempotency] Duplicate detected - Key: order-7, Trace: trace-impatient, Digest: {}, Original: trace-running",
+            "ab".repeat(32)
+        )
+    );
+}
+
+async fn lines_of_a_billable_route(ledger: Arc<dyn Ledger>) {
     let capture = Capture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -58,7 +131,6 @@ async fn new_replay_and_mismatch_lines_carry_key_trace_digest_and_original() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let ledger = Arc::new(MemoryLedger::new());
     ledger.add_credit("acct-1", 1_000, "USD").await.unwrap();
     let svc = ServiceBuilder::new()
         .layer(BillableLayer::with_shared_ledger(
