@@ -3,9 +3,11 @@
 //!
 //! Run: `cargo bench -p dreamnet-benches --bench billable`
 //!
-//! PostgreSQL is not benchmarked here; a billable request costs 12 round trips on it
-//! (reserve 4, confirm 4, charge 4; see `dreamnet_billable::ledger::postgres`), so its
-//! latency is dominated by the network and the database's commit (fsync) time.
+//! PostgreSQL is not benchmarked here; a billable request costs 3 round trips on it (one
+//! server-side function call each for reserve, confirm and charge; see
+//! `dreamnet_billable::ledger::postgres`), so its latency is dominated by the database's three
+//! commits (fsync). Measure it with
+//! `cargo run --release -p dreamnet-billable --features postgres --example pg_latency -- 500`.
 #![allow(missing_docs)]
 
 use std::{
