@@ -50,34 +50,7 @@ use crate::{
 /// Largest accepted request body.
 const BODY_LIMIT: usize = 16 * 1024;
 
-/// Decides whether a request may use the API. Authentication is the server's job; this hook
-/// makes it one line. Implemented for closures.
-pub trait Authorize: Send + Sync + 'static {
-    /// `Ok(())` to proceed, or the problem to answer with (e.g. 401).
-    ///
-    /// # Errors
-    /// The rejection.
-    fn authorize(&self, parts: &Parts) -> Result<(), Problem>;
-}
-
-impl<F> Authorize for F
-where
-    F: Fn(&Parts) -> Result<(), Problem> + Send + Sync + 'static,
-{
-    fn authorize(&self, parts: &Parts) -> Result<(), Problem> {
-        self(parts)
-    }
-}
-
-/// Lets every request through (the default; put the API behind your own auth).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AllowAll;
-
-impl Authorize for AllowAll {
-    fn authorize(&self, _: &Parts) -> Result<(), Problem> {
-        Ok(())
-    }
-}
+pub use dreamnet_common::auth::{AllowAll, Authorize};
 
 /// The billable HTTP API over a ledger. Cheap to clone.
 ///

@@ -20,6 +20,7 @@
 //! assert_eq!(response.headers()["content-type"], "application/problem+json");
 //! ```
 
+pub mod auth;
 pub mod backends;
 pub mod body;
 pub mod clock;

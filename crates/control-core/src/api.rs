@@ -13,7 +13,7 @@
 //! | `POST /cluster/{id}/rate-limit` | `{requestsPerMinute?, requestsPerHour?, requestsPerDay?, requestsPerSecond?, enabled?, windows?, reason?, disabledBy?}` | 200 rate limit |
 //! | `GET /cluster/{id}/circuit-breaker` | | 200 [`BreakerView`](crate::BreakerView) |
 //! | `POST /cluster/{id}/circuit-breaker/trip` / `reset` | `{reason?, disabledBy?}` or empty | 200 breaker |
-//! | `GET /audit?limit=100&cluster=id` | | 200 `{"entries": [...]}` newest first |
+//! | `GET /audit?limit=100&cluster=id` | | 200 `[...]`: the entries, newest first |
 //! | `GET /metrics` | | 200 [`MetricsSnapshot`](crate::MetricsSnapshot) |
 //!
 //! Errors are problem+json: 400 (malformed JSON, wrong types, negative or non-integer
@@ -49,72 +49,7 @@ const BODY_LIMIT: usize = 64 * 1024;
 /// Longest accepted `ttlSeconds` (one year).
 const MAX_TTL_SECONDS: u64 = 366 * 86_400;
 
-/// Decides whether a request may use the control API. The server owns authentication;
-/// this hook makes it one line.
-pub trait Authorize: Send + Sync + 'static {
-    /// `Ok(())` to proceed, or the problem to answer with (e.g. 401).
-    ///
-    /// # Errors
-    /// The rejection.
-    fn authorize(&self, parts: &Parts) -> Result<(), Problem>;
-}
-
-impl<F> Authorize for F
-where
-    F: Fn(&Parts) -> Result<(), Problem> + Send + Sync + 'static,
-{
-    fn authorize(&self, parts: &Parts) -> Result<(), Problem> {
-        self(parts)
-    }
-}
-
-/// Lets every request through (the default: mount the API behind your own auth layer).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AllowAll;
-
-impl Authorize for AllowAll {
-    fn authorize(&self, _parts: &Parts) -> Result<(), Problem> {
-        Ok(())
-    }
-}
-
-/// `Authorization: Bearer <token>`, compared in constant time; otherwise 401 with
-/// `WWW-Authenticate: Bearer`.
-#[derive(Clone)]
-pub struct BearerToken {
-    token: Arc<[u8]>,
-}
-
-impl fmt::Debug for BearerToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BearerToken(<redacted>)")
-    }
-}
-
-impl BearerToken {
-    /// Accepts this token.
-    pub fn new(token: impl Into<String>) -> Self {
-        Self {
-            token: Arc::from(token.into().into_bytes()),
-        }
-    }
-}
-
-impl Authorize for BearerToken {
-    fn authorize(&self, parts: &Parts) -> Result<(), Problem> {
-        use subtle::ConstantTimeEq;
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        match given {
-            Some(given) if !self.token.is_empty() && bool::from(given.ct_eq(&self.token)) => Ok(()),
-            _ => Err(Problem::new(StatusCode::UNAUTHORIZED, "Unauthorized")
-                .detail("a valid admin bearer token is required")
-                .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
-        }
-    }
-}
+pub use dreamnet_common::auth::{AllowAll, Authorize, BearerToken};
 
 /// The control HTTP API as a tower service (see the module docs for the routes).
 ///
@@ -255,7 +190,7 @@ impl ControlApi {
                     entries.retain(|e| e.cluster.as_deref() == Some(cluster.as_str()));
                     entries.truncate(query.limit);
                 }
-                ok(&serde_json::json!({ "entries": entries }))
+                ok(&entries)
             }
             ["metrics"] => {
                 allow(method, &Method::GET)?;
@@ -877,7 +812,7 @@ mod tests {
         assert_eq!(body["requestsPerHour"], 1000);
         assert_eq!(body["enabled"], true);
         let (_, audit, _) = call(&api, "GET", "/api/control/audit?limit=1", "").await;
-        let entry = &audit["entries"][0];
+        let entry = &audit[0];
         assert_eq!(entry["action"], "rate_limit.update");
         assert_eq!(entry["actor"], "ops");
         assert_eq!(entry["reason"], "abuse");
@@ -928,7 +863,7 @@ mod tests {
             assert_eq!(call(&api, "POST", path, body).await.0, 200);
         }
         let (_, body, _) = call(&api, "GET", "/api/control/audit", "").await;
-        let reasons: Vec<_> = body["entries"]
+        let reasons: Vec<_> = body
             .as_array()
             .unwrap()
             .iter()
@@ -936,10 +871,10 @@ mod tests {
             .collect();
         assert_eq!(reasons, [json!("c"), json!("b"), json!("a")]);
         let (_, body, _) = call(&api, "GET", "/api/control/audit?limit=2", "").await;
-        assert_eq!(body["entries"].as_array().unwrap().len(), 2);
+        assert_eq!(body.as_array().unwrap().len(), 2);
         let (_, body, _) = call(&api, "GET", "/api/control/audit?cluster=wolf-pack", "").await;
-        assert_eq!(body["entries"].as_array().unwrap().len(), 1);
-        assert_eq!(body["entries"][0]["cluster"], "wolf-pack");
+        assert_eq!(body.as_array().unwrap().len(), 1);
+        assert_eq!(body[0]["cluster"], "wolf-pack");
         for bad in ["0", "-1", "x", "100000"] {
             let (status, ..) =
                 call(&api, "GET", &format!("/api/control/audit?limit={bad}"), "").await;

@@ -410,7 +410,16 @@ async fn kill_switch_ttl_ends_by_itself_and_disabling_one_cluster_spares_the_oth
         Some("2026-01-01T00:00:30.000Z")
     );
     clock.advance(Duration::from_secs(30));
-    assert!(!plane.kill_switch().enabled);
+    let ended = plane.kill_switch();
+    assert!(!ended.enabled);
+    // Read as released by its TTL, not as the stale "deploy" change with a past expiry.
+    assert_eq!(ended.reason.as_deref(), Some("ended by ttl"));
+    assert_eq!(ended.disabled_by.as_deref(), Some("system"));
+    assert_eq!(
+        ended.changed_at.as_deref(),
+        Some("2026-01-01T00:00:30.000Z")
+    );
+    assert_eq!(ended.expires_at, None);
     assert_eq!(send(&beta).await.status(), 200);
 
     plane
@@ -422,7 +431,10 @@ async fn kill_switch_ttl_ends_by_itself_and_disabling_one_cluster_spares_the_oth
     assert!(!plane.cluster("alpha").unwrap().enabled);
     clock.advance(Duration::from_secs(10));
     assert_eq!(send(&alpha).await.status(), 200);
-    assert!(plane.cluster("alpha").unwrap().enabled);
+    let alpha_view = plane.cluster("alpha").unwrap();
+    assert!(alpha_view.enabled);
+    assert_eq!(alpha_view.reason.as_deref(), Some("ended by ttl"));
+    assert_eq!(alpha_view.expires_at, None);
 }
 
 #[tokio::test]

@@ -1270,7 +1270,7 @@ impl ControlPlane {
             .state
             .clusters
             .get(cluster)
-            .map(|c| c.disabled.clone())
+            .map(|c| c.disabled.as_seen_at(now))
             .unwrap_or_default();
         let c = &rt.counters;
         Some(ClusterView {
@@ -1387,7 +1387,7 @@ impl ControlPlane {
 }
 
 /// The audit reason of a switch released by its TTL.
-const ENDED_BY_TTL: &str = "ended by ttl";
+pub(crate) const ENDED_BY_TTL: &str = "ended by ttl";
 /// The audit actor of changes the plane makes by itself.
 const SYSTEM_ACTOR: &str = "system";
 
@@ -1504,6 +1504,7 @@ pub struct KillSwitchView {
 
 impl KillSwitchView {
     fn new(switch: &Switch, now: u64) -> Self {
+        let switch = &switch.as_seen_at(now);
         Self {
             enabled: switch.blocks_at(now),
             reason: switch.reason.clone(),

@@ -39,6 +39,21 @@ impl Switch {
         self.engaged && self.expires_at.is_none_or(|at| now < at)
     }
 
+    /// The switch as an operator should see it at `now`: a switch whose TTL is over reads as
+    /// released by `system` at its expiry, even before the expiry has been written back.
+    pub(crate) fn as_seen_at(&self, now: u64) -> Self {
+        match self.expires_at {
+            Some(at) if self.engaged && at <= now => Self {
+                engaged: false,
+                reason: Some(crate::plane::ENDED_BY_TTL.to_owned()),
+                changed_by: Some("system".to_owned()),
+                changed_at: Some(at),
+                expires_at: None,
+            },
+            _ => self.clone(),
+        }
+    }
+
     /// The switch as one number: 0 = off, `u64::MAX` = on without expiry, else the expiry.
     pub(crate) fn blocked_until(&self) -> u64 {
         match (self.engaged, self.expires_at) {

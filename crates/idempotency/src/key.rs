@@ -32,6 +32,10 @@ pub enum KeyError {
     /// The header was sent more than once, so which key the client meant is ambiguous.
     #[error("the idempotency key header was sent more than once")]
     MultipleValues,
+    /// Two alias headers (e.g. `Idempotency-Key` and `X-Idempotency-Key`) carry different
+    /// keys, so which one the client meant is ambiguous.
+    #[error("the idempotency key headers disagree")]
+    ConflictingHeaders,
 }
 
 /// A validated idempotency key: 1..=255 printable ASCII characters.
@@ -118,21 +122,31 @@ impl AsRef<str> for IdempotencyKey {
 ///
 /// # Errors
 /// [`KeyError`] when the first present header is invalid or sent more than once (a later
-/// alias is never consulted to "rescue" an invalid key).
+/// alias is never consulted to "rescue" an invalid key), or when another alias carries a
+/// different key ([`KeyError::ConflictingHeaders`]).
 pub fn key_from_headers(
     headers: &HeaderMap,
     names: &[HeaderName],
 ) -> Result<Option<IdempotencyKey>, KeyError> {
+    let mut found: Option<IdempotencyKey> = None;
     for name in names {
         let mut values = headers.get_all(name).iter();
-        if let Some(value) = values.next() {
-            if values.next().is_some() {
-                return Err(KeyError::MultipleValues);
-            }
-            return IdempotencyKey::parse(value).map(Some);
+        let Some(value) = values.next() else {
+            continue;
+        };
+        if values.next().is_some() {
+            return Err(KeyError::MultipleValues);
+        }
+        match &found {
+            None => found = Some(IdempotencyKey::parse(value)?),
+            // The same key under both spellings is harmless; two different ones are not.
+            Some(first) => match IdempotencyKey::parse(value) {
+                Ok(other) if other == *first => {}
+                _ => return Err(KeyError::ConflictingHeaders),
+            },
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 const fn is_printable(b: u8) -> bool {
@@ -229,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn header_lookup_prefers_first_name_and_refuses_duplicates() {
+    fn header_lookup_reads_either_name_and_refuses_duplicates() {
         let mut headers = HeaderMap::new();
         assert_eq!(key_from_headers(&headers, &DEFAULT_KEY_HEADERS), Ok(None));
         headers.insert("x-idempotency-key", HeaderValue::from_static("alias"));
@@ -238,6 +252,11 @@ mod tests {
             .unwrap();
         assert_eq!(key.as_str(), "alias");
         headers.insert("idempotency-key", HeaderValue::from_static("\"main\""));
+        assert_eq!(
+            key_from_headers(&headers, &DEFAULT_KEY_HEADERS),
+            Err(KeyError::ConflictingHeaders)
+        );
+        headers.remove("x-idempotency-key");
         let key = key_from_headers(&headers, &DEFAULT_KEY_HEADERS)
             .unwrap()
             .unwrap();
@@ -267,5 +286,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn aliases_must_agree() {
+        let mut headers = HeaderMap::new();
+        headers.insert("idempotency-key", HeaderValue::from_static("a"));
+        headers.insert("x-idempotency-key", HeaderValue::from_static("\"a\""));
+        let key = key_from_headers(&headers, &DEFAULT_KEY_HEADERS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(key.as_str(), "a");
+        headers.insert("x-idempotency-key", HeaderValue::from_static("b"));
+        assert!(matches!(
+            key_from_headers(&headers, &DEFAULT_KEY_HEADERS),
+            Err(KeyError::ConflictingHeaders)
+        ));
     }
 }
