@@ -31,11 +31,11 @@ use std::{
 
 use bytes::Bytes;
 use dreamnet_common::{
-    body::{buffer_limited, BufferError},
+    json_api::{allow_methods, bad_request, json_ok as ok, read_json_object, route_segments},
     Problem,
 };
 use dreamnet_idempotency::trace_id_of;
-use http::{header, request::Parts, HeaderValue, Method, Request, Response, StatusCode};
+use http::{request::Parts, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::Full;
 use serde::{Deserialize, Serialize};
@@ -168,15 +168,8 @@ impl<L: Ledger + ?Sized> BillableApi<L> {
         B: Body<Data = Bytes>,
         B::Error: fmt::Display,
     {
-        let path = parts.uri.path();
-        let path = match &self.prefix {
-            None => path,
-            Some(prefix) => match path.strip_prefix(&**prefix) {
-                Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
-                _ => return Err(not_found("no such billable endpoint")),
-            },
-        };
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let segments = route_segments(parts.uri.path(), self.prefix.as_deref())
+            .ok_or_else(|| not_found("no such billable endpoint"))?;
         let ledger = &*self.ledger;
         match segments.as_slice() {
             ["stats"] => {
@@ -356,23 +349,10 @@ async fn parse<T, B>(parts: &Parts, body: B) -> Result<T, Problem>
 where
     T: for<'de> Deserialize<'de>,
     B: Body<Data = Bytes>,
-    B::Error: fmt::Display,
 {
-    let bytes = buffer_limited(&parts.headers, body, BODY_LIMIT)
-        .await
-        .map_err(|err| match err {
-            BufferError::TooLarge { limit } => Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE)
-                .detail(format!("the request body is larger than {limit} bytes")),
-            BufferError::Body(_) => bad_request("the request body could not be read"),
-        })?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|err| bad_request(&format!("malformed JSON: {err}")))?;
-    // serde's derive also reads a struct from a JSON array (`[500, null]`): only an object
-    // is the documented body.
-    if !value.is_object() {
-        return Err(bad_request("the JSON body must be an object"));
-    }
-    serde_json::from_value(value).map_err(|err| bad_request(&format!("malformed JSON: {err}")))
+    read_json_object(&parts.headers, body, BODY_LIMIT)
+        .await?
+        .ok_or_else(|| bad_request("a JSON body is required"))
 }
 
 /// A currency code: 3 to 12 uppercase ASCII letters or digits, starting with a letter
@@ -385,44 +365,17 @@ fn valid_currency(code: &str) -> bool {
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
-fn ok(value: &impl Serialize) -> Result<Response<Full<Bytes>>, Problem> {
-    let body = serde_json::to_vec(value).map_err(|_| {
-        Problem::from_status(StatusCode::INTERNAL_SERVER_ERROR).detail("serialization failed")
-    })?;
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
-}
-
 fn allow(method: &Method, allowed: &Method) -> Result<(), Problem> {
-    if method == allowed {
-        return Ok(());
-    }
-    Err(Problem::from_status(StatusCode::METHOD_NOT_ALLOWED)
-        .detail(format!("use {allowed}"))
-        .header(
-            header::ALLOW,
-            HeaderValue::from_str(allowed.as_str()).unwrap_or(HeaderValue::from_static("GET")),
-        ))
+    allow_methods(method, std::slice::from_ref(allowed))
 }
 
 fn not_found(detail: &str) -> Problem {
     Problem::from_status(StatusCode::NOT_FOUND).detail(detail)
 }
 
-fn bad_request(detail: &str) -> Problem {
-    Problem::from_status(StatusCode::BAD_REQUEST).detail(detail)
-}
-
 fn ledger_problem(err: LedgerError) -> Problem {
     match err {
-        LedgerError::InvalidAmount(_) => bad_request(&err.to_string()),
+        LedgerError::InvalidAmount(_) => bad_request(err.to_string()),
         LedgerError::CurrencyMismatch { .. } => {
             Problem::from_status(StatusCode::CONFLICT).detail(err.to_string())
         }
@@ -589,7 +542,7 @@ mod tests {
     async fn authorizer_runs_first() {
         let (api, _) = api();
         let api = api.authorize(|parts: &Parts| {
-            if parts.headers.contains_key(header::AUTHORIZATION) {
+            if parts.headers.contains_key(http::header::AUTHORIZATION) {
                 Ok(())
             } else {
                 Err(Problem::from_status(StatusCode::UNAUTHORIZED))

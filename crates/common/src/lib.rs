@@ -24,6 +24,7 @@ pub mod auth;
 pub mod backends;
 pub mod body;
 pub mod clock;
+pub mod json_api;
 pub mod problem;
 
 pub use body::ResponseBody;

@@ -30,10 +30,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, request::Parts, HeaderValue, Method, Request, Response, StatusCode};
+use http::{request::Parts, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::Full;
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize};
 use tower_service::Service;
 
 use crate::{
@@ -41,7 +41,12 @@ use crate::{
     plane::{ControlError, ControlPlane, RateLimitUpdate},
     store::memory::AUDIT_CAPACITY,
 };
-use dreamnet_common::{body::buffer_limited, body::BufferError, Problem};
+use dreamnet_common::{
+    json_api::{
+        allow_methods as allow_any, bad_request, json_ok as ok, read_json_object, route_segments,
+    },
+    Problem,
+};
 use dreamnet_trace_id::TraceContext;
 
 /// Largest accepted request body.
@@ -137,15 +142,8 @@ impl ControlApi {
         B: Body<Data = Bytes>,
         B::Error: fmt::Display,
     {
-        let path = parts.uri.path();
-        let path = match &self.prefix {
-            None => path,
-            Some(prefix) => match path.strip_prefix(&**prefix) {
-                Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
-                _ => return Err(not_found("no such control endpoint")),
-            },
-        };
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let segments = route_segments(parts.uri.path(), self.prefix.as_deref())
+            .ok_or_else(|| not_found("no such control endpoint"))?;
         let method = &parts.method;
         let plane = &self.plane;
         match segments.as_slice() {
@@ -333,7 +331,7 @@ impl SwitchBody {
         match self.ttl_seconds {
             None => Ok(None),
             Some(s) if (1..=MAX_TTL_SECONDS).contains(&s) => Ok(Some(Duration::from_secs(s))),
-            Some(_) => Err(bad_request(&format!(
+            Some(_) => Err(bad_request(format!(
                 "\"ttlSeconds\" must be an integer in 1..={MAX_TTL_SECONDS}"
             ))),
         }
@@ -414,7 +412,7 @@ impl AuditQuery {
                         .ok()
                         .filter(|n| (1..=AUDIT_CAPACITY).contains(n))
                         .ok_or_else(|| {
-                            bad_request(&format!(
+                            bad_request(format!(
                                 "\"limit\" must be an integer in 1..={AUDIT_CAPACITY}"
                             ))
                         })?;
@@ -431,75 +429,16 @@ async fn parse<T, B>(parts: &Parts, body: B, empty_ok: bool) -> Result<T, Proble
 where
     T: DeserializeOwned + Default,
     B: Body<Data = Bytes>,
-    B::Error: fmt::Display,
 {
-    let bytes = buffer_limited(&parts.headers, body, BODY_LIMIT)
-        .await
-        .map_err(|e| match e {
-            BufferError::TooLarge { limit } => {
-                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large")
-                    .detail(format!("the request body is larger than {limit} bytes"))
-            }
-            BufferError::Body(e) => {
-                bad_request(&format!("the request body could not be read: {e}"))
-            }
-        })?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        if empty_ok {
-            return Ok(T::default());
-        }
-        return Err(bad_request("a JSON body is required"));
+    match read_json_object(&parts.headers, body, BODY_LIMIT).await? {
+        Some(value) => Ok(value),
+        None if empty_ok => Ok(T::default()),
+        None => Err(bad_request("a JSON body is required")),
     }
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| bad_request(&format!("invalid JSON body: {e}")))?;
-    // serde's derive also reads a struct from a JSON array (`["reason", "actor", 60]` would
-    // engage the kill switch): only an object is a valid body.
-    if !value.is_object() {
-        return Err(bad_request("the JSON body must be an object"));
-    }
-    serde_json::from_value(value).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))
-}
-
-fn ok<T: Serialize>(value: &T) -> Result<Response<Full<Bytes>>, Problem> {
-    let body = serde_json::to_vec(value).map_err(|e| {
-        Problem::from_status(StatusCode::INTERNAL_SERVER_ERROR).detail(e.to_string())
-    })?;
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
 }
 
 fn allow(method: &Method, allowed: &Method) -> Result<(), Problem> {
     allow_any(method, std::slice::from_ref(allowed))
-}
-
-fn allow_any(method: &Method, allowed: &[Method]) -> Result<(), Problem> {
-    if allowed.contains(method) {
-        return Ok(());
-    }
-    let list = allowed
-        .iter()
-        .map(Method::as_str)
-        .collect::<Vec<_>>()
-        .join(", ");
-    Err(
-        Problem::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
-            .detail(format!("use {list}"))
-            .header(
-                header::ALLOW,
-                HeaderValue::try_from(list).unwrap_or_else(|_| HeaderValue::from_static("GET")),
-            ),
-    )
-}
-
-fn bad_request(detail: &str) -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, "Bad Request").detail(detail)
 }
 
 fn not_found(detail: &str) -> Problem {
