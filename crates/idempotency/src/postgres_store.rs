@@ -341,7 +341,11 @@ impl PostgresStore {
             .unwrap_or_else(|_| Err(StoreError::unavailable("postgres: operation timed out")))
     }
 
-    async fn claim_once(&self, request: &ClaimRequest<'_>) -> Result<Option<Claim>, StoreError> {
+    /// A pooled connection and the prepared (cached per connection) statement for `sql`.
+    async fn prepared(
+        &self,
+        sql: &str,
+    ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), StoreError> {
         let client = self
             .inner
             .pool
@@ -349,9 +353,14 @@ impl PostgresStore {
             .await
             .map_err(StoreError::unavailable)?;
         let statement = client
-            .prepare_cached(&self.inner.sql.claim)
+            .prepare_cached(sql)
             .await
             .map_err(StoreError::unavailable)?;
+        Ok((client, statement))
+    }
+
+    async fn claim_once(&self, request: &ClaimRequest<'_>) -> Result<Option<Claim>, StoreError> {
+        let (client, statement) = self.prepared(&self.inner.sql.claim).await?;
         let lease = i64::try_from(request.lease.as_millis()).unwrap_or(i64::MAX);
         let rows = client
             .query(
@@ -449,16 +458,7 @@ impl IdempotencyStore for PostgresStore {
     ) -> StoreFuture<'a, Completion> {
         Box::pin(self.with_deadline(async move {
             self.migrate().await?;
-            let client = self
-                .inner
-                .pool
-                .get()
-                .await
-                .map_err(StoreError::unavailable)?;
-            let statement = client
-                .prepare_cached(&self.inner.sql.complete)
-                .await
-                .map_err(StoreError::unavailable)?;
+            let (client, statement) = self.prepared(&self.inner.sql.complete).await?;
             let token = i64::try_from(token.0).unwrap_or(i64::MAX);
             let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
             let encoded = response.encode();
@@ -482,16 +482,7 @@ impl IdempotencyStore for PostgresStore {
     ) -> StoreFuture<'a, bool> {
         Box::pin(self.with_deadline(async move {
             self.migrate().await?;
-            let client = self
-                .inner
-                .pool
-                .get()
-                .await
-                .map_err(StoreError::unavailable)?;
-            let statement = client
-                .prepare_cached(&self.inner.sql.release)
-                .await
-                .map_err(StoreError::unavailable)?;
+            let (client, statement) = self.prepared(&self.inner.sql.release).await?;
             let token = i64::try_from(token.0).unwrap_or(i64::MAX);
             let deleted = client
                 .execute(&statement, &[&scope, &key, &token])
