@@ -6,6 +6,8 @@
 //! loudly on stderr and skips, unless `DREAMNET_REQUIRE_BACKENDS=1` (set by `.ci/run`), in
 //! which case [`unavailable`] panics so CI can never pass with the backends silently skipped.
 
+use std::io::Write;
+
 /// The default Redis URL for tests.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// The default PostgreSQL URL for tests.
@@ -39,7 +41,11 @@ pub fn unavailable(backend: &str, error: &dyn std::fmt::Display) {
         !backends_required(),
         "{backend} is required (DREAMNET_REQUIRE_BACKENDS=1) but unreachable: {error}"
     );
-    eprintln!(
+    let message = format!(
         "SKIPPED: {backend} unreachable ({error}); set DREAMNET_REQUIRE_BACKENDS=1 to fail instead"
     );
+    // The test harness captures the print macros of passing tests, and a skip must be seen:
+    // write to the process's stderr handle itself, which the harness leaves alone.
+    // Nothing sensible is left to do if stderr itself is gone.
+    let _ = writeln!(std::io::stderr(), "{message}");
 }
