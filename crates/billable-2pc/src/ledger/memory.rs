@@ -329,39 +329,33 @@ impl MemoryLedger {
     }
 
     fn charge_now(&self, id: &ActionId) -> LedgerResult<Action> {
-        let now = self.now();
-        let mut state = self.inner.state.lock();
-        let action = state
-            .actions
-            .get(id)
-            .ok_or_else(|| LedgerError::NotFound(id.clone()))?;
-        match action.state {
-            ActionState::Confirmed => {
-                let amount = action.amount;
-                Ok(state.transition(id, ActionState::Charged, amount, now))
-            }
-            ActionState::Pending => Err(LedgerError::NotConfirmed(id.clone())),
-            ActionState::Charged => Err(LedgerError::AlreadyCharged(id.clone())),
-            ActionState::Failed => Err(LedgerError::AlreadyVoided(id.clone())),
-        }
+        self.resolve(id, ActionState::Confirmed, ActionState::Charged)
     }
 
     fn void_now(&self, id: &ActionId) -> LedgerResult<Action> {
+        self.resolve(id, ActionState::Pending, ActionState::Failed)
+    }
+
+    /// Moves an action from `from` to `to` (charge: confirmed -> charged, void: pending ->
+    /// failed); any other state is the typed error of TigerBeetle's second-resolve rule.
+    fn resolve(&self, id: &ActionId, from: ActionState, to: ActionState) -> LedgerResult<Action> {
         let now = self.now();
         let mut state = self.inner.state.lock();
         let action = state
             .actions
             .get(id)
             .ok_or_else(|| LedgerError::NotFound(id.clone()))?;
-        match action.state {
-            ActionState::Pending => {
-                let amount = action.amount;
-                Ok(state.transition(id, ActionState::Failed, amount, now))
-            }
-            ActionState::Confirmed => Err(LedgerError::AlreadyConfirmed(id.clone())),
-            ActionState::Charged => Err(LedgerError::AlreadyCharged(id.clone())),
-            ActionState::Failed => Err(LedgerError::AlreadyVoided(id.clone())),
+        if action.state == from {
+            let amount = action.amount;
+            return Ok(state.transition(id, to, amount, now));
         }
+        Err(match action.state {
+            // Only a charge starts from `confirmed`, only a void from `pending`.
+            ActionState::Pending => LedgerError::NotConfirmed(id.clone()),
+            ActionState::Confirmed => LedgerError::AlreadyConfirmed(id.clone()),
+            ActionState::Charged => LedgerError::AlreadyCharged(id.clone()),
+            ActionState::Failed => LedgerError::AlreadyVoided(id.clone()),
+        })
     }
 
     fn credit_now(
