@@ -6,6 +6,8 @@
 //! - [`body`]: a response body that is either the inner service's body or a buffered one, and
 //!   request-body buffering with a size limit.
 //! - [`clock`]: an injectable wall clock so TTLs, windows and breakers are testable.
+//! - [`account`]: [`AccountId`], the one account-id rule, and its header.
+//! - [`time`]: RFC 3339 timestamps from Unix milliseconds.
 //! - [`backends`]: how tests find (or loudly skip) the Redis and PostgreSQL servers.
 //!
 //! ```
@@ -20,13 +22,16 @@
 //! assert_eq!(response.headers()["content-type"], "application/problem+json");
 //! ```
 
+pub mod account;
 pub mod auth;
 pub mod backends;
 pub mod body;
 pub mod clock;
 pub mod json_api;
 pub mod problem;
+pub mod time;
 
+pub use account::{AccountId, InvalidAccountId, ACCOUNT_ID_HEADER};
 pub use body::ResponseBody;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use problem::Problem;

@@ -78,6 +78,25 @@ impl TraceContext {
 }
 
 impl TraceContext {
+    /// The context the trace-id layer stored in a request's (or response's) extensions.
+    ///
+    /// The one way every layer reads a request's trace: idempotency and billing log it,
+    /// problem+json bodies carry its id.
+    ///
+    /// ```
+    /// use dreamnet_trace_id::TraceContext;
+    ///
+    /// let mut extensions = http::Extensions::new();
+    /// assert!(TraceContext::from_extensions(&extensions).is_none());
+    /// extensions.insert(TraceContext::new("mbx2k9q1-3f9a0c1e77d24b6a"));
+    /// let ctx = TraceContext::from_extensions(&extensions).unwrap();
+    /// assert_eq!(ctx.trace_id(), "mbx2k9q1-3f9a0c1e77d24b6a");
+    /// ```
+    #[inline]
+    pub fn from_extensions(extensions: &http::Extensions) -> Option<&Self> {
+        extensions.get::<Self>()
+    }
+
     /// The context of the request being served by the current task, if any.
     ///
     /// [`TraceIdLayer`](crate::TraceIdLayer) scopes each request's context while the inner

@@ -8,7 +8,7 @@
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
 //! async fn handler(request: Request<String>) -> Result<Response<String>, Infallible> {
-//!     let ctx = request.extensions().get::<TraceContext>().unwrap();
+//!     let ctx = TraceContext::from_extensions(request.extensions()).unwrap();
 //!     // Every log line of the request carries trace_id and span_id.
 //!     tracing::info!("handling");
 //!     Ok(Response::new(format!("trace {}", ctx.trace_id())))

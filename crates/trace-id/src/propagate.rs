@@ -152,7 +152,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let values = match request.extensions().get::<TraceContext>() {
+        let values = match TraceContext::from_extensions(request.extensions()) {
             Some(context) => Some(header_values(context)),
             None => TraceContext::current().as_ref().map(header_values),
         };

@@ -1,0 +1,23 @@
+//! Dev-only helpers shared by the DreamNet tests (never a runtime dependency).
+//!
+//! - [`backends`]: the Redis and PostgreSQL the tests use, which skip loudly when a server is
+//!   unreachable, or fail under `DREAMNET_REQUIRE_BACKENDS=1` (as `.ci/run` sets);
+//! - [`unique_prefix`] / [`unique_schema`]: names no other test (or test process) shares;
+//! - [`eventually`]: poll a condition with a deadline instead of sleeping;
+//! - [`logs::Capture`]: the `tracing` output of a test, for assertions on log lines.
+//!
+//! ```
+//! let a = dreamnet_test_support::unique_prefix("idem");
+//! let b = dreamnet_test_support::unique_prefix("idem");
+//! assert_ne!(a, b);
+//! assert!(a.starts_with("dreamnet-test:idem:") && a.ends_with(':'));
+//! ```
+
+pub mod backends;
+pub mod logs;
+mod poll;
+mod unique;
+
+pub use backends::{database_url, pg_pool, redis_connection, redis_url, unavailable};
+pub use poll::eventually;
+pub use unique::{unique_prefix, unique_schema};
