@@ -3,7 +3,7 @@
 //! - [`backends`]: the Redis and PostgreSQL the tests use, which skip loudly when a server is
 //!   unreachable, or fail under `DREAMNET_REQUIRE_BACKENDS=1` (as `.ci/run` sets);
 //! - [`unique_prefix`] / [`unique_schema`]: names no other test (or test process) shares;
-//! - [`eventually`]: poll a condition with a deadline instead of sleeping;
+//! - [`eventually`] / [`holds_within`]: poll a condition with a deadline instead of sleeping;
 //! - [`logs::Capture`]: the `tracing` output of a test, for assertions on log lines.
 //!
 //! ```
@@ -19,5 +19,5 @@ mod poll;
 mod unique;
 
 pub use backends::{database_url, pg_pool, redis_connection, redis_url, unavailable};
-pub use poll::eventually;
+pub use poll::{eventually, holds_within};
 pub use unique::{unique_prefix, unique_schema};

@@ -40,3 +40,31 @@ where
         tokio::time::sleep(POLL_EVERY).await;
     }
 }
+
+/// Polls `check` until it holds, for at most `deadline`; whether it came to hold. For
+/// tests that assert with a message of their own.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+///
+/// assert!(dreamnet_test_support::holds_within(Duration::from_secs(1), || async { true }).await);
+/// assert!(!dreamnet_test_support::holds_within(Duration::from_millis(30), || async { false }).await);
+/// # }
+/// ```
+pub async fn holds_within<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if start.elapsed() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}

@@ -19,7 +19,6 @@
 //! idempotency (cluster routes) / mint validation -> billable (mints) -> handler.
 
 mod app;
-mod auth;
 mod billing;
 mod config;
 mod handlers;
@@ -29,7 +28,7 @@ mod serve;
 mod telemetry;
 
 pub use app::{App, BuildError};
-pub use auth::AdminToken;
+pub use dreamnet_admin::AdminToken;
 pub use config::{
     redact_url, AccountConfig, BillingConfig, Config, ConfigError, FileConfig, LogFormat,
     DEFAULT_ACCOUNT, DEFAULT_ADDR, DEFAULT_CURRENCY, DEFAULT_MINT_DREAM_PRICE,

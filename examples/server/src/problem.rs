@@ -13,9 +13,7 @@ use http_body_util::BodyExt;
 
 /// The trace id of a request, from the [`TraceContext`] the trace-id layer stored.
 pub(crate) fn trace_id(extensions: &Extensions) -> Option<String> {
-    extensions
-        .get::<TraceContext>()
-        .map(|ctx| ctx.trace_id().to_owned())
+    TraceContext::from_extensions(extensions).map(|ctx| ctx.trace_id().to_owned())
 }
 
 /// A problem+json response with the request's trace id.

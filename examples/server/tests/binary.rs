@@ -171,7 +171,7 @@ async fn help_explains_every_flag() {
 
 #[tokio::test]
 async fn bad_config_fails_at_start_with_a_message() {
-    let dir = std::env::temp_dir().join(common::unique("dreamnet-cfg-"));
+    let dir = std::env::temp_dir().join(dreamnet_test_support::unique_schema("dreamnet_cfg"));
     std::fs::write(&dir, "[billing]\ncurency = \"USD\"\n").unwrap();
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_dreamnet-server"))
         .args(["--addr", "127.0.0.1:0", "--config"])

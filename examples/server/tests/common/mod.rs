@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
-use dreamnet_common::backends;
+use dreamnet_test_support::backends;
 use dreamnet_server::{serve, App, Config, Shutdown};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -264,11 +264,6 @@ impl TestServer {
     }
 }
 
-/// A random lowercase suffix for keys, prefixes and schema names.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", hex::encode(rand::random::<[u8; 6]>()))
-}
-
 /// The `dreamnet-server` binary running as a child process.
 pub struct Process {
     pub child: tokio::process::Child,
@@ -353,23 +348,7 @@ impl Process {
     }
 }
 
-/// Polls `check` every 20 ms until it returns true or `within` elapses.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use dreamnet_test_support::holds_within as eventually;
 
 /// A Redis prefix and a PostgreSQL schema for one test, cleaned up by `drop_all`.
 pub struct Backends {
@@ -380,41 +359,15 @@ pub struct Backends {
 }
 
 impl Backends {
+    /// A fresh prefix and schema on the test backends, or `None` after a loud skip.
     pub async fn reserve() -> Option<Self> {
-        let redis_url = backends::redis_url();
-        let database_url = backends::database_url();
-        let client = match redis::Client::open(redis_url.as_str()) {
-            Ok(client) => client,
-            Err(e) => {
-                backends::unavailable("Redis", &e);
-                return None;
-            }
-        };
-        let ping = tokio::time::timeout(Duration::from_secs(2), async {
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await
-        })
-        .await;
-        match ping {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                backends::unavailable("Redis", &e);
-                return None;
-            }
-            Err(e) => {
-                backends::unavailable("Redis", &e);
-                return None;
-            }
-        }
-        if let Err(e) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls).await {
-            backends::unavailable("PostgreSQL", &e);
-            return None;
-        }
+        backends::redis_connection().await?;
+        backends::pg_pool().await?;
         Some(Self {
-            redis_url,
-            database_url,
-            prefix: unique("test:srv:") + ":",
-            schema: unique("t_srv_"),
+            redis_url: backends::redis_url(),
+            database_url: backends::database_url(),
+            prefix: dreamnet_test_support::unique_prefix("srv"),
+            schema: dreamnet_test_support::unique_schema("srv"),
         })
     }
 
