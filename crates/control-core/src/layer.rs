@@ -1,46 +1,18 @@
 //! [`ControlLayer`]: guards a service with a cluster's kill switches, breaker and rate limit.
 
-use std::{
-    fmt,
-    future::Future,
-    mem,
-    pin::Pin,
-    sync::Arc,
-    task::{ready, Context, Poll},
-};
+use std::{fmt, sync::Arc};
 
-use http::{request::Parts, Request, Response, StatusCode};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::{
-    breaker::Outcome,
-    plane::{Admission, CallGuard, ClusterRuntime, ControlError, ControlPlane},
+    plane::{ClusterRuntime, ControlError, ControlPlane},
+    resolve::ResolveCluster,
+    service::Control,
 };
-use dreamnet_common::{Problem, ResponseBody};
-use dreamnet_trace_id::TraceContext;
 
-/// Maps a request to the cluster that guards it (for [`ControlLayer::dynamic`]).
-///
-/// `None` means the request belongs to no cluster and passes through unguarded (health
-/// checks, the control API itself); `Some(id)` of an unknown cluster is answered with 404.
-pub trait ResolveCluster: Send + Sync + 'static {
-    /// The cluster id for this request.
-    fn resolve(&self, parts: &Parts) -> Option<String>;
-}
-
-impl<F> ResolveCluster for F
-where
-    F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
-{
-    fn resolve(&self, parts: &Parts) -> Option<String> {
-        self(parts)
-    }
-}
-
+/// Which cluster a layer guards with.
 #[derive(Clone)]
-enum Target {
+pub(crate) enum Target {
     Static(Arc<ClusterRuntime>),
     Dynamic(Arc<dyn ResolveCluster>),
 }
@@ -116,7 +88,8 @@ impl ControlLayer {
         })
     }
 
-    /// Resolves the cluster per request (see [`ResolveCluster`] for what `None` means).
+    /// Resolves the cluster per request (see [`ResolveCluster`] for what `None` means;
+    /// [`PathSegment`](crate::PathSegment) reads it from the path).
     pub fn dynamic(plane: ControlPlane, resolver: impl ResolveCluster) -> Self {
         Self {
             plane,
@@ -139,176 +112,46 @@ impl<S> Layer<S> for ControlLayer {
     type Service = Control<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Control {
-            inner,
-            plane: self.plane.clone(),
-            target: self.target.clone(),
-        }
-    }
-}
-
-/// The service [`ControlLayer`] produces.
-#[derive(Clone)]
-pub struct Control<S> {
-    inner: S,
-    plane: ControlPlane,
-    target: Target,
-}
-
-impl<S: fmt::Debug> fmt::Debug for Control<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Control")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-type BoxedResponse<B, E> =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Control<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: Send + 'static,
-{
-    type Response = Response<ResponseBody<ResBody>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let trace_id = req
-            .extensions()
-            .get::<TraceContext>()
-            .map(|t| t.trace_id().to_owned());
-        let (rt, req) = match &self.target {
-            Target::Static(rt) => (Arc::clone(rt), req),
-            Target::Dynamic(resolver) => {
-                let (parts, body) = req.into_parts();
-                let resolved = resolver.resolve(&parts);
-                let req = Request::from_parts(parts, body);
-                let Some(id) = resolved else {
-                    return ResponseFuture::inner(self.inner.call(req), None);
-                };
-                let Some(rt) = self.plane.runtime(&id) else {
-                    let problem = Problem::new(StatusCode::NOT_FOUND, "Not Found")
-                        .detail(format!("unknown cluster {id:?}"))
-                        .maybe_trace_id(trace_id);
-                    return ResponseFuture::ready(problem.into_response());
-                };
-                (Arc::clone(rt), req)
-            }
-        };
-        match self.plane.admit(&rt, trace_id.as_deref()) {
-            Admission::Rejected(rejection) => ResponseFuture::ready(rejection.into_response()),
-            Admission::Admitted(guard) => ResponseFuture::inner(self.inner.call(req), Some(guard)),
-            Admission::Pending(decision) => {
-                // The inner service moves into the future: keep the one that is ready.
-                let clone = self.inner.clone();
-                let mut inner = mem::replace(&mut self.inner, clone);
-                let future: BoxedResponse<ResBody, S::Error> = Box::pin(async move {
-                    match decision.await {
-                        Err(rejection) => {
-                            Ok(ResponseBody::from_full_response(rejection.into_response()))
-                        }
-                        Ok(guard) => Ok(finish(Some(guard), inner.call(req).await)?),
-                    }
-                });
-                ResponseFuture {
-                    kind: Kind::Boxed { future },
-                }
-            }
-        }
-    }
-}
-
-fn finish<B, E>(
-    guard: Option<CallGuard>,
-    result: Result<Response<B>, E>,
-) -> Result<Response<ResponseBody<B>>, E> {
-    match result {
-        Ok(mut response) => {
-            if let Some(mut guard) = guard {
-                guard.decorate(response.headers_mut());
-                guard.finish(Outcome::Status(response.status()));
-            }
-            Ok(ResponseBody::from_inner_response(response))
-        }
-        Err(error) => {
-            if let Some(guard) = guard {
-                guard.finish(Outcome::Error);
-            }
-            Err(error)
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`Control`].
-    pub struct ResponseFuture<F, B, E> {
-        #[pin]
-        kind: Kind<F, B, E>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, B, E> {
-        Ready { response: Option<Response<ResponseBody<B>>> },
-        Inner { #[pin] future: F, guard: Option<CallGuard> },
-        Boxed { future: BoxedResponse<B, E> },
-    }
-}
-
-impl<F, B, E> ResponseFuture<F, B, E> {
-    fn ready(response: Response<http_body_util::Full<bytes::Bytes>>) -> Self {
-        Self {
-            kind: Kind::Ready {
-                response: Some(ResponseBody::from_full_response(response)),
-            },
-        }
-    }
-
-    fn inner(future: F, guard: Option<CallGuard>) -> Self {
-        Self {
-            kind: Kind::Inner { future, guard },
-        }
-    }
-}
-
-impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B, E>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<ResponseBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Ready { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-            KindProj::Inner { future, guard } => {
-                let result = ready!(future.poll(cx));
-                Poll::Ready(finish(guard.take(), result))
-            }
-            KindProj::Boxed { future } => future.as_mut().poll(cx),
-        }
+        Control::new(inner, self.plane.clone(), self.target.clone())
     }
 }
 
 #[cfg(test)]
-#[path = "layer_tests.rs"]
-mod tests;
+mod tests {
+    use crate::testing::*;
+
+    #[tokio::test]
+    async fn dynamic_resolution_guards_known_clusters_404s_unknown_and_passes_none() {
+        let (plane, _clock) = plane(1);
+        let layer = ControlLayer::dynamic(plane.clone(), |parts: &http::request::Parts| {
+            let path = parts.uri.path();
+            path.strip_prefix("/api/")
+                .and_then(|rest| rest.split('/').next())
+                .map(str::to_owned)
+        });
+        let svc = ServiceBuilder::new().layer(layer).service(service_fn(
+            |_req: Request<Full<Bytes>>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            },
+        ));
+        let get = |path: &str| {
+            let svc = svc.clone();
+            let req = Request::get(path).body(Full::default()).unwrap();
+            async move { svc.oneshot(req).await.unwrap() }
+        };
+        assert_eq!(get("/api/alpha/echo").await.status(), 200);
+        assert_eq!(get("/api/alpha/echo").await.status(), 429);
+        assert_eq!(get("/api/beta/echo").await.status(), 200);
+        let response = get("/api/gamma/echo").await;
+        assert_eq!(response.status(), 404);
+        assert_eq!(
+            header_of(&response, "content-type"),
+            "application/problem+json"
+        );
+        for _ in 0..3 {
+            let response = get("/healthz").await;
+            assert_eq!(response.status(), 200);
+            assert!(response.headers().get("ratelimit").is_none());
+        }
+    }
+}

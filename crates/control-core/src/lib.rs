@@ -1,10 +1,9 @@
-//! The control plane: global and per-cluster kill switches, multi-window rate limits and
-//! circuit breakers as a tower layer, with an audit trail, a control HTTP API and memory or
-//! Redis state.
+//! Kill switches, multi-window rate limits and circuit breakers as a tower layer, with an
+//! audit trail, memory or Redis state, and (feature `axum`) the control HTTP API.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! use dreamnet_control_core::{ControlApi, ControlPlane};
+//! use dreamnet_control_core::ControlPlane;
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //! # use http_body_util::Full; use bytes::Bytes;
 //!
@@ -14,12 +13,8 @@
 //! });
 //! let guarded = ServiceBuilder::new().layer(plane.layer("wolf-pack")).service(handler);
 //!
-//! // An operator disables the cluster through the control API...
-//! let api = ControlApi::new(plane.clone()).strip_prefix("/api/control");
-//! let request = http::Request::post("/api/control/cluster/wolf-pack/disable")
-//!     .body(Full::new(Bytes::from(r#"{"reason":"Rate limit exceeded","disabledBy":"system"}"#)))
-//!     .unwrap();
-//! assert_eq!(api.oneshot(request).await.unwrap().status(), 200);
+//! // An operator disables the cluster (through the plane here; over HTTP with the API)...
+//! plane.disable_cluster("wolf-pack", "Rate limit exceeded", "system", None).await.unwrap();
 //!
 //! // ...and its guarded routes answer 503.
 //! let response = guarded.oneshot(http::Request::new(Full::default())).await.unwrap();
@@ -27,38 +22,60 @@
 //! # }
 //! ```
 //!
+//! The crate is a decision core and an HTTP edge:
+//! - [`ControlPlane`] decides ([`ControlPlane::decide`] gives a [`Decision`]: a [`Permit`]
+//!   or a [`Rejection`], plain data) and changes state; it never builds a response;
+//! - [`ControlLayer`] / [`Control`] / [`ResponseFuture`] turn decisions into HTTP:
+//!   problem+json rejections, `Retry-After`, `RateLimit-Policy` and `RateLimit`;
+//! - state lives in a [`CounterStore`] and a [`StateStore`] ([`MemoryStore`] or, with
+//!   feature `redis`, `RedisStore`, implementing both); the types a store implementor needs
+//!   are in [`store`], the JSON shapes in [`views`];
+//! - feature `axum`: `api::router`, the control API as an axum `Router`;
+//!   feature `conformance`: the store behaviour suites, for outside backends.
+//!
 //! Semantics (see the crate README for the full table):
 //! - checks run in order: global kill switch (503), cluster disabled (503), breaker (503),
 //!   rate limit (429); control, health and metrics routes are simply not wrapped;
-//! - rate limits: fixed windows aligned to the epoch (why: [`window`]); all windows admit or
-//!   nothing is taken; `RateLimit-Policy` / `RateLimit` headers; `Retry-After` >= 1 s;
-//! - breakers: resilience4j's state machine ([`breaker`]);
-//! - state: [`ControlStore`] ([`MemoryStore`] or, with feature `redis`, `RedisStore`); a
-//!   change made through one plane is enforced by every plane on the same Redis within
+//! - rate limits: fixed windows aligned to the epoch (why: [`store`]); all windows admit or
+//!   nothing is taken; `Retry-After` >= 1 s;
+//! - breakers: resilience4j's state machine;
+//! - a change made through one plane is enforced by every plane on the same Redis within
 //!   one refresh interval (250 ms), usually on the next request.
 
-mod api;
-pub mod breaker;
-pub mod config;
+#[cfg(feature = "axum")]
+pub mod api;
+mod breaker;
+mod config;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod future;
 mod layer;
 mod plane;
-pub mod state;
+mod render;
+mod resolve;
+mod service;
 pub mod store;
-pub mod time;
-pub mod window;
+pub mod views;
+mod window;
 
-pub use api::{AllowAll, Authorize, BearerToken, ControlApi};
+#[cfg(test)]
+mod testing;
+
 pub use breaker::{BreakerState, ClassifyFailure, Outcome, ServerErrors};
 pub use config::{
-    BreakerConfig, BreakerOverrides, ClusterConfig, ControlConfig, SlidingWindow, WindowConfig,
+    BreakerConfig, BreakerOverrides, ClusterConfig, ConfigError, ControlConfig, SlidingWindow,
+    WindowConfig, MAX_LIMIT, SEED_CLUSTERS,
 };
-pub use layer::{Control, ControlLayer, ResolveCluster, ResponseFuture};
+pub use future::ResponseFuture;
+pub use layer::ControlLayer;
 pub use plane::{
-    BreakerView, ClusterMetrics, ClusterView, ControlError, ControlPlane, ControlPlaneBuilder,
-    ControlView, KillSwitchView, MetricsSnapshot, Permit, RateLimitUpdate, RateLimitView,
-    RejectReason, Rejection, Rejections, UsageView, WindowUsage, DEFAULT_REFRESH_INTERVAL,
-    RATELIMIT, RATELIMIT_POLICY,
+    ControlError, ControlPlane, ControlPlaneBuilder, Decision, Permit, RateLimitStatus,
+    RateLimitUpdate, RejectReason, Rejection, DEFAULT_REFRESH_INTERVAL,
 };
+pub use render::{RATELIMIT, RATELIMIT_POLICY};
+pub use resolve::{PathSegment, ResolveCluster};
+pub use service::Control;
+pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;
-pub use store::{memory::MemoryStore, ControlStore, StoreError};
+pub use store::{CounterStore, StateStore, StoreError};

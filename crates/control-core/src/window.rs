@@ -1,23 +1,12 @@
-//! The rate-limit algorithm: fixed windows aligned to the Unix epoch, checked all at once.
-//!
-//! # Why fixed windows
-//!
-//! A request is admitted only if *every* window has room; then one unit is taken from every
-//! window, otherwise nothing is taken (a rejected request consumes no quota). Fixed windows
-//! aligned to the epoch were chosen over a sliding-window counter because they are *exact*:
-//! a burst in a fresh window admits exactly the limit, the `RateLimit` header's `t` is the
-//! true time until the quota is restored, and `Retry-After` is a promise, not an estimate (a
-//! weighted sliding counter can only approximate both). The price is the well-known boundary
-//! effect: up to twice a window's limit can pass in a short span straddling its boundary.
-//! Stacking windows bounds it (the hour window caps what a minute boundary can leak), and it
-//! is the model Kong, Envoy and Redis-counter limiters use, so operators already know it.
+//! The rate-limit algorithm: fixed windows aligned to the Unix epoch, checked all at once
+//! (why fixed windows: see [`crate::store`]).
 //!
 //! The memory store runs [`decide`] under a per-cluster mutex; the Redis store runs the same
 //! logic in one Lua script with Redis server time. The store conformance suite checks both.
 
 use std::fmt::Write as _;
 
-use http::HeaderValue;
+use bytes::Bytes;
 
 use crate::config::WindowConfig;
 
@@ -84,24 +73,25 @@ pub fn decide(slots: &mut [Slot], windows: &[WindowConfig], now: u64) -> Taken {
     }
 }
 
-/// The plane's reading of a [`Taken`]: headers and, on rejection, how long to wait.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
+/// The plane's reading of a [`Taken`]: the window to report and, on rejection, how long to
+/// wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verdict {
     /// Whether the request was admitted.
-    pub admitted: bool,
+    pub(crate) admitted: bool,
     /// On rejection: milliseconds until every exhausted window has reset.
-    pub retry_after_millis: u64,
+    pub(crate) retry_after_millis: u64,
     /// Index of the window reported in `RateLimit` (least remaining; on a tie the longer).
-    pub reported: usize,
+    pub(crate) reported: usize,
     /// Remaining units in the reported window.
-    pub remaining: u64,
+    pub(crate) remaining: u64,
     /// Seconds until the reported window resets (rounded up).
-    pub reset_secs: u64,
+    pub(crate) reset_secs: u64,
 }
 
 impl Verdict {
     /// Reads a store's answer. `None` when there are no windows.
-    pub fn read(taken: &Taken, windows: &[WindowConfig]) -> Option<Self> {
+    pub(crate) fn read(taken: &Taken, windows: &[WindowConfig]) -> Option<Self> {
         let now = taken.now_millis;
         let mut best: Option<(usize, u64, u64)> = None; // (index, remaining, window millis)
         let mut retry_after = 0u64;
@@ -131,22 +121,11 @@ impl Verdict {
             reset_secs: reset_millis.div_ceil(1000),
         })
     }
-
-    /// The `RateLimit` header value, e.g. `"minute";r=59;t=41`.
-    pub fn header(&self, windows: &[WindowConfig]) -> HeaderValue {
-        let mut s = String::with_capacity(32);
-        let _ = write!(
-            s,
-            "\"{}\";r={};t={}",
-            windows[self.reported].name, self.remaining, self.reset_secs
-        );
-        // Window names are validated to [a-z0-9_-], so this cannot fail.
-        HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""))
-    }
 }
 
-/// The `RateLimit-Policy` header value, e.g. `"minute";q=60;w=60, "hour";q=1000;w=3600`.
-pub fn policy_header(windows: &[WindowConfig]) -> Option<HeaderValue> {
+/// The `RateLimit-Policy` field value, e.g. `"minute";q=60;w=60, "hour";q=1000;w=3600`
+/// (an RFC 8941 list, rendered once per settings change; the layer makes the header of it).
+pub(crate) fn policy_text(windows: &[WindowConfig]) -> Option<Bytes> {
     if windows.is_empty() {
         return None;
     }
@@ -157,7 +136,7 @@ pub fn policy_header(windows: &[WindowConfig]) -> Option<HeaderValue> {
         }
         let _ = write!(s, "\"{}\";q={};w={}", w.name, w.limit, w.seconds);
     }
-    HeaderValue::try_from(s).ok()
+    Some(Bytes::from(s))
 }
 
 #[cfg(test)]
@@ -204,7 +183,6 @@ mod tests {
         };
         let v = Verdict::read(&taken, &windows).unwrap();
         assert_eq!((v.reported, v.remaining, v.reset_secs), (0, 2, 41));
-        assert_eq!(v.header(&windows), "\"minute\";r=2;t=41");
         // Tie on 2 remaining between minute and hour: the hour is reported.
         let taken = Taken {
             counts: vec![1, 3, 1],
@@ -244,10 +222,10 @@ mod tests {
     #[test]
     fn policy_lists_every_window() {
         assert_eq!(
-            policy_header(&seed()).unwrap(),
+            policy_text(&seed()).unwrap(),
             "\"minute\";q=3;w=60, \"hour\";q=5;w=3600, \"day\";q=100;w=86400"
         );
-        assert!(policy_header(&[]).is_none());
+        assert!(policy_text(&[]).is_none());
     }
 
     proptest! {

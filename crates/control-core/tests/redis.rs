@@ -10,8 +10,8 @@ use std::{
 
 use bytes::Bytes;
 use dreamnet_control_core::{
-    BreakerState, ClusterConfig, ControlApi, ControlConfig, ControlPlane, RateLimitUpdate,
-    RedisStore, WindowConfig,
+    api, BreakerState, ClusterConfig, ControlConfig, ControlPlane, RateLimitUpdate, RedisStore,
+    WindowConfig,
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -23,22 +23,12 @@ type Svc = BoxCloneService<
     Infallible,
 >;
 
-fn unique_prefix() -> String {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("dreamnet-test:{}:{nanos:x}:{n}:", std::process::id())
-}
-
 /// A store on the test Redis with a fresh prefix, or `None` after a loud skip notice.
 async fn store() -> Option<RedisStore> {
-    match RedisStore::connect(&dreamnet_common::backends::redis_url()).await {
-        Ok(store) => Some(store.prefix(&unique_prefix())),
+    match RedisStore::connect(&dreamnet_test_support::redis_url()).await {
+        Ok(store) => Some(store.prefix(&dreamnet_test_support::unique_prefix("control"))),
         Err(e) => {
-            dreamnet_common::backends::unavailable("redis", &e);
+            dreamnet_test_support::unavailable("redis", &e);
             None
         }
     }
@@ -95,11 +85,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    dreamnet_test_support::eventually(what, within, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,9 +157,9 @@ async fn a_kill_switch_engaged_on_one_plane_stops_the_other_within_a_second() {
     assert_eq!(status(&b_alpha).await, StatusCode::SERVICE_UNAVAILABLE);
 
     // B releases it through the HTTP API; A lets traffic through again.
-    let api = ControlApi::new(plane_b.clone()).strip_prefix("/api/control");
+    let api = axum::Router::new().nest("/api/control", api::router(plane_b.clone()));
     let release = Request::post("/api/control/kill-switch/disable")
-        .body(Full::new(Bytes::from_static(
+        .body(axum::body::Body::from(Bytes::from_static(
             br#"{"reason":"resolved","disabledBy":"bob"}"#,
         )))
         .unwrap();
@@ -308,7 +298,7 @@ impl Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_known_state_stays_in_force_when_redis_goes_away() {
     let Some(direct) = store().await else { return };
-    let url = dreamnet_common::backends::redis_url();
+    let url = dreamnet_test_support::redis_url();
     let upstream = url
         .trim_start_matches("redis://")
         .split('/')

@@ -4,51 +4,19 @@
 use std::{
     collections::BTreeMap,
     convert::Infallible,
-    io::Write,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use dreamnet_control_core::{ClusterConfig, ControlConfig, ControlPlane, RedisStore, WindowConfig};
+use dreamnet_test_support::logs::Capture;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
-/// Captures `tracing` output so tests can check the warnings.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-fn capture_warnings() -> (Capture, tracing::subscriber::DefaultGuard) {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    (capture, tracing::subscriber::set_default(subscriber))
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn unreachable_redis_fails_open_by_default_with_a_warning() {
-    let (logs, _guard) = capture_warnings();
+    let (logs, _guard) = Capture::text(tracing::Level::WARN);
     let store = RedisStore::lazy("redis://127.0.0.1:1").unwrap();
     let mut clusters = BTreeMap::new();
     let alpha = ClusterConfig {
@@ -89,11 +57,11 @@ async fn unreachable_redis_fails_open_by_default_with_a_warning() {
     assert_eq!(metrics.fail_open_admissions, 3);
     assert!(metrics.store_errors >= 3);
     assert!(
-        logs.text().contains("control store unreachable"),
+        logs.output().contains("control store unreachable"),
         "{}",
-        logs.text()
+        logs.output()
     );
-    assert!(logs.text().contains("WARN"));
+    assert!(logs.output().contains("WARN"));
     // Changes cannot be stored: refused, nothing changes locally either.
     assert!(plane.engage_kill_switch("x", "ops", None).await.is_err());
     assert!(!plane.kill_switch().enabled);

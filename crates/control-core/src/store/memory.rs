@@ -4,10 +4,11 @@ use std::{collections::HashMap, collections::VecDeque, sync::Arc};
 
 use parking_lot::{Mutex, RwLock};
 
-use super::{BoxFuture, ControlStore, StoreError};
+use super::{
+    AuditEntry, ControlState, Count, CounterStore, StateStore, StoreError, StoreFuture, Versioned,
+};
 use crate::{
     config::WindowConfig,
-    state::{AuditEntry, ControlState, Versioned},
     window::{decide, window_start, Slot, Taken},
 };
 
@@ -47,6 +48,23 @@ impl Counters {
             .map(|w| (w.name.clone(), w.seconds))
             .collect();
         self.slots = slots;
+    }
+
+    /// One unit back to each window still counting the window `at` fell in.
+    fn give_back(&mut self, windows: &[WindowConfig], at: u64) {
+        for w in windows {
+            let Some(i) = self
+                .keys
+                .iter()
+                .position(|(n, s)| *n == w.name && *s == w.seconds)
+            else {
+                continue;
+            };
+            let slot = &mut self.slots[i];
+            if slot.start == window_start(w, at) && slot.count > 0 {
+                slot.count -= 1;
+            }
+        }
     }
 }
 
@@ -114,45 +132,19 @@ impl MemoryStore {
     }
 }
 
-impl ControlStore for MemoryStore {
-    fn take<'a>(
-        &'a self,
-        cluster: &'a str,
-        windows: &'a [WindowConfig],
-        now_millis: u64,
-    ) -> BoxFuture<'a, Result<Taken, StoreError>> {
-        Box::pin(std::future::ready(Ok(
-            self.decide(cluster, windows, now_millis)
-        )))
-    }
-
-    fn take_now(
+impl CounterStore for MemoryStore {
+    #[inline]
+    fn count(
         &self,
-        cluster: &str,
-        windows: &[WindowConfig],
+        cluster: &Arc<str>,
+        windows: &Arc<[WindowConfig]>,
         now_millis: u64,
-    ) -> Option<Result<Taken, StoreError>> {
-        Some(Ok(self.decide(cluster, windows, now_millis)))
-    }
-
-    fn peek<'a>(
-        &'a self,
-        cluster: &'a str,
-        windows: &'a [WindowConfig],
-        now_millis: u64,
-    ) -> BoxFuture<'a, Result<Taken, StoreError>> {
-        Box::pin(std::future::ready(Ok(
-            self.peek_counts(cluster, windows, now_millis)
-        )))
-    }
-
-    fn peek_now(
-        &self,
-        cluster: &str,
-        windows: &[WindowConfig],
-        now_millis: u64,
-    ) -> Option<Result<Taken, StoreError>> {
-        Some(Ok(self.peek_counts(cluster, windows, now_millis)))
+        mode: Count,
+    ) -> StoreFuture<'static, Result<Taken, StoreError>> {
+        StoreFuture::ready(Ok(match mode {
+            Count::Take => self.decide(cluster, windows, now_millis),
+            Count::Peek => self.peek_counts(cluster, windows, now_millis),
+        }))
     }
 
     fn give_back<'a>(
@@ -160,40 +152,28 @@ impl ControlStore for MemoryStore {
         cluster: &'a str,
         windows: &'a [WindowConfig],
         taken: &'a Taken,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
         if taken.admitted {
             if let Some(counters) = self.counters.read().get(cluster) {
-                let mut counters = counters.lock();
-                for w in windows {
-                    let start = window_start(w, taken.now_millis);
-                    let Some(i) = counters
-                        .keys
-                        .iter()
-                        .position(|(n, s)| *n == w.name && *s == w.seconds)
-                    else {
-                        continue;
-                    };
-                    let slot = &mut counters.slots[i];
-                    if slot.start == start && slot.count > 0 {
-                        slot.count -= 1;
-                    }
-                }
+                counters.lock().give_back(windows, taken.now_millis);
             }
         }
-        Box::pin(std::future::ready(Ok(())))
+        StoreFuture::ready(Ok(()))
     }
+}
 
-    fn load(&self) -> BoxFuture<'_, Result<Option<Versioned>, StoreError>> {
+impl StateStore for MemoryStore {
+    fn load(&self) -> StoreFuture<'_, Result<Option<Versioned>, StoreError>> {
         let doc = self.document.lock();
         let loaded = doc.state.clone().map(|state| Versioned {
             version: doc.version,
             state,
         });
-        Box::pin(std::future::ready(Ok(loaded)))
+        StoreFuture::ready(Ok(loaded))
     }
 
-    fn version(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(std::future::ready(Ok(self.document.lock().version)))
+    fn version(&self) -> StoreFuture<'_, Result<u64, StoreError>> {
+        StoreFuture::ready(Ok(self.document.lock().version))
     }
 
     fn compare_and_swap<'a>(
@@ -201,7 +181,7 @@ impl ControlStore for MemoryStore {
         expected: u64,
         state: &'a ControlState,
         audit: &'a AuditEntry,
-    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+    ) -> StoreFuture<'a, Result<Option<u64>, StoreError>> {
         let mut doc = self.document.lock();
         let result = if doc.version == expected {
             doc.version += 1;
@@ -214,13 +194,12 @@ impl ControlStore for MemoryStore {
         } else {
             None
         };
-        Box::pin(std::future::ready(Ok(result)))
+        StoreFuture::ready(Ok(result))
     }
 
-    fn audit(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
+    fn audit(&self, limit: usize) -> StoreFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
         let doc = self.document.lock();
-        let entries = doc.audit.iter().take(limit).cloned().collect();
-        Box::pin(std::future::ready(Ok(entries)))
+        StoreFuture::ready(Ok(doc.audit.iter().take(limit).cloned().collect()))
     }
 }
 
@@ -228,22 +207,23 @@ impl ControlStore for MemoryStore {
 mod tests {
     use super::*;
 
-    crate::store::conformance::conformance_tests!(async {
-        Some(Arc::new(MemoryStore::new()) as Arc<dyn ControlStore>)
-    });
+    crate::counter_store_tests!(async { Some(MemoryStore::new()) });
+    crate::state_store_tests!(async { Some(MemoryStore::new()) });
+
+    fn take(store: &MemoryStore, windows: &Arc<[WindowConfig]>, now: u64) -> Taken {
+        store
+            .count(&Arc::from("c"), windows, now, Count::Take)
+            .into_ready()
+            .expect("the memory store never waits")
+            .unwrap()
+    }
 
     #[test]
     fn windows_roll_over_with_the_callers_clock() {
         let store = MemoryStore::new();
-        let windows = [WindowConfig::new("second", 2, 1)];
+        let windows: Arc<[WindowConfig]> = Arc::from([WindowConfig::new("second", 2, 1)]);
         let t0 = 1_800_000_000_000;
-        let admit = |now| {
-            store
-                .take_now("c", &windows, now)
-                .unwrap()
-                .unwrap()
-                .admitted
-        };
+        let admit = |now| take(&store, &windows, now).admitted;
         assert!(admit(t0) && admit(t0 + 500));
         assert!(!admit(t0 + 999));
         assert!(admit(t0 + 1000));
@@ -279,15 +259,15 @@ mod tests {
     fn changing_windows_keeps_remaining_counters() {
         let store = MemoryStore::new();
         let now = 1_800_000_000_000;
-        let a = [
+        let a: Arc<[WindowConfig]> = Arc::from([
             WindowConfig::new("minute", 5, 60),
             WindowConfig::new("hour", 9, 3600),
-        ];
+        ]);
         for _ in 0..3 {
-            store.take_now("c", &a, now).unwrap().unwrap();
+            take(&store, &a, now);
         }
-        let b = [WindowConfig::new("hour", 9, 3600)];
-        let taken = store.take_now("c", &b, now).unwrap().unwrap();
+        let b: Arc<[WindowConfig]> = Arc::from([WindowConfig::new("hour", 9, 3600)]);
+        let taken = take(&store, &b, now);
         assert_eq!(taken.counts, vec![4]);
     }
 }

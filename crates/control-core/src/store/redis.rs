@@ -24,20 +24,21 @@ use std::{
 
 use redis::{aio::ConnectionManager, AsyncCommands, Client, Script};
 
-use super::{BoxFuture, ControlStore, StoreError};
+use super::{
+    AuditEntry, ControlState, Count, CounterStore, StateStore, StoreError, StoreFuture, Versioned,
+    AUDIT_CAPACITY,
+};
 use crate::{
     config::WindowConfig,
-    state::{AuditEntry, ControlState, Versioned},
-    store::memory::AUDIT_CAPACITY,
     window::{window_millis, Taken},
 };
 
-/// The rate-limit script: a mirror of [`crate::window::decide`] on Redis server time.
+/// The rate-limit script: a mirror of [`crate::store::decide`] on Redis server time.
 ///
 /// `KEYS[1]` the cluster's epoch key, `KEYS[2..]` one counter per window; `ARGV` is
 /// `limit, window_ms` per window (plus, in tests only, a time to use instead of the server's).
 /// Returns `{admitted, now_ms, epoch, count...}`.
-pub const TAKE_SCRIPT: &str = r"
+pub(crate) const TAKE_SCRIPT: &str = r"
 -- Redis < 5 needs effects replication to write after TIME; a no-op on newer servers.
 if redis.replicate_commands then redis.replicate_commands() end
 local n = #KEYS - 1
@@ -77,7 +78,7 @@ return out
 /// The read-only counterpart of [`TAKE_SCRIPT`] (writes nothing): `KEYS` one counter per
 /// window, `ARGV` `window_ms` per window (plus, in tests only, a time to use instead of the
 /// server's). Returns `{now_ms, count...}`.
-pub const PEEK_SCRIPT: &str = r"
+pub(crate) const PEEK_SCRIPT: &str = r"
 local n = #KEYS
 local now
 if #ARGV > n then
@@ -143,8 +144,9 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-fn unavailable(e: &redis::RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(unavailable)`
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::unavailable(e)
 }
 
 impl RedisStore {
@@ -159,8 +161,8 @@ impl RedisStore {
         let ping = cmd.query_async::<String>(&mut conn);
         match tokio::time::timeout(store.timeout * 2, ping).await {
             Ok(Ok(_)) => Ok(store),
-            Ok(Err(e)) => Err(unavailable(&e)),
-            Err(_) => Err(StoreError::Unavailable("connect timed out".to_owned())),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(StoreError::unavailable("connect timed out")),
         }
     }
 
@@ -170,15 +172,14 @@ impl RedisStore {
     /// # Errors
     /// A bad URL.
     pub fn lazy(url: &str) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let client = Client::open(url).map_err(unavailable)?;
         let timeout = Duration::from_millis(500);
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| unavailable(&e))?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
         Ok(Self::from_manager(conn))
     }
 
@@ -239,16 +240,16 @@ impl RedisStore {
             let mut iter = conn
                 .scan_match::<_, String>(&pattern)
                 .await
-                .map_err(|e| unavailable(&e))?;
+                .map_err(unavailable)?;
             let mut keys = Vec::new();
             while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
-                keys.push(key.map_err(|e| unavailable(&e))?);
+                keys.push(key.map_err(unavailable)?);
             }
             keys
         };
         let mut deleted = 0;
         for key in keys {
-            deleted += conn.del::<_, u64>(key).await.map_err(|e| unavailable(&e))?;
+            deleted += conn.del::<_, u64>(key).await.map_err(unavailable)?;
         }
         Ok(deleted)
     }
@@ -341,8 +342,8 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(self.timeout, op).await {
-            Ok(result) => result.map_err(|e| unavailable(&e)),
-            Err(_) => Err(StoreError::Unavailable(format!(
+            Ok(result) => result.map_err(unavailable),
+            Err(_) => Err(StoreError::unavailable(format!(
                 "no answer within {} ms",
                 self.timeout.as_millis()
             ))),
@@ -350,26 +351,28 @@ impl RedisStore {
     }
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(what.to_string())
+fn corrupt(what: &'static str) -> StoreError {
+    StoreError::corrupt(what)
 }
 
-impl ControlStore for RedisStore {
-    fn take<'a>(
-        &'a self,
-        cluster: &'a str,
-        windows: &'a [WindowConfig],
+impl CounterStore for RedisStore {
+    fn count(
+        &self,
+        cluster: &Arc<str>,
+        windows: &Arc<[WindowConfig]>,
         _now_millis: u64,
-    ) -> BoxFuture<'a, Result<Taken, StoreError>> {
-        Box::pin(self.run_take(cluster, windows, None))
-    }
-    fn peek<'a>(
-        &'a self,
-        cluster: &'a str,
-        windows: &'a [WindowConfig],
-        _now_millis: u64,
-    ) -> BoxFuture<'a, Result<Taken, StoreError>> {
-        Box::pin(self.run_peek(windows, cluster, None))
+        mode: Count,
+    ) -> StoreFuture<'static, Result<Taken, StoreError>> {
+        // The future owns a clone of the store (a handful of `Arc`s) and of the arguments,
+        // so the plane can wait on it after the request's borrow ends.
+        let store = self.clone();
+        let (cluster, windows) = (Arc::clone(cluster), Arc::clone(windows));
+        StoreFuture::new(async move {
+            match mode {
+                Count::Take => store.run_take(&cluster, &windows, None).await,
+                Count::Peek => store.run_peek(&windows, &cluster, None).await,
+            }
+        })
     }
 
     fn give_back<'a>(
@@ -377,8 +380,8 @@ impl ControlStore for RedisStore {
         cluster: &'a str,
         windows: &'a [WindowConfig],
         taken: &'a Taken,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        StoreFuture::new(async move {
             if !taken.admitted || windows.is_empty() {
                 return Ok(());
             }
@@ -394,26 +397,29 @@ impl ControlStore for RedisStore {
                 .map(drop)
         })
     }
+}
 
-    fn load(&self) -> BoxFuture<'_, Result<Option<Versioned>, StoreError>> {
-        Box::pin(async move {
+impl StateStore for RedisStore {
+    fn load(&self) -> StoreFuture<'_, Result<Option<Versioned>, StoreError>> {
+        StoreFuture::new(async move {
             let mut conn = self.conn.clone();
             let keys = [self.state_key("version"), self.state_key("doc")];
             let (version, doc): (Option<u64>, Option<String>) =
                 self.timed(conn.mget(&keys)).await?;
             match (version.unwrap_or(0), doc) {
                 (0, _) => Ok(None),
-                (_, None) => Err(corrupt("state version without a document")),
+                (_, None) => Err(StoreError::corrupt("state version without a document")),
                 (version, Some(doc)) => {
-                    let state: ControlState = serde_json::from_str(&doc).map_err(corrupt)?;
+                    let state: ControlState =
+                        serde_json::from_str(&doc).map_err(StoreError::corrupt)?;
                     Ok(Some(Versioned { version, state }))
                 }
             }
         })
     }
 
-    fn version(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async move {
+    fn version(&self) -> StoreFuture<'_, Result<u64, StoreError>> {
+        StoreFuture::new(async move {
             let mut conn = self.conn.clone();
             let version: Option<u64> = self.timed(conn.get(self.state_key("version"))).await?;
             Ok(version.unwrap_or(0))
@@ -425,12 +431,12 @@ impl ControlStore for RedisStore {
         expected: u64,
         state: &'a ControlState,
         audit: &'a AuditEntry,
-    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
-        Box::pin(async move {
-            let doc = serde_json::to_string(state).map_err(corrupt)?;
+    ) -> StoreFuture<'a, Result<Option<u64>, StoreError>> {
+        StoreFuture::new(async move {
+            let doc = serde_json::to_string(state).map_err(StoreError::corrupt)?;
             let mut entry = audit.clone();
             entry.version = expected + 1;
-            let entry = serde_json::to_string(&entry).map_err(corrupt)?;
+            let entry = serde_json::to_string(&entry).map_err(StoreError::corrupt)?;
             let mut conn = self.conn.clone();
             let mut invocation = self.cas.key(self.state_key("version"));
             invocation
@@ -445,8 +451,8 @@ impl ControlStore for RedisStore {
         })
     }
 
-    fn audit(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
-        Box::pin(async move {
+    fn audit(&self, limit: usize) -> StoreFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
+        StoreFuture::new(async move {
             if limit == 0 {
                 return Ok(Vec::new());
             }
@@ -456,13 +462,17 @@ impl ControlStore for RedisStore {
                 .timed(conn.lrange(self.state_key("audit"), 0, stop))
                 .await?;
             raw.iter()
-                .map(|s| serde_json::from_str(s).map_err(corrupt))
+                .map(|s| serde_json::from_str(s).map_err(StoreError::corrupt))
                 .collect()
         })
     }
 
-    fn notify<'a>(&'a self, clusters: &'a [String]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+    fn notify<'a>(&'a self, clusters: &'a [String]) -> StoreFuture<'a, Result<(), StoreError>> {
+        if clusters.is_empty() {
+            // Redis refuses an empty pipeline; there is nobody to tell.
+            return StoreFuture::ready(Ok(()));
+        }
+        StoreFuture::new(async move {
             let mut pipe = redis::pipe();
             for cluster in clusters {
                 pipe.incr(self.epoch_key(cluster), 1).ignore();
@@ -482,56 +492,47 @@ pub(crate) mod tests {
     use super::*;
     use dreamnet_common::Clock as _;
 
-    /// A unique key prefix per test, so parallel runs never collide.
-    pub(crate) fn unique_prefix() -> String {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        format!(
-            "dreamnet-test:{}:{nanos:x}:{}:",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        )
-    }
-
     /// A store on the test Redis with a fresh prefix, or `None` (after a loud skip notice).
-    pub(crate) async fn store() -> Option<Arc<RedisStore>> {
-        let url = dreamnet_common::backends::redis_url();
+    pub(crate) async fn store() -> Option<RedisStore> {
+        let url = dreamnet_test_support::redis_url();
         match RedisStore::connect(&url).await {
-            Ok(store) => Some(Arc::new(store.prefix(&unique_prefix()))),
+            Ok(store) => Some(store.prefix(&dreamnet_test_support::unique_prefix("control"))),
             Err(e) => {
-                dreamnet_common::backends::unavailable("redis", &e);
+                dreamnet_test_support::unavailable("redis", &e);
                 None
             }
         }
     }
 
-    crate::store::conformance::conformance_tests!(store(), |s: Arc<RedisStore>| async move {
-        s.purge().await.unwrap();
-    });
+    async fn purge(store: Arc<RedisStore>) {
+        store.purge().await.unwrap();
+    }
+
+    crate::counter_store_tests!(store(), purge);
+    crate::state_store_tests!(store(), purge);
+    crate::epoch_tests!(store(), purge);
+
+    fn windows(list: &[WindowConfig]) -> Arc<[WindowConfig]> {
+        Arc::from(list)
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn windows_roll_over_on_server_time() {
         let Some(store) = store().await else { return };
-        let windows = [WindowConfig::new("second", 1, 1)];
-        assert!(store.take("c", &windows, 0).await.unwrap().admitted);
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        loop {
-            let taken = store.take("c", &windows, 0).await.unwrap();
-            if taken.admitted {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the 1 s window never rolled over"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let windows = windows(&[WindowConfig::new("second", 1, 1)]);
+        let cluster: Arc<str> = Arc::from("c");
+        let take = || store.count(&cluster, &windows, 0, Count::Take);
+        assert!(take().await.unwrap().admitted);
+        dreamnet_test_support::eventually(
+            "the 1 s window rolls over",
+            Duration::from_secs(3),
+            || async { take().await.unwrap().admitted.then_some(()) },
+        )
+        .await;
         store.purge().await.unwrap();
     }
 
-    /// The Lua script mirrors [`crate::window::decide`]: the same random arrivals give the
+    /// The Lua script mirrors [`crate::store::decide`]: the same random arrivals give the
     /// same decisions and counts, and the peek script reads those counts (the scripts are given
     /// the same clock for the comparison).
     mod mirror {
@@ -543,9 +544,8 @@ pub(crate) mod tests {
             OnceLock,
         };
 
-        fn redis() -> &'static (tokio::runtime::Runtime, Option<Arc<RedisStore>>) {
-            static REDIS: OnceLock<(tokio::runtime::Runtime, Option<Arc<RedisStore>>)> =
-                OnceLock::new();
+        fn redis() -> &'static (tokio::runtime::Runtime, Option<RedisStore>) {
+            static REDIS: OnceLock<(tokio::runtime::Runtime, Option<RedisStore>)> = OnceLock::new();
             REDIS.get_or_init(|| {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -594,10 +594,19 @@ pub(crate) mod tests {
         let store = RedisStore::lazy("redis://127.0.0.1:1").unwrap();
         let started = std::time::Instant::now();
         let err = store
-            .take("c", &[WindowConfig::new("w", 1, 60)], 0)
+            .count(
+                &Arc::from("c"),
+                &windows(&[WindowConfig::new("w", 1, 60)]),
+                0,
+                Count::Take,
+            )
             .await
             .unwrap_err();
-        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the cause is kept"
+        );
         assert!(store.load().await.is_err());
         assert!(started.elapsed() < Duration::from_secs(3));
     }

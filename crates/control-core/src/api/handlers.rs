@@ -1,0 +1,183 @@
+//! The handlers behind [`router`](super::router): extract, call the plane, answer JSON.
+
+use axum::{
+    extract::{FromRequestParts, RawQuery, State},
+    http::request::Parts,
+    response::Response,
+};
+use dreamnet_admin::api::{json, ApiError, ApiPath, JsonObject};
+use http::StatusCode;
+
+use super::bodies::{AuditQuery, NoteBody, RateLimitBody, SwitchBody};
+use crate::{plane::ControlError, store::AUDIT_CAPACITY, ControlPlane};
+use dreamnet_common::Problem;
+
+type Answer = Result<Response, ApiError>;
+
+/// The `{id}` of a cluster the plane has; an unknown one is 404 before the body is read.
+pub(super) struct Cluster(String);
+
+impl FromRequestParts<ControlPlane> for Cluster {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, plane: &ControlPlane) -> Result<Self, ApiError> {
+        let ApiPath(id) = ApiPath::<String>::from_request_parts(parts, plane).await?;
+        if plane.has_cluster(&id) {
+            Ok(Self(id))
+        } else {
+            Err(unknown(&id))
+        }
+    }
+}
+
+fn unknown(id: &str) -> ApiError {
+    ApiError::not_found(format!("unknown cluster {id:?}"))
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(problem)`
+fn problem(error: ControlError) -> ApiError {
+    match &error {
+        ControlError::UnknownCluster(id) => unknown(id),
+        ControlError::Invalid(detail) => ApiError::bad_request(detail.clone()),
+        ControlError::Store(_) | ControlError::Contended => ApiError::new(
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+                .detail(format!("{error}; nothing was changed"))
+                .retry_after_millis(1000),
+        ),
+    }
+}
+
+pub(super) async fn overview(State(plane): State<ControlPlane>) -> Response {
+    json(&plane.overview().await)
+}
+
+pub(super) async fn kill_switch(State(plane): State<ControlPlane>) -> Response {
+    json(&plane.kill_switch())
+}
+
+pub(super) async fn engage_kill_switch(
+    State(plane): State<ControlPlane>,
+    JsonObject(body): JsonObject<SwitchBody>,
+) -> Answer {
+    let view = plane
+        .engage_kill_switch(&body.reason()?, body.actor(), body.ttl()?)
+        .await
+        .map_err(problem)?;
+    Ok(json(&view))
+}
+
+pub(super) async fn release_kill_switch(
+    State(plane): State<ControlPlane>,
+    body: Option<JsonObject<NoteBody>>,
+) -> Answer {
+    let body = body.map(|JsonObject(b)| b).unwrap_or_default();
+    let view = plane
+        .release_kill_switch(body.reason.as_deref(), body.actor())
+        .await
+        .map_err(problem)?;
+    Ok(json(&view))
+}
+
+/// A cluster with its usage windows (the shape of `GET /cluster/{id}` and of the answers
+/// to disable and enable).
+async fn cluster_with_usage(plane: &ControlPlane, id: &str) -> Answer {
+    let mut view = plane.cluster(id).ok_or_else(|| unknown(id))?;
+    view.usage.windows = plane.usage(id).await.unwrap_or_default();
+    Ok(json(&view))
+}
+
+pub(super) async fn cluster(State(plane): State<ControlPlane>, Cluster(id): Cluster) -> Answer {
+    cluster_with_usage(&plane, &id).await
+}
+
+pub(super) async fn disable_cluster(
+    State(plane): State<ControlPlane>,
+    Cluster(id): Cluster,
+    JsonObject(body): JsonObject<SwitchBody>,
+) -> Answer {
+    plane
+        .disable_cluster(&id, &body.reason()?, body.actor(), body.ttl()?)
+        .await
+        .map_err(problem)?;
+    cluster_with_usage(&plane, &id).await
+}
+
+pub(super) async fn enable_cluster(
+    State(plane): State<ControlPlane>,
+    Cluster(id): Cluster,
+    body: Option<JsonObject<NoteBody>>,
+) -> Answer {
+    let body = body.map(|JsonObject(b)| b).unwrap_or_default();
+    plane
+        .enable_cluster(&id, body.reason.as_deref(), body.actor())
+        .await
+        .map_err(problem)?;
+    cluster_with_usage(&plane, &id).await
+}
+
+pub(super) async fn rate_limit(State(plane): State<ControlPlane>, Cluster(id): Cluster) -> Answer {
+    Ok(json(&plane.rate_limit(&id).ok_or_else(|| unknown(&id))?))
+}
+
+pub(super) async fn set_rate_limit(
+    State(plane): State<ControlPlane>,
+    Cluster(id): Cluster,
+    JsonObject(body): JsonObject<RateLimitBody>,
+) -> Answer {
+    let (update, reason, actor) = body.into_update()?;
+    let view = plane
+        .set_rate_limit(&id, &update, &actor, reason.as_deref())
+        .await
+        .map_err(problem)?;
+    Ok(json(&view))
+}
+
+pub(super) async fn breaker(State(plane): State<ControlPlane>, Cluster(id): Cluster) -> Answer {
+    Ok(json(&plane.breaker(&id).ok_or_else(|| unknown(&id))?))
+}
+
+pub(super) async fn trip_breaker(
+    State(plane): State<ControlPlane>,
+    Cluster(id): Cluster,
+    body: Option<JsonObject<NoteBody>>,
+) -> Answer {
+    let body = body.map(|JsonObject(b)| b).unwrap_or_default();
+    let view = plane
+        .trip_breaker(&id, body.reason.as_deref(), body.actor())
+        .await
+        .map_err(problem)?;
+    Ok(json(&view))
+}
+
+pub(super) async fn reset_breaker(
+    State(plane): State<ControlPlane>,
+    Cluster(id): Cluster,
+    body: Option<JsonObject<NoteBody>>,
+) -> Answer {
+    let body = body.map(|JsonObject(b)| b).unwrap_or_default();
+    let view = plane
+        .reset_breaker(&id, body.reason.as_deref(), body.actor())
+        .await
+        .map_err(problem)?;
+    Ok(json(&view))
+}
+
+pub(super) async fn audit(State(plane): State<ControlPlane>, RawQuery(query): RawQuery) -> Answer {
+    let query = AuditQuery::parse(query.as_deref())?;
+    // A cluster filter reads the whole trail, then keeps `limit` of that cluster's entries.
+    let read = if query.cluster.is_some() {
+        AUDIT_CAPACITY
+    } else {
+        query.limit
+    };
+    let mut entries = plane.audit(read).await.map_err(problem)?;
+    if let Some(cluster) = &query.cluster {
+        entries.retain(|e| e.cluster.as_deref() == Some(cluster.as_str()));
+        entries.truncate(query.limit);
+    }
+    Ok(json(&entries))
+}
+
+pub(super) async fn metrics(State(plane): State<ControlPlane>) -> Response {
+    json(&plane.metrics())
+}

@@ -1,0 +1,350 @@
+//! The admission check: kill switch, cluster, breaker, rate limit, in that order, decided
+//! synchronously when the counter store answers at once (memory) and in one future
+//! otherwise (a shared store: one round trip, and a reload when its epoch moved).
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{atomic::Ordering, Arc},
+};
+
+use super::{
+    decision::{Decision, Permit, RateLimitStatus, RejectReason, Rejection},
+    runtime::{ClusterRuntime, Inner, Limits},
+    ControlPlane,
+};
+use crate::{
+    store::{Count, StoreError, Taken},
+    window::Verdict,
+};
+
+/// A decision, or the future that makes it.
+pub(crate) enum Admission {
+    Ready(Decision),
+    Pending(Pin<Box<dyn Future<Output = Decision> + Send>>),
+}
+
+impl Inner {
+    /// Counts and logs a rejection. Outside the rate limiter (whose caller sets the figures
+    /// itself), the rejection carries the cluster's policy when its limit is enforced.
+    fn reject(
+        &self,
+        rt: &ClusterRuntime,
+        reason: RejectReason,
+        detail: String,
+        retry_after_millis: Option<u64>,
+        trace_id: Option<&str>,
+    ) -> Rejection {
+        rt.counters.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.totals.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(cluster = %rt.id, reason = reason.as_str(), trace_id, "request rejected by control plane");
+        let limits = rt.limits();
+        let rate_limit = (reason != RejectReason::RateLimited && limits.enforced())
+            .then(|| RateLimitStatus::new(limits, None));
+        Rejection {
+            reason: Some(reason),
+            detail,
+            retry_after_millis,
+            rate_limit,
+            trace_id: trace_id.map(str::to_owned),
+        }
+    }
+
+    /// The global kill switch or the cluster's disable, if either blocks at `now`.
+    pub(crate) fn switched_off(
+        &self,
+        rt: &ClusterRuntime,
+        now: u64,
+        trace_id: Option<&str>,
+    ) -> Option<Rejection> {
+        let until = |blocked: u64| (blocked != u64::MAX).then(|| blocked - now);
+        let kill = self.kill_until.load(Ordering::Acquire);
+        if now < kill {
+            let detail = self.switch_detail("the global kill switch is engaged", None);
+            return Some(self.reject(rt, RejectReason::KillSwitch, detail, until(kill), trace_id));
+        }
+        let disabled = rt.disabled_until.load(Ordering::Acquire);
+        if now < disabled {
+            let what = format!("cluster {} is disabled", rt.id);
+            let detail = self.switch_detail(&what, Some(&rt.id));
+            let reason = RejectReason::ClusterDisabled;
+            return Some(self.reject(rt, reason, detail, until(disabled), trace_id));
+        }
+        None
+    }
+
+    /// Completes a rejection made before the limiter (kill switch, disabled cluster, open
+    /// breaker) with the cluster's counts read without taking anything: synchronously on
+    /// memory, with one read-only round trip on a shared store. When the store cannot be
+    /// read the counts are left out (and the error counted).
+    fn with_counts(
+        self: &Arc<Self>,
+        rt: &ClusterRuntime,
+        mut rejection: Rejection,
+        now: u64,
+    ) -> Admission {
+        let limits = rt.limits();
+        if !limits.enforced() {
+            return Admission::Ready(Decision::Deny(rejection));
+        }
+        let peek = self
+            .counter_store
+            .count(&rt.id, &limits.windows, now, Count::Peek);
+        match peek.into_ready() {
+            Ok(peeked) => {
+                self.add_counts(&mut rejection, &limits, peeked);
+                Admission::Ready(Decision::Deny(rejection))
+            }
+            Err(pending) => {
+                let plane = Arc::clone(self);
+                Admission::Pending(Box::pin(async move {
+                    plane.add_counts(&mut rejection, &limits, pending.await);
+                    Decision::Deny(rejection)
+                }))
+            }
+        }
+    }
+
+    fn add_counts(
+        &self,
+        rejection: &mut Rejection,
+        limits: &Arc<Limits>,
+        counts: Result<Taken, StoreError>,
+    ) {
+        match counts {
+            Ok(taken) => {
+                let verdict = Verdict::read(&taken, &limits.windows);
+                rejection.rate_limit = Some(RateLimitStatus::new(Arc::clone(limits), verdict));
+            }
+            Err(error) => self.store_failed(&error),
+        }
+    }
+
+    /// Returns the unit an admitted take spent, for a request refused after it (a kill
+    /// switch or disable noticed through the epoch), so the refusal consumes nothing like
+    /// every other rejection. One more round trip, only on this rare path; until it lands,
+    /// a concurrent request may see that unit as used. If it fails the unit stays spent
+    /// (counted in `store_errors`). Answers the counts as they are afterwards.
+    async fn give_back(&self, rt: &ClusterRuntime, limits: &Limits, taken: &Taken) -> Taken {
+        let mut left = Taken {
+            admitted: false,
+            ..taken.clone()
+        };
+        if taken.admitted {
+            match self
+                .counter_store
+                .give_back(&rt.id, &limits.windows, taken)
+                .await
+            {
+                Ok(()) => left
+                    .counts
+                    .iter_mut()
+                    .for_each(|c| *c = c.saturating_sub(1)),
+                Err(error) => self.store_failed(&error),
+            }
+        }
+        left
+    }
+
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        rt: &Arc<ClusterRuntime>,
+        trace_id: Option<&str>,
+    ) -> Admission {
+        let now = self.clock.now_millis();
+        if let Some(rejection) = self.switched_off(rt, now, trace_id) {
+            return self.with_counts(rt, rejection, now);
+        }
+        let acquired = rt.breaker.lock().try_acquire(now);
+        let ticket = match acquired {
+            Ok(ticket) => ticket,
+            Err(retry_after) => {
+                let detail = format!("the circuit breaker of cluster {} is open", rt.id);
+                let reason = RejectReason::CircuitOpen;
+                let rejection = self.reject(rt, reason, detail, retry_after, trace_id);
+                return self.with_counts(rt, rejection, now);
+            }
+        };
+        let permit = Permit {
+            plane: Arc::clone(self),
+            cluster: Arc::clone(rt),
+            ticket: Some(ticket),
+            started: now,
+            rate_limit: None,
+        };
+        let limits = rt.limits();
+        if !limits.enforced() {
+            return Admission::Ready(Decision::Admit(self.admitted(permit)));
+        }
+        let take = self
+            .counter_store
+            .count(&rt.id, &limits.windows, now, Count::Take);
+        match take.into_ready() {
+            Ok(taken) => Admission::Ready(self.rate_limited(permit, limits, taken, trace_id)),
+            Err(pending) => {
+                let plane = Arc::clone(self);
+                let trace_id = trace_id.map(str::to_owned);
+                Admission::Pending(Box::pin(async move {
+                    let taken = pending.await;
+                    plane
+                        .after_shared_take(permit, limits, taken, trace_id)
+                        .await
+                }))
+            }
+        }
+    }
+
+    /// A shared store reports its epoch with the counts: when it moved, someone changed the
+    /// shared state, so reload before answering. A kill switch or disable found this way
+    /// stops this very request (and gives its unit back).
+    async fn after_shared_take(
+        self: Arc<Self>,
+        permit: Permit,
+        limits: Arc<Limits>,
+        taken: Result<Taken, StoreError>,
+        trace_id: Option<String>,
+    ) -> Decision {
+        if let Ok(
+            spent @ Taken {
+                epoch: Some(epoch), ..
+            },
+        ) = &taken
+        {
+            let seen = permit.cluster.epoch_seen.swap(*epoch, Ordering::AcqRel);
+            if seen != *epoch {
+                let _ = self.refresh(true).await;
+                let now = self.clock.now_millis();
+                let cluster = Arc::clone(&permit.cluster);
+                if let Some(mut rejection) = self.switched_off(&cluster, now, trace_id.as_deref()) {
+                    drop(permit); // a refused request keeps no half-open probe permit
+                    let left = self.give_back(&cluster, &limits, spent).await;
+                    self.add_counts(&mut rejection, &limits, Ok(left));
+                    return Decision::Deny(rejection);
+                }
+            }
+        }
+        self.rate_limited(permit, limits, taken, trace_id.as_deref())
+    }
+
+    fn admitted(&self, permit: Permit) -> Permit {
+        permit
+            .cluster
+            .counters
+            .admitted
+            .fetch_add(1, Ordering::Relaxed);
+        self.totals.admitted.fetch_add(1, Ordering::Relaxed);
+        permit
+    }
+
+    /// Reads the counter store's answer for an admitted-so-far call.
+    fn rate_limited(
+        &self,
+        mut permit: Permit,
+        limits: Arc<Limits>,
+        taken: Result<Taken, StoreError>,
+        trace_id: Option<&str>,
+    ) -> Decision {
+        let taken = match taken {
+            Ok(taken) => taken,
+            Err(error) => {
+                self.store_failed(&error);
+                if self.fail_open {
+                    self.fail_open_admissions.fetch_add(1, Ordering::Relaxed);
+                    permit.rate_limit = Some(RateLimitStatus::new(limits, None));
+                    return Decision::Admit(self.admitted(permit));
+                }
+                let cluster = Arc::clone(&permit.cluster);
+                drop(permit);
+                let detail = "the rate limiter is unavailable".to_owned();
+                let reason = RejectReason::StoreUnavailable;
+                return Decision::Deny(self.reject(&cluster, reason, detail, Some(1000), trace_id));
+            }
+        };
+        let verdict = Verdict::read(&taken, &limits.windows);
+        let admitted = verdict.is_none_or(|v| v.admitted);
+        if admitted {
+            permit.rate_limit = Some(RateLimitStatus::new(limits, verdict));
+            return Decision::Admit(self.admitted(permit));
+        }
+        let verdict = verdict.expect("a rejection has a verdict");
+        let window = &limits.windows[verdict.reported];
+        let detail = format!(
+            "cluster {} is over its rate limit ({} requests per {} s)",
+            permit.cluster.id, window.limit, window.seconds
+        );
+        let cluster = Arc::clone(&permit.cluster);
+        drop(permit); // a rejected request keeps no half-open probe permit
+        let retry_after = Some(verdict.retry_after_millis);
+        let mut rejection = self.reject(
+            &cluster,
+            RejectReason::RateLimited,
+            detail,
+            retry_after,
+            trace_id,
+        );
+        rejection.rate_limit = Some(RateLimitStatus::new(limits, Some(verdict)));
+        Decision::Deny(rejection)
+    }
+}
+
+impl ControlPlane {
+    pub(crate) fn admit(&self, rt: &Arc<ClusterRuntime>, trace_id: Option<&str>) -> Admission {
+        self.inner.admit(rt, trace_id)
+    }
+
+    /// Runs the admission checks for one call: kill switch, cluster, breaker, rate limit,
+    /// in that order. `trace_id` is logged with a rejection and kept in it.
+    ///
+    /// On the memory store this future is ready at once (no allocation for the future).
+    pub async fn decide(&self, cluster: &str, trace_id: Option<&str>) -> Decision {
+        let Some(rt) = self.runtime(cluster) else {
+            return Decision::Deny(Rejection::unknown_cluster(cluster, trace_id));
+        };
+        match self.admit(rt, trace_id) {
+            Admission::Ready(decision) => decision,
+            Admission::Pending(decision) => decision.await,
+        }
+    }
+
+    /// [`decide`](ControlPlane::decide) as a `Result`, for code outside the layer (a job, a
+    /// queue consumer, a benchmark).
+    ///
+    /// # Errors
+    /// The [`Rejection`] when the call must not run
+    /// ([`Rejection::into_response`] renders it as problem+json).
+    pub async fn acquire(
+        &self,
+        cluster: &str,
+        trace_id: Option<&str>,
+    ) -> Result<Permit, Rejection> {
+        match self.decide(cluster, trace_id).await {
+            Decision::Admit(permit) => Ok(permit),
+            Decision::Deny(rejection) => Err(rejection),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::*;
+
+    #[tokio::test]
+    async fn acquire_runs_the_same_checks_outside_the_layer() {
+        let (plane, _clock) = plane(2);
+        let mut first = plane.acquire("alpha", None).await.unwrap();
+        let mut headers = http::HeaderMap::new();
+        first.decorate(&mut headers);
+        assert_eq!(headers["ratelimit"], "\"minute\";r=1;t=60");
+        first.finish(Outcome::Status(StatusCode::OK));
+        drop(plane.acquire("alpha", None).await.unwrap()); // unfinished: records nothing
+        let refused = plane.acquire("alpha", Some("t-1")).await.unwrap_err();
+        assert_eq!(refused.reason(), Some(crate::RejectReason::RateLimited));
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        let unknown = plane.acquire("gamma", None).await.unwrap_err();
+        assert_eq!(
+            (unknown.reason(), unknown.status()),
+            (None, StatusCode::NOT_FOUND)
+        );
+        assert_eq!(plane.breaker("alpha").unwrap().calls, 1);
+    }
+}

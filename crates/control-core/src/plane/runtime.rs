@@ -1,0 +1,142 @@
+//! The plane's runtime state: atomics for the cheap checks, a mutex per cluster breaker,
+//! the local copy of the shared state, and the counters behind the metrics.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use crate::{
+    breaker::{Breaker, ClassifyFailure},
+    config::{ControlConfig, WindowConfig},
+    store::{CounterStore, RateLimitSettings, StateStore, StoreError, Versioned},
+    window::policy_text,
+};
+use dreamnet_common::SharedClock;
+
+/// A cluster's rate-limit settings as the plane uses them (replaced whole on a change, so
+/// a request holds one consistent `Arc`).
+#[derive(Debug)]
+pub(crate) struct Limits {
+    pub(crate) enabled: bool,
+    pub(crate) windows: Arc<[WindowConfig]>,
+    /// `RateLimit-Policy`'s value, rendered once here rather than per request.
+    pub(crate) policy: Option<Bytes>,
+}
+
+impl Limits {
+    pub(crate) fn new(settings: &RateLimitSettings) -> Self {
+        Self {
+            enabled: settings.enabled,
+            windows: Arc::from(settings.windows.as_slice()),
+            policy: policy_text(&settings.windows),
+        }
+    }
+
+    /// Whether requests are counted at all.
+    #[inline]
+    pub(crate) fn enforced(&self) -> bool {
+        self.enabled && !self.windows.is_empty()
+    }
+}
+
+/// Admitted and rejected requests (per cluster, and in total).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) admitted: AtomicU64,
+    pub(crate) rejected: [AtomicU64; 5],
+}
+
+/// Per-cluster runtime: atomics for the cheap checks, a mutex for the breaker.
+pub(crate) struct ClusterRuntime {
+    pub(crate) id: Arc<str>,
+    /// 0 = enabled, `u64::MAX` = disabled without expiry, else the expiry (Unix ms).
+    pub(crate) disabled_until: AtomicU64,
+    pub(crate) limits: RwLock<Arc<Limits>>,
+    pub(crate) breaker: Mutex<Breaker>,
+    pub(crate) breaker_resets_seen: AtomicU64,
+    /// The shared store's epoch for this cluster last seen (`u64::MAX` = none yet).
+    pub(crate) epoch_seen: AtomicU64,
+    pub(crate) counters: Counters,
+}
+
+impl ClusterRuntime {
+    pub(crate) fn limits(&self) -> Arc<Limits> {
+        Arc::clone(&self.limits.read())
+    }
+}
+
+impl fmt::Debug for ClusterRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterRuntime")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a plane and its clones share.
+pub(crate) struct Inner {
+    pub(crate) clock: SharedClock,
+    pub(crate) counter_store: Arc<dyn CounterStore>,
+    pub(crate) state_store: Arc<dyn StateStore>,
+    pub(crate) config: ControlConfig,
+    pub(crate) classifier: Arc<dyn ClassifyFailure>,
+    pub(crate) fail_open: bool,
+    /// The global kill switch as one number (see `Switch::blocked_until`).
+    pub(crate) kill_until: AtomicU64,
+    pub(crate) clusters: HashMap<Arc<str>, Arc<ClusterRuntime>>,
+    pub(crate) state: RwLock<Versioned>,
+    pub(crate) totals: Counters,
+    pub(crate) store_errors: AtomicU64,
+    pub(crate) fail_open_admissions: AtomicU64,
+    pub(crate) last_warning: AtomicU64,
+    /// One reload at a time: concurrent requests noticing the same epoch wait for one load.
+    pub(crate) reload: tokio::sync::Mutex<()>,
+}
+
+impl Inner {
+    /// Counts a failed store operation and warns (at most once per 10 s).
+    pub(crate) fn store_failed(&self, error: &StoreError) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+        // One warning per 10 s: an unreachable store must not flood the logs.
+        let now = self.clock.now_millis();
+        let last = self.last_warning.load(Ordering::Relaxed);
+        if now >= last.saturating_add(10_000)
+            && self
+                .last_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                %error,
+                fail_open = self.fail_open,
+                "control store unreachable: keeping the last known control state; rate limiting fails {}",
+                if self.fail_open { "open" } else { "closed" }
+            );
+        }
+    }
+
+    /// `what`, followed by the operator's reason for the switch, when there is one.
+    pub(crate) fn switch_detail(&self, what: &str, cluster: Option<&str>) -> String {
+        let state = self.state.read();
+        let reason = match cluster {
+            None => state.state.kill_switch.reason.clone(),
+            Some(id) => state
+                .state
+                .clusters
+                .get(id)
+                .and_then(|c| c.disabled.reason.clone()),
+        };
+        match reason {
+            Some(reason) if !reason.is_empty() => format!("{what}: {reason}"),
+            _ => what.to_owned(),
+        }
+    }
+}
