@@ -78,7 +78,7 @@ async fn main() {
     measure("memory", Arc::new(MemoryStore::new())).await;
     #[cfg(feature = "redis")]
     {
-        let url = dreamnet_common::backends::redis_url();
+        let url = dreamnet_test_support::redis_url();
         match dreamnet_idempotency::RedisStore::builder(&url)
             .prefix("dreamnet-latency:")
             .connect()
@@ -90,7 +90,7 @@ async fn main() {
     }
     #[cfg(feature = "postgres")]
     {
-        let url = dreamnet_common::backends::database_url();
+        let url = dreamnet_test_support::database_url();
         let schema = format!("latency_{:x}", std::process::id());
         match dreamnet_idempotency::PostgresStore::builder(&url)
             .schema(&schema)

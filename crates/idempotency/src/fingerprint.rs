@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 /// (`/a` + `bc` versus `/ab` + `c`).
 ///
 /// ```
-/// use dreamnet_idempotency::Fingerprint;
+/// use dreamnet_idempotency::store::Fingerprint;
 ///
 /// let (parts, ()) = http::Request::post("/charges?x=1").body(()).unwrap().into_parts();
 /// let a = Fingerprint::compute(&parts, &[], b"{\"amount\":1}");

@@ -41,7 +41,7 @@ pub enum KeyError {
 /// A validated idempotency key: 1..=255 printable ASCII characters.
 ///
 /// ```
-/// use dreamnet_idempotency::IdempotencyKey;
+/// use dreamnet_idempotency::protocol::IdempotencyKey;
 /// use http::HeaderValue;
 ///
 /// let quoted = IdempotencyKey::parse(&HeaderValue::from_static("\"8e03978e-40d5\"")).unwrap();
@@ -124,7 +124,7 @@ impl AsRef<str> for IdempotencyKey {
 /// [`KeyError`] when the first present header is invalid or sent more than once (a later
 /// alias is never consulted to "rescue" an invalid key), or when another alias carries a
 /// different key ([`KeyError::ConflictingHeaders`]).
-pub fn key_from_headers(
+pub(crate) fn key_from_headers(
     headers: &HeaderMap,
     names: &[HeaderName],
 ) -> Result<Option<IdempotencyKey>, KeyError> {

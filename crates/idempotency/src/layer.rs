@@ -6,8 +6,8 @@ use http::{HeaderName, Method, StatusCode};
 use tower_layer::Layer;
 
 use crate::{
-    memory::MemoryStore, service::Idempotency, store::IdempotencyStore, DefaultScope,
-    ScopeExtractor, DEFAULT_KEY_HEADERS, DEFAULT_REPLAYED_HEADERS,
+    memory::MemoryStore, protocol::Protocol, service::Idempotency, store::IdempotencyStore,
+    ScopeExtractor,
 };
 
 /// The default time a completed response is kept and replayed: 600 s (the seed's 10 min).
@@ -26,16 +26,9 @@ pub struct IdempotencyLayer {
 
 pub(crate) struct Config {
     pub(crate) store: Arc<dyn IdempotencyStore>,
-    pub(crate) key_headers: Vec<HeaderName>,
-    pub(crate) methods: Vec<Method>,
-    pub(crate) required: bool,
-    pub(crate) scope: Arc<dyn ScopeExtractor>,
-    pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) protocol: Protocol,
     pub(crate) ttl: Duration,
     pub(crate) lease: Duration,
-    pub(crate) max_request_body: usize,
-    pub(crate) max_response_body: usize,
-    pub(crate) replayed_headers: Vec<HeaderName>,
     pub(crate) store_status: Arc<dyn Fn(StatusCode) -> bool + Send + Sync>,
 }
 
@@ -56,15 +49,9 @@ impl fmt::Debug for IdempotencyLayer {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyLayer")
-            .field("key_headers", &self.key_headers)
-            .field("methods", &self.methods)
-            .field("required", &self.required)
-            .field("fingerprint_headers", &self.fingerprint_headers)
+            .field("protocol", &self.protocol)
             .field("ttl", &self.ttl)
             .field("lease", &self.lease)
-            .field("max_request_body", &self.max_request_body)
-            .field("max_response_body", &self.max_response_body)
-            .field("replayed_headers", &self.replayed_headers)
             .finish_non_exhaustive()
     }
 }
@@ -82,23 +69,16 @@ impl IdempotencyLayer {
     }
 
     /// A builder with the defaults: an in-memory store, `Idempotency-Key` then
-    /// `X-Idempotency-Key`, POST and PATCH, key optional, [`DefaultScope`], no fingerprinted
-    /// headers, TTL 600 s, lease 30 s, 1 MiB body limits, [`DEFAULT_REPLAYED_HEADERS`], and
+    /// `X-Idempotency-Key`, POST and PATCH, key optional, [`DefaultScope`](crate::DefaultScope), no fingerprinted
+    /// headers, TTL 600 s, lease 30 s, 1 MiB body limits, [`DEFAULT_REPLAYED_HEADERS`](crate::protocol::DEFAULT_REPLAYED_HEADERS), and
     /// final responses with status < 500 stored (a `101 Switching Protocols` is never a
     /// result to replay).
     pub fn builder() -> IdempotencyLayerBuilder {
         IdempotencyLayerBuilder {
             store: None,
-            key_headers: DEFAULT_KEY_HEADERS.to_vec(),
-            methods: vec![Method::POST, Method::PATCH],
-            required: false,
-            scope: Arc::new(DefaultScope),
-            fingerprint_headers: Vec::new(),
+            protocol: Protocol::new(),
             ttl: DEFAULT_TTL,
             lease: DEFAULT_LEASE,
-            max_request_body: DEFAULT_MAX_BODY,
-            max_response_body: DEFAULT_MAX_BODY,
-            replayed_headers: DEFAULT_REPLAYED_HEADERS.to_vec(),
             store_status: Arc::new(|status: StatusCode| (200..500).contains(&status.as_u16())),
         }
     }
@@ -121,25 +101,18 @@ impl<S> Layer<S> for IdempotencyLayer {
 #[must_use]
 pub struct IdempotencyLayerBuilder {
     store: Option<Arc<dyn IdempotencyStore>>,
-    key_headers: Vec<HeaderName>,
-    methods: Vec<Method>,
-    required: bool,
-    scope: Arc<dyn ScopeExtractor>,
-    fingerprint_headers: Vec<HeaderName>,
+    protocol: Protocol,
     ttl: Duration,
     lease: Duration,
-    max_request_body: usize,
-    max_response_body: usize,
-    replayed_headers: Vec<HeaderName>,
     store_status: Arc<dyn Fn(StatusCode) -> bool + Send + Sync>,
 }
 
 impl fmt::Debug for IdempotencyLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyLayerBuilder")
-            .field("key_headers", &self.key_headers)
-            .field("methods", &self.methods)
-            .field("required", &self.required)
+            .field("protocol", &self.protocol)
+            .field("ttl", &self.ttl)
+            .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
 }
@@ -156,41 +129,48 @@ impl IdempotencyLayerBuilder {
         self
     }
 
+    /// All request-side rules at once (key headers, methods, required, scope, fingerprinted
+    /// headers, body limits, replayed headers), e.g. rules shared with another layer.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
     /// The headers the key is read from, first present wins (default: `Idempotency-Key`,
     /// `X-Idempotency-Key`).
     pub fn key_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.key_headers = names.into_iter().collect();
+        self.protocol = self.protocol.key_headers(names);
         self
     }
 
     /// The methods the layer applies to (default: POST, PATCH). Others pass through.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.methods = methods.into_iter().collect();
+        self.protocol = self.protocol.methods(methods);
         self
     }
 
     /// Whether a key is required on those methods: without one the answer is 400 and the
     /// handler does not run (default: optional, a request without a key passes through).
     pub fn required(mut self, required: bool) -> Self {
-        self.required = required;
+        self.protocol = self.protocol.required(required);
         self
     }
 
-    /// The scope extractor (default: [`DefaultScope`]).
+    /// The scope extractor (default: [`DefaultScope`](crate::DefaultScope)).
     pub fn scope(mut self, scope: impl ScopeExtractor) -> Self {
-        self.scope = Arc::new(scope);
+        self.protocol = self.protocol.scope(scope);
         self
     }
 
     /// A scope extractor shared with other layers (e.g. the billable layer).
     pub fn shared_scope(mut self, scope: Arc<dyn ScopeExtractor>) -> Self {
-        self.scope = scope;
+        self.protocol = self.protocol.shared_scope(scope);
         self
     }
 
     /// Request headers included in the fingerprint (default: none).
     pub fn fingerprint_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.fingerprint_headers = names.into_iter().collect();
+        self.protocol = self.protocol.fingerprint_headers(names);
         self
     }
 
@@ -210,21 +190,21 @@ impl IdempotencyLayerBuilder {
 
     /// The largest request body buffered; larger is 413 (default 1 MiB).
     pub fn max_request_body(mut self, bytes: usize) -> Self {
-        self.max_request_body = bytes;
+        self.protocol = self.protocol.max_request_body(bytes);
         self
     }
 
     /// The largest response body stored; a larger or streaming (unknown size) response is
     /// passed through unstored and the key released (default 1 MiB).
     pub fn max_response_body(mut self, bytes: usize) -> Self {
-        self.max_response_body = bytes;
+        self.protocol = self.protocol.max_response_body(bytes);
         self
     }
 
-    /// The response headers stored and replayed (default [`DEFAULT_REPLAYED_HEADERS`];
+    /// The response headers stored and replayed (default [`DEFAULT_REPLAYED_HEADERS`](crate::protocol::DEFAULT_REPLAYED_HEADERS);
     /// `Set-Cookie`, `Date` and framing headers are never replayed).
     pub fn replayed_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.replayed_headers = names.into_iter().collect();
+        self.protocol = self.protocol.replayed_headers(names);
         self
     }
 
@@ -246,16 +226,9 @@ impl IdempotencyLayerBuilder {
         IdempotencyLayer {
             config: Arc::new(Config {
                 store,
-                key_headers: self.key_headers,
-                methods: self.methods,
-                required: self.required,
-                scope: self.scope,
-                fingerprint_headers: self.fingerprint_headers,
+                protocol: self.protocol,
                 ttl: self.ttl,
                 lease: self.lease,
-                max_request_body: self.max_request_body,
-                max_response_body: self.max_response_body,
-                replayed_headers: self.replayed_headers,
                 store_status: self.store_status,
             }),
         }

@@ -71,6 +71,17 @@
 //! `postgres`; one table, one statement per operation). Store operations are atomic, so two
 //! replicas sharing a Redis or PostgreSQL store behave as one.
 //!
+//! A store of your own implements [`IdempotencyStore`] with the types in [`store`], and runs
+//! the store-level behaviour suite of the `conformance` feature
+//! (`idempotency_store_tests!(make_store)`).
+//!
+//! # Protocol
+//!
+//! The service is three steps of [`protocol`] over the store: prepare (key, scope, body,
+//! fingerprint), claim (proceed, or replay / 409 / 422 / 503), settle (store the response
+//! under the fencing token, or release the key). A layer with its own record of keys (the
+//! billable layer's ledger) composes the same steps around its own claim.
+//!
 //! # Logs
 //!
 //! `tracing` events (target [`LOG_TARGET`]) in the DeployKeeper format, with fields
@@ -79,22 +90,24 @@
 //! `[DeployKeeper] Idempotency-Key: K, Trace-ID: T, Digest: D, Status: NEW` and
 //! `[Idempotency] Duplicate detected - Key: K, Trace: T, Digest: D, Original: T0`.
 
-pub mod fingerprint;
-pub mod key;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod fingerprint;
+mod future;
+mod key;
 mod layer;
-pub mod memory;
+mod memory;
 #[cfg(feature = "postgres")]
-pub mod postgres_store;
-pub mod problems;
+mod postgres_store;
+pub mod protocol;
 #[cfg(feature = "redis")]
-pub mod redis_store;
-pub mod scope;
+mod redis_store;
+mod scope;
 mod service;
 pub mod store;
-pub mod stored;
+mod stored;
 
-pub use fingerprint::Fingerprint;
-pub use key::{key_from_headers, IdempotencyKey, KeyError, DEFAULT_KEY_HEADERS, MAX_KEY_LEN};
+pub use future::ResponseFuture;
 pub use layer::{
     IdempotencyLayer, IdempotencyLayerBuilder, DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_TTL,
 };
@@ -104,15 +117,10 @@ pub use postgres_store::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisStore, RedisStoreBuilder};
 pub use scope::{DefaultScope, ScopeExtractor};
-pub use service::{Idempotency, ResponseFuture, LOG_TARGET};
-pub use store::{
-    Claim, ClaimRequest, Completion, FencingToken, IdempotencyStore, StoreError, StoreFuture,
-};
-pub use stored::{CorruptRecord, StoredResponse, DEFAULT_REPLAYED_HEADERS, IDEMPOTENT_REPLAYED};
+pub use service::{Idempotency, LOG_TARGET};
+pub use store::IdempotencyStore;
 
-/// The trace id of a request, from the `dreamnet-trace-id` layer's extension, if present.
-pub fn trace_id_of(extensions: &http::Extensions) -> Option<&str> {
-    extensions
-        .get::<dreamnet_trace_id::TraceContext>()
-        .map(dreamnet_trace_id::TraceContext::trace_id)
-}
+// Crate-internal short paths to the types the modules share.
+use fingerprint::Fingerprint;
+use key::IdempotencyKey;
+use stored::StoredResponse;

@@ -17,13 +17,10 @@ use crate::{
     store::{
         Claim, ClaimRequest, Completion, FencingToken, IdempotencyStore, StoreError, StoreFuture,
     },
-    CorruptRecord, Fingerprint, StoredResponse,
+    stored::CorruptRecord,
+    Fingerprint, StoredResponse,
 };
 
-/// The default table name.
-pub const DEFAULT_TABLE: &str = "dreamnet_idempotency";
-/// The default schema.
-pub const DEFAULT_SCHEMA: &str = "public";
 /// Expired rows are purged in the background after every this many claims.
 const PURGE_EVERY: u64 = 1000;
 
@@ -250,6 +247,11 @@ impl Sql {
 }
 
 impl PostgresStore {
+    /// The default table name.
+    pub const DEFAULT_TABLE: &'static str = "dreamnet_idempotency";
+    /// The default schema.
+    pub const DEFAULT_SCHEMA: &'static str = "public";
+
     /// Connects to `url` (e.g. `postgres://postgres@127.0.0.1:5432/test`) with the defaults
     /// and runs the migration.
     ///
@@ -272,8 +274,8 @@ impl PostgresStore {
     fn builder_from(source: Source) -> PostgresStoreBuilder {
         PostgresStoreBuilder {
             source,
-            schema: DEFAULT_SCHEMA.to_owned(),
-            table: DEFAULT_TABLE.to_owned(),
+            schema: Self::DEFAULT_SCHEMA.to_owned(),
+            table: Self::DEFAULT_TABLE.to_owned(),
             op_timeout: Duration::from_secs(5),
         }
     }

@@ -2,6 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use dreamnet_common::AccountId;
 use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
     Script, Value,
@@ -12,11 +13,9 @@ use crate::{
     store::{
         Claim, ClaimRequest, Completion, FencingToken, IdempotencyStore, StoreError, StoreFuture,
     },
-    CorruptRecord, Fingerprint, StoredResponse,
+    stored::CorruptRecord,
+    Fingerprint, StoredResponse,
 };
-
-/// The default key prefix.
-pub const DEFAULT_PREFIX: &str = "dreamnet:";
 
 /// Claims in one atomic step. Time is Redis server time (`TIME`), so replicas with skewed
 /// clocks agree. The record is a hash `{v, state, fp, trace, token, until[, resp]}` with a
@@ -79,8 +78,8 @@ return 1
 ///   and a release are one round trip each; a replay is one round trip.
 /// - Redis server time; `PX` expiry (lease while in flight, TTL once completed).
 /// - Keys `<prefix>idem:{<scope>}:<key>`: the hash tag keeps a scope's keys in one Redis
-///   Cluster slot; a scope with characters outside `[A-Za-z0-9._@:-]` (or longer than 128)
-///   is replaced by `sha256:<hex>` so it cannot break the tag.
+///   Cluster slot; a scope that breaks the account-id rule (1..=128 characters of
+///   `[A-Za-z0-9._@:-]`, see `dreamnet_common::AccountId`) is replaced by `sha256:<hex>` so it cannot break the tag.
 /// - Every operation times out (default 2 s), so an unreachable server fails fast (503).
 ///
 /// Clones share the connection.
@@ -178,6 +177,9 @@ impl RedisStoreBuilder {
 }
 
 impl RedisStore {
+    /// The default key prefix.
+    pub const DEFAULT_PREFIX: &'static str = "dreamnet:";
+
     /// Connects to `url` (e.g. `redis://127.0.0.1:6379`) with the defaults.
     ///
     /// # Errors
@@ -190,7 +192,7 @@ impl RedisStore {
     pub fn builder(url: &str) -> RedisStoreBuilder {
         RedisStoreBuilder {
             url: url.to_owned(),
-            prefix: DEFAULT_PREFIX.to_owned(),
+            prefix: Self::DEFAULT_PREFIX.to_owned(),
             connection_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             op_timeout: Duration::from_secs(2),
@@ -199,7 +201,11 @@ impl RedisStore {
 
     /// A store on an existing connection manager (prefix `dreamnet:`, 2 s operation timeout).
     pub fn from_connection_manager(conn: ConnectionManager) -> Self {
-        Self::from_parts(conn, DEFAULT_PREFIX.to_owned(), Duration::from_secs(2))
+        Self::from_parts(
+            conn,
+            Self::DEFAULT_PREFIX.to_owned(),
+            Duration::from_secs(2),
+        )
     }
 
     fn from_parts(conn: ConnectionManager, prefix: String, op_timeout: Duration) -> Self {
@@ -217,11 +223,9 @@ impl RedisStore {
 
     /// The Redis key of (scope, key), for operators and tests.
     pub fn record_key(&self, scope: &str, key: &str) -> String {
-        let safe = (1..=128).contains(&scope.len())
-            && !scope.starts_with("sha256:")
-            && scope.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b':' | b'-')
-            });
+        // The account-id alphabet has no `{` / `}`, so a scope that follows its rule cannot
+        // break the hash tag; the `sha256:` check keeps a raw scope from posing as a hashed one.
+        let safe = AccountId::is_valid(scope) && !scope.starts_with("sha256:");
         if safe {
             format!("{}idem:{{{scope}}}:{key}", self.inner.prefix)
         } else {

@@ -4,19 +4,11 @@
 //! client's key (the IETF draft's "unique composite key"; the "unscoped keys leak one user's
 //! response to another" pitfall).
 
-use http::{header, request::Parts, HeaderName};
+use dreamnet_common::{AccountId, ACCOUNT_ID_HEADER};
+use http::{header, request::Parts};
 use sha2::{Digest, Sha256};
 
 use crate::fingerprint::hex_lower;
-
-/// The header [`DefaultScope`] reads the account from.
-pub const ACCOUNT_ID_HEADER: HeaderName = HeaderName::from_static("x-account-id");
-
-/// The longest `X-Account-Id` [`DefaultScope`] accepts.
-pub const MAX_ACCOUNT_ID_LEN: usize = 128;
-
-/// The scope shared by requests that carry no account and no credentials.
-pub const ANONYMOUS_SCOPE: &str = "anonymous";
 
 /// Maps a request to the scope its idempotency keys live in.
 ///
@@ -45,8 +37,8 @@ where
     }
 }
 
-/// The default scope: `account:<id>` from a valid `X-Account-Id` (1..=128 chars of
-/// `[A-Za-z0-9._@:-]`), else `auth:<sha256-hex>` of the `Authorization` header (never the raw
+/// The default scope: `account:<id>` from a valid `X-Account-Id` (an
+/// [`AccountId`]: 1..=128 chars of `[A-Za-z0-9._@:-]`), else `auth:<sha256-hex>` of the `Authorization` header (never the raw
 /// credential, which would otherwise end up in the store and its logs), else `anonymous`.
 ///
 /// The prefixes keep the three namespaces apart: no account id can collide with a
@@ -57,13 +49,19 @@ where
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultScope;
 
+impl DefaultScope {
+    /// The scope shared by requests that carry no account and no credentials.
+    pub const ANONYMOUS: &'static str = "anonymous";
+}
+
 impl ScopeExtractor for DefaultScope {
     fn scope(&self, parts: &Parts) -> String {
         if let Some(account) = parts
             .headers
             .get(&ACCOUNT_ID_HEADER)
             .and_then(|v| v.to_str().ok())
-            .filter(|v| valid_account_id(v))
+            // Checked in place: building an `AccountId` would allocate once more per request.
+            .filter(|v| AccountId::is_valid(v))
         {
             let mut scope = String::with_capacity(8 + account.len());
             scope.push_str("account:");
@@ -73,15 +71,8 @@ impl ScopeExtractor for DefaultScope {
         if let Some(auth) = parts.headers.get(header::AUTHORIZATION) {
             return format!("auth:{}", hex_lower(&Sha256::digest(auth.as_bytes())));
         }
-        ANONYMOUS_SCOPE.to_owned()
+        Self::ANONYMOUS.to_owned()
     }
-}
-
-fn valid_account_id(id: &str) -> bool {
-    (1..=MAX_ACCOUNT_ID_LEN).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b':' | b'-'))
 }
 
 #[cfg(test)]
@@ -106,7 +97,7 @@ mod tests {
         assert!(auth.starts_with("auth:"));
         assert_eq!(auth.len(), 5 + 64);
         assert!(!auth.contains("secret"));
-        assert_eq!(DefaultScope.scope(&parts(&[])), ANONYMOUS_SCOPE);
+        assert_eq!(DefaultScope.scope(&parts(&[])), DefaultScope::ANONYMOUS);
         let both = parts(&[("x-account-id", "a"), ("authorization", "Bearer secret")]);
         assert_eq!(DefaultScope.scope(&both), "account:a");
     }
@@ -116,15 +107,15 @@ mod tests {
         let long = "a".repeat(129);
         assert_eq!(
             DefaultScope.scope(&parts(&[("x-account-id", &long)])),
-            ANONYMOUS_SCOPE
+            DefaultScope::ANONYMOUS
         );
         assert_eq!(
             DefaultScope.scope(&parts(&[("x-account-id", "a b")])),
-            ANONYMOUS_SCOPE
+            DefaultScope::ANONYMOUS
         );
         assert_eq!(
             DefaultScope.scope(&parts(&[("x-account-id", "")])),
-            ANONYMOUS_SCOPE
+            DefaultScope::ANONYMOUS
         );
         let credentials =
             DefaultScope.scope(&parts(&[("x-account-id", "{x}"), ("authorization", "t")]));

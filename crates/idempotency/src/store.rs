@@ -1,8 +1,14 @@
-//! The storage trait: atomic state changes only; the algorithm lives in the layer.
+//! The storage trait and what a store implementor needs: atomic state changes only; the
+//! algorithm lives in the [`protocol`](crate::protocol).
+//!
+//! A backend implements [`IdempotencyStore`]'s three methods (claim, complete, release) and
+//! runs the behaviour suite behind the `conformance` feature
+//! (`dreamnet_idempotency::idempotency_store_tests!`).
 
 use std::{future::Future, pin::Pin, time::Duration};
 
-use crate::{CorruptRecord, Fingerprint, StoredResponse};
+pub use crate::fingerprint::Fingerprint;
+pub use crate::stored::{CorruptRecord, StoredResponse};
 
 /// A boxed store future (a store round trip dominates the allocation).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;

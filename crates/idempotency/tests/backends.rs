@@ -37,21 +37,17 @@ async fn postgres_refuses_unsafe_identifiers() {
 #[tokio::test]
 async fn postgres_purges_expired_rows() {
     use dreamnet_idempotency::{
-        Claim, ClaimRequest, Fingerprint, IdempotencyStore, PostgresStore, StoredResponse,
+        store::{Claim, ClaimRequest, Fingerprint, StoredResponse},
+        IdempotencyStore, PostgresStore,
     };
     use std::time::Duration;
 
-    let url = dreamnet_common::backends::database_url();
-    let (admin, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-        Ok(pair) => pair,
-        Err(err) => return dreamnet_common::backends::unavailable("postgresql", &err),
+    let Some(pool) = dreamnet_test_support::pg_pool().await else {
+        return;
     };
-    tokio::spawn(connection);
-    let schema = format!(
-        "t_idem_purge_{:x}",
-        std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), std::process::id())
-    );
-    let store = PostgresStore::builder(&url)
+    let admin = pool.get().await.expect("a pooled connection");
+    let schema = dreamnet_test_support::unique_schema("idem_purge");
+    let store = PostgresStore::builder_with_pool(pool.clone())
         .schema(&schema)
         .connect()
         .await
@@ -82,13 +78,12 @@ async fn postgres_purges_expired_rows() {
             .unwrap();
     }
     // The 1 ms row expires on the database clock; poll rather than sleep a fixed time.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut purged = 0;
-    while purged == 0 {
-        purged += store.purge_expired().await.unwrap();
-        assert!(std::time::Instant::now() < deadline, "nothing purged");
-        tokio::task::yield_now().await;
-    }
+    let purged = dreamnet_test_support::eventually(
+        "the expired row purged",
+        Duration::from_secs(10),
+        || async { Some(store.purge_expired().await.unwrap()).filter(|n| *n > 0) },
+    )
+    .await;
     assert_eq!(purged, 1);
     let rows: i64 = admin
         .query_one(&format!("SELECT count(*) FROM {}", store.table()), &[])

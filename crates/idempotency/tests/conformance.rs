@@ -1,6 +1,10 @@
-//! One behavioural suite, run against every store (memory always; Redis and PostgreSQL with
+//! The behaviour suites, run against every store (memory always; Redis and PostgreSQL with
 //! their features, skipped loudly when the server is unreachable unless
-//! `DREAMNET_REQUIRE_BACKENDS=1`).
+//! `DREAMNET_REQUIRE_BACKENDS=1`):
+//!
+//! - layer level (`support::suite`): the HTTP behaviour of `IdempotencyLayer` on the store;
+//! - store level (`idempotency_store_tests!`, feature `conformance`): the store trait's own
+//!   contract, the suite a backend outside this crate runs too.
 //!
 //! Time: the memory store runs on a `ManualClock`; Redis and PostgreSQL take time from the
 //! server, so their runs use short leases and TTLs and poll with a deadline.
@@ -10,9 +14,9 @@ mod support;
 
 use support::Backend;
 
-macro_rules! conformance {
+macro_rules! layer_conformance {
     ($make:path) => {
-        conformance!(@tests $make;
+        layer_conformance!(@tests $make;
             t01_new_key_runs_once_and_replays,
             t01b_client_errors_are_stored,
             t02_concurrent_duplicates_run_once,
@@ -44,17 +48,92 @@ macro_rules! conformance {
 
 mod memory {
     use super::*;
-    conformance!(Backend::memory);
+    layer_conformance!(Backend::memory);
+
+    #[cfg(feature = "conformance")]
+    mod store {
+        use std::sync::Arc;
+
+        use dreamnet_common::ManualClock;
+        use dreamnet_idempotency::{conformance::Harness, idempotency_store_tests, MemoryStore};
+
+        async fn memory() -> Option<Harness> {
+            let clock = ManualClock::new(1_700_000_000_000);
+            let store = MemoryStore::builder()
+                .clock(Arc::new(clock.clone()))
+                .build();
+            Some(Harness::new(store.clone()).replica(store).clock(clock))
+        }
+
+        idempotency_store_tests!(memory);
+    }
 }
 
 #[cfg(feature = "redis")]
 mod redis {
     use super::*;
-    conformance!(Backend::redis);
+    layer_conformance!(Backend::redis);
+
+    #[cfg(feature = "conformance")]
+    mod store {
+        use dreamnet_idempotency::{conformance::Harness, idempotency_store_tests, RedisStore};
+
+        async fn redis() -> Option<Harness> {
+            let mut raw = dreamnet_test_support::redis_connection().await?;
+            let url = dreamnet_test_support::redis_url();
+            let prefix = dreamnet_test_support::unique_prefix("idem-store");
+            let connect = || RedisStore::builder(&url).prefix(&prefix).connect();
+            let store = connect().await.expect("redis answered the fixture");
+            let replica = connect().await.expect("second connection");
+            let cleanup = async move {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{prefix}*"))
+                    .query_async(&mut raw)
+                    .await
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut raw).await;
+                }
+            };
+            Some(Harness::new(store).replica(replica).cleanup(cleanup))
+        }
+
+        idempotency_store_tests!(redis);
+    }
 }
 
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
-    conformance!(Backend::postgres);
+    layer_conformance!(Backend::postgres);
+
+    #[cfg(feature = "conformance")]
+    mod store {
+        use dreamnet_idempotency::{conformance::Harness, idempotency_store_tests, PostgresStore};
+
+        async fn postgres() -> Option<Harness> {
+            let pool = dreamnet_test_support::pg_pool().await?;
+            let schema = dreamnet_test_support::unique_schema("idem_store");
+            let store = PostgresStore::builder_with_pool(pool.clone())
+                .schema(&schema)
+                .connect()
+                .await
+                .expect("store");
+            let replica = PostgresStore::builder(&dreamnet_test_support::database_url())
+                .schema(&schema)
+                .connect()
+                .await
+                .expect("replica store");
+            let cleanup = async move {
+                if let Ok(admin) = pool.get().await {
+                    let _ = admin
+                        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+                        .await;
+                }
+            };
+            Some(Harness::new(store).replica(replica).cleanup(cleanup))
+        }
+
+        idempotency_store_tests!(postgres);
+    }
 }

@@ -1,30 +1,13 @@
 //! The DeployKeeper log lines, as `tracing` events with structured fields.
 #![allow(missing_docs)]
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-};
-
 use bytes::Bytes;
 use dreamnet_idempotency::IdempotencyLayer;
+use dreamnet_test_support::logs::Capture;
 use dreamnet_trace_id::TraceContext;
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn request(trace: &str) -> Request<Full<Bytes>> {
     let mut request = Request::post("/charges")
@@ -37,14 +20,7 @@ fn request(trace: &str) -> Request<Full<Bytes>> {
 
 #[tokio::test]
 async fn new_and_duplicate_lines_carry_key_trace_digest_and_original() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = Capture::json(tracing::Level::INFO);
 
     let svc = ServiceBuilder::new()
         .layer(IdempotencyLayer::default())
@@ -54,11 +30,7 @@ async fn new_and_duplicate_lines_carry_key_trace_digest_and_original() {
     svc.clone().oneshot(request("trace-first")).await.unwrap();
     svc.clone().oneshot(request("trace-retry")).await.unwrap();
 
-    let output = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-    let events: Vec<serde_json::Value> = output
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let events = capture.events();
     let new = events
         .iter()
         .find(|e| e["fields"]["status"] == "NEW")

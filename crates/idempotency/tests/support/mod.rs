@@ -17,9 +17,12 @@ use std::{
 use bytes::Bytes;
 use dreamnet_common::ManualClock;
 use dreamnet_idempotency::{
-    Claim, ClaimRequest, Completion, FencingToken, IdempotencyLayer, IdempotencyStore, MemoryStore,
-    StoreError, StoreFuture, StoredResponse,
+    store::{
+        Claim, ClaimRequest, Completion, FencingToken, StoreError, StoreFuture, StoredResponse,
+    },
+    IdempotencyLayer, IdempotencyStore, MemoryStore,
 };
+pub use dreamnet_test_support::{eventually, unique_prefix as unique};
 use http::{Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use tokio::sync::Semaphore;
@@ -67,15 +70,14 @@ impl Backend {
     #[cfg(feature = "redis")]
     pub async fn redis() -> Option<Self> {
         use dreamnet_idempotency::RedisStore;
-        let url = dreamnet_common::backends::redis_url();
-        let prefix = format!("{}:", unique("dreamnet-test-idem"));
-        let store = match RedisStore::builder(&url).prefix(&prefix).connect().await {
-            Ok(store) => store,
-            Err(err) => {
-                dreamnet_common::backends::unavailable("redis", &err);
-                return None;
-            }
-        };
+        let raw = dreamnet_test_support::redis_connection().await?;
+        let url = dreamnet_test_support::redis_url();
+        let prefix = unique("idem");
+        let store = RedisStore::builder(&url)
+            .prefix(&prefix)
+            .connect()
+            .await
+            .expect("redis answered the fixture");
         let replica = RedisStore::builder(&url)
             .prefix(&prefix)
             .connect()
@@ -85,11 +87,6 @@ impl Backend {
             .prefix(&prefix)
             .connect_lazy()
             .expect("valid URL");
-        let client = redis::Client::open(url.as_str()).expect("valid URL");
-        let raw = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("raw connection");
         let keys = store.clone();
         let corrupt_conn = raw.clone();
         let corrupt = move |scope: String, key: String, variant: usize| -> BoxFut {
@@ -139,16 +136,10 @@ impl Backend {
     #[cfg(feature = "postgres")]
     pub async fn postgres() -> Option<Self> {
         use dreamnet_idempotency::PostgresStore;
-        let url = dreamnet_common::backends::database_url();
-        let (admin, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-            Ok(pair) => pair,
-            Err(err) => {
-                dreamnet_common::backends::unavailable("postgresql", &err);
-                return None;
-            }
-        };
-        tokio::spawn(connection);
-        let schema = unique("t_idem").replace('-', "_");
+        let pool = dreamnet_test_support::pg_pool().await?;
+        let url = dreamnet_test_support::database_url();
+        let admin = pool.get().await.expect("a pooled connection");
+        let schema = dreamnet_test_support::unique_schema("idem");
         admin
             .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
             .await
@@ -390,29 +381,4 @@ where
         parts.headers,
         String::from_utf8_lossy(&body).into_owned(),
     )
-}
-
-/// A random suffix so parallel tests (and other engineers' tests) never share keys.
-pub fn unique(prefix: &str) -> String {
-    use std::hash::{BuildHasher, RandomState};
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let random = RandomState::new().hash_one((n, std::process::id()));
-    format!("{prefix}-{random:016x}")
-}
-
-/// Polls `check` until it returns `Some`, or panics after `deadline`.
-pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
