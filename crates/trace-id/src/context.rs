@@ -1,4 +1,7 @@
-use crate::traceparent::{w3c_span_id, w3c_trace_id};
+use crate::{
+    traceparent::{w3c_span_id, w3c_trace_id, TraceFlags, Traceparent},
+    tracestate::TraceState,
+};
 use std::{future::Future, sync::Arc};
 
 tokio::task_local! {
@@ -8,9 +11,24 @@ tokio::task_local! {
 
 /// The trace a request belongs to, stored in the request's extensions by the trace-id layer.
 ///
-/// Handlers and inner layers read it with
-/// `request.extensions().get::<TraceContext>()`; [`TraceContext::child`] makes the context of
-/// a nested operation (same trace id, new span id, this span as parent).
+/// Two ids name the trace, and most of the time they are the same trace:
+///
+/// - [`trace_id`](Self::trace_id), the **correlation id**: the `X-Trace-Id` value that logs,
+///   problem+json bodies and the `X-Trace-Id` response header carry (an incoming valid
+///   `X-Trace-Id`, else the `traceparent` trace id, else a generated id);
+/// - the **W3C part**: [`w3c_trace_id`](Self::w3c_trace_id),
+///   [`parent_span_id`](Self::parent_span_id), [`trace_flags`](Self::trace_flags) and
+///   [`tracestate`](Self::tracestate), continued from a valid incoming `traceparent` and sent
+///   on in outbound `traceparent` / `tracestate`. Without one, the W3C trace id is the
+///   [W3C form](crate::w3c_trace_id) of the correlation id.
+///
+/// When a request brings a valid `X-Trace-Id` and a valid `traceparent` of another trace,
+/// both are kept: the correlation id is the `X-Trace-Id`, the W3C part continues the
+/// `traceparent` (see the [crate documentation](crate) for the table).
+///
+/// Handlers and inner layers read it with [`TraceContext::from_extensions`];
+/// [`TraceContext::child`] makes the context of a nested operation (same trace, new span
+/// id, this span as parent).
 ///
 /// ```
 /// use dreamnet_trace_id::TraceContext;
@@ -26,19 +44,45 @@ pub struct TraceContext {
     trace_id: Arc<str>,
     span_id: Arc<str>,
     parent_span_id: Option<Arc<str>>,
+    w3c: W3c,
+}
+
+/// The W3C Trace Context part of a [`TraceContext`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct W3c {
+    /// The continued W3C trace id when it is not the correlation id itself; `None` means
+    /// "the W3C form of the correlation id" (no allocation in the common cases).
+    trace_id: Option<Arc<str>>,
+    flags: TraceFlags,
+    tracestate: Option<TraceState>,
+}
+
+impl W3c {
+    /// A trace this service starts: sampled (the request's logs are recorded), no state.
+    const fn root() -> Self {
+        Self {
+            trace_id: None,
+            flags: TraceFlags::SAMPLED,
+            tracestate: None,
+        }
+    }
 }
 
 impl TraceContext {
     /// A root context for `trace_id` with a fresh span id and no parent.
+    ///
+    /// The W3C trace id is the [W3C form](crate::w3c_trace_id) of `trace_id`, the flags are
+    /// [`TraceFlags::SAMPLED`], there is no `tracestate`.
     pub fn new(trace_id: impl Into<Arc<str>>) -> Self {
         Self {
             trace_id: trace_id.into(),
             span_id: new_span_id(),
             parent_span_id: None,
+            w3c: W3c::root(),
         }
     }
 
-    /// A context with every part given (e.g. continued from a W3C `traceparent`).
+    /// A context with every id given, W3C part as in [`TraceContext::new`].
     pub fn from_parts(
         trace_id: impl Into<Arc<str>>,
         span_id: impl Into<Arc<str>>,
@@ -48,10 +92,62 @@ impl TraceContext {
             trace_id: trace_id.into(),
             span_id: span_id.into(),
             parent_span_id,
+            w3c: W3c::root(),
         }
     }
 
-    /// The trace id shared by every span of the trace (the `X-Trace-Id` value).
+    /// The context of a request that continues the W3C trace of `traceparent`: a fresh span
+    /// id whose parent is the caller's, the caller's trace id and flags, and `tracestate`.
+    /// `trace_id` is the correlation id (the `traceparent` trace id itself, or an
+    /// `X-Trace-Id`).
+    ///
+    /// ```
+    /// use dreamnet_trace_id::{TraceContext, TraceState, Traceparent};
+    ///
+    /// let tp = Traceparent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
+    /// let state = TraceState::parse("congo=t61rcWkgMzE").unwrap();
+    /// let ctx = TraceContext::from_traceparent("checkout-42", &tp, state);
+    /// assert_eq!(ctx.trace_id(), "checkout-42");
+    /// assert_eq!(ctx.w3c_trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    /// assert_eq!(ctx.parent_span_id(), Some("00f067aa0ba902b7"));
+    /// assert!(!ctx.trace_flags().sampled());
+    /// assert_eq!(ctx.tracestate().unwrap().as_str(), "congo=t61rcWkgMzE");
+    /// ```
+    pub fn from_traceparent(
+        trace_id: impl Into<Arc<str>>,
+        traceparent: &Traceparent<'_>,
+        tracestate: Option<TraceState>,
+    ) -> Self {
+        let trace_id = trace_id.into();
+        let w3c_trace_id =
+            (*trace_id != *traceparent.trace_id()).then(|| Arc::from(traceparent.trace_id()));
+        Self {
+            trace_id,
+            span_id: new_span_id(),
+            parent_span_id: Some(Arc::from(traceparent.parent_id())),
+            w3c: W3c {
+                trace_id: w3c_trace_id,
+                flags: traceparent.trace_flags(),
+                tracestate,
+            },
+        }
+    }
+
+    /// This context with other trace flags (e.g. a sampling decision of this service).
+    #[must_use]
+    pub fn with_trace_flags(mut self, flags: TraceFlags) -> Self {
+        self.w3c.flags = flags;
+        self
+    }
+
+    /// This context with another `tracestate` (e.g. with this service's own entry added).
+    #[must_use]
+    pub fn with_tracestate(mut self, tracestate: Option<TraceState>) -> Self {
+        self.w3c.tracestate = tracestate;
+        self
+    }
+
+    /// The correlation id: the `X-Trace-Id` value, shared by every span of the trace.
     pub fn trace_id(&self) -> &str {
         &self.trace_id
     }
@@ -61,9 +157,28 @@ impl TraceContext {
         &self.span_id
     }
 
-    /// The id of the span this one was started from, if any.
+    /// The id of the span this one was started from, if any (for a continued W3C trace,
+    /// the caller's `parent-id`).
     pub fn parent_span_id(&self) -> Option<&str> {
         self.parent_span_id.as_deref()
+    }
+
+    /// The W3C trace flags sent on in `traceparent`.
+    #[must_use]
+    pub fn trace_flags(&self) -> TraceFlags {
+        self.w3c.flags
+    }
+
+    /// The validated `tracestate` sent on with `traceparent`, if any.
+    #[must_use]
+    pub fn tracestate(&self) -> Option<&TraceState> {
+        self.w3c.tracestate.as_ref()
+    }
+
+    /// The continued W3C trace id when it differs from the correlation id (the span's
+    /// `w3c_trace_id` field).
+    pub(crate) fn distinct_w3c_trace_id(&self) -> Option<&str> {
+        self.w3c.trace_id.as_deref()
     }
 
     /// The context of a nested operation: same trace, a new span, this span as its parent.
@@ -73,6 +188,7 @@ impl TraceContext {
             trace_id: Arc::clone(&self.trace_id),
             span_id: new_span_id(),
             parent_span_id: Some(Arc::clone(&self.span_id)),
+            w3c: self.w3c.clone(),
         }
     }
 }
@@ -132,30 +248,45 @@ impl TraceContext {
         CURRENT.scope(self, future)
     }
 
+    /// A child of the current context, if any, without cloning the current one first.
+    pub(crate) fn current_child() -> Option<Self> {
+        CURRENT.try_with(Self::child).ok()
+    }
+
     /// Runs `f` with this context as [`TraceContext::current`].
     pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
         CURRENT.sync_scope(self, f)
     }
 
-    /// The trace id in W3C form (32 lowercase hex digits, not all zero).
+    /// The W3C trace id (32 lowercase hex digits, not all zero) of outbound `traceparent`s.
     ///
-    /// A trace id that already has that form (any case) is returned in lower case; a
-    /// hyphenated UUID gives its 32 digits; any other id (e.g. a generated `timestamp-hex` id)
-    /// is mapped to the first 128 bits of its SHA-256, so the mapping is the same on every
-    /// service. See [`w3c_trace_id`](crate::w3c_trace_id).
+    /// The trace id continued from an incoming `traceparent`, else the
+    /// [W3C form](crate::w3c_trace_id) of the correlation id: a trace id that already has that
+    /// form (any case) in lower case, a hyphenated UUID's 32 digits, or for any other id
+    /// (e.g. a generated `timestamp-hex` id) the first 128 bits of its SHA-256, so the
+    /// mapping is the same on every service.
     #[must_use]
     pub fn w3c_trace_id(&self) -> std::borrow::Cow<'_, str> {
-        w3c_trace_id(&self.trace_id)
+        match &self.w3c.trace_id {
+            Some(id) => std::borrow::Cow::Borrowed(id),
+            None => w3c_trace_id(&self.trace_id),
+        }
     }
 
-    /// The W3C `traceparent` naming this span as the parent of an outbound call:
-    /// `00-<w3c trace id>-<span id>-01`.
+    /// The version-00 W3C `traceparent` naming this span as the parent of an outbound call:
+    /// `00-<w3c trace id>-<span id>-<flags>`.
+    ///
+    /// [`PropagateTraceLayer`](crate::PropagateTraceLayer) sends the `traceparent` of a
+    /// [`child`](Self::child) of the request's context, so every outbound call is a span of
+    /// its own.
     ///
     /// ```
-    /// use dreamnet_trace_id::{TraceContext, Traceparent};
+    /// use dreamnet_trace_id::{TraceContext, TraceFlags, Traceparent};
     ///
     /// let ctx = TraceContext::from_parts("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", None);
     /// assert_eq!(ctx.traceparent(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    /// let unsampled = ctx.with_trace_flags(TraceFlags::NONE);
+    /// assert!(unsampled.traceparent().ends_with("-00"));
     ///
     /// // Non-W3C trace ids are mapped, so the header is always valid.
     /// let ctx = TraceContext::new("mbx2k9q1-3f9a0c1e77d24b6a");
@@ -165,12 +296,15 @@ impl TraceContext {
     pub fn traceparent(&self) -> String {
         let trace_id = self.w3c_trace_id();
         let span_id = w3c_span_id(&self.span_id);
+        let flags = self.w3c.flags.hex();
         let mut out = String::with_capacity(55);
         out.push_str("00-");
         out.push_str(&trace_id);
         out.push('-');
         out.push_str(&span_id);
-        out.push_str("-01");
+        out.push('-');
+        out.push(char::from(flags[0]));
+        out.push(char::from(flags[1]));
         out
     }
 }

@@ -12,7 +12,8 @@ use tower_layer::Layer;
 pub const X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
 /// `traceparent`, the W3C Trace Context header.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-/// `tracestate`, the W3C vendor-specific trace state, only meaningful with a valid `traceparent`.
+/// `tracestate`, the W3C vendor-specific trace state, only meaningful with a valid `traceparent`
+/// (see [`TraceState`](crate::TraceState)).
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The header names the layer reads and writes.
@@ -90,8 +91,8 @@ impl<M> TraceIdLayer<M> {
         self
     }
 
-    /// The W3C trace state header removed when the trace context is invalid (default
-    /// `tracestate`).
+    /// The W3C trace state header, read with a valid `traceparent`, removed from the request
+    /// when it or the `traceparent` is invalid (default `tracestate`).
     #[must_use]
     pub fn tracestate_header(mut self, name: HeaderName) -> Self {
         self.names.tracestate = name;

@@ -43,28 +43,45 @@
 //!
 //! # Rules
 //!
-//! | request carries | trace id | parent span id |
-//! |---|---|---|
-//! | one `X-Trace-Id` of 1..=128 `[A-Za-z0-9._-]` | that value | a valid `traceparent`'s parent id, if its trace id is the [W3C form](w3c_trace_id) of that value |
-//! | no valid `X-Trace-Id`, one valid `traceparent` (version `00`, lowercase hex, ids not all zero, 55 chars) | its 32-hex trace id | its parent id |
-//! | neither | a new [`TimestampHex`] id (or your [`MakeTraceId`] policy's) | none |
+//! Two ids name a request's trace: the **correlation id** ([`TraceContext::trace_id`], the
+//! `X-Trace-Id` of requests, responses, logs and problem+json bodies) and the **W3C trace**
+//! ([`TraceContext::w3c_trace_id`], parent span id, [`TraceFlags`], [`TraceState`]), which
+//! continues a valid `traceparent` whenever there is one, so W3C continuation never breaks:
 //!
-//! - A rejected `X-Trace-Id` is never echoed nor logged: a `debug` event records its length
-//!   only, and the request's header is replaced by the effective id before inner services
-//!   see it.
-//! - Without a valid `traceparent` (absent, invalid, or sent twice), `tracestate` is removed
-//!   from the request, as W3C Trace Context requires.
+//! | `X-Trace-Id` | `traceparent` | correlation id | W3C trace id | parent span id | flags out | `tracestate` out |
+//! |---|---|---|---|---|---|---|
+//! | valid | valid (same or another trace) | the `X-Trace-Id` | the `traceparent`'s | its parent-id | as received | validated, forwarded |
+//! | valid | absent / invalid | the `X-Trace-Id` | [W3C form](w3c_trace_id) of it | none | `01` | dropped |
+//! | absent / invalid / repeated | valid | the `traceparent` trace id | the same | its parent-id | as received | validated, forwarded |
+//! | absent / invalid / repeated | absent / invalid | new [`TimestampHex`] id (or your [`MakeTraceId`] policy's) | W3C form of it | none | `01` | dropped |
+//!
+//! - Valid `X-Trace-Id`: exactly one field of 1..=128 `[A-Za-z0-9._-]`. A rejected one is
+//!   never echoed nor logged: a `debug` event records its length only, and the request's
+//!   header is replaced by the effective id before inner services see it.
+//! - Valid `traceparent` ([`Traceparent`]): one field; version `00` exactly 55 characters;
+//!   a future version `01`..`fe` parsed by the version-00 fields, longer only when
+//!   character 56 is `-`; `ff`, upper case, all-zero ids invalid; surrounding whitespace
+//!   ignored. Flags: `sampled` and `random` are kept, reserved bits cleared. Outbound it is
+//!   always version `00`.
+//! - `tracestate` ([`TraceState`]): only read with a valid `traceparent`; several fields
+//!   combined in order; whitespace and empty list-members ignored; key and value grammar
+//!   checked; at most 32 list-members; a duplicate key keeps its left-most entry; any
+//!   invalid list-member drops the whole `tracestate`. Dropped (also when `traceparent` is
+//!   absent or invalid), it is removed from the request and a `debug` event says why,
+//!   never with the value.
 //! - Every response of the inner service, including another layer's rejection, gets the
 //!   `X-Trace-Id` header (replacing any value the inner service set). An `Err` from the
 //!   inner service has no response to carry it; keep rejections as responses.
-//! - A [`TraceContext`] (trace id, new span id, parent span id) is inserted into the
-//!   request's extensions and is [`TraceContext::current`] while the inner future is polled.
+//! - A [`TraceContext`] (ids, new span id, W3C part) is inserted into the request's
+//!   extensions and is [`TraceContext::current`] while the inner future is polled.
 //! - The inner future runs inside an `info`-level `request` span with the fields `method`,
-//!   `path`, `trace_id`, `span_id`, `parent_span_id` and `trace_source` (`header`,
-//!   `traceparent` or `generated`). With the span disabled no field is evaluated.
+//!   `path`, `trace_id`, `span_id`, `parent_span_id`, `w3c_trace_id` (only when it is not
+//!   the correlation id) and `trace_source` (`header`, `traceparent` or `generated`). With
+//!   the span disabled no field is evaluated.
 //!
-//! [`PropagateTraceLayer`] is the client side: it writes `X-Trace-Id` and `traceparent` into
-//! outbound requests from the current context.
+//! [`PropagateTraceLayer`] is the client side: each outbound request is a child span of the
+//! current context and carries `X-Trace-Id`, `traceparent` (version `00`, the call's span as
+//! parent-id, the flags kept) and the `tracestate`.
 
 mod context;
 mod future;
@@ -73,6 +90,7 @@ mod layer;
 mod propagate;
 mod service;
 mod traceparent;
+mod tracestate;
 
 pub use context::TraceContext;
 pub use future::ResponseFuture;
@@ -80,7 +98,8 @@ pub use id::{is_valid_trace_id, MakeTraceId, TimestampHex, MAX_TRACE_ID_LEN};
 pub use layer::{TraceIdLayer, TRACEPARENT, TRACESTATE, X_TRACE_ID};
 pub use propagate::{PropagateTrace, PropagateTraceLayer};
 pub use service::TraceId;
-pub use traceparent::{w3c_trace_id, Traceparent};
+pub use traceparent::{w3c_trace_id, TraceFlags, Traceparent};
+pub use tracestate::{TraceState, TraceStateError, MAX_TRACESTATE_MEMBERS};
 
 #[cfg(test)]
 mod tests;

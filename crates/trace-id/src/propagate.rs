@@ -3,7 +3,7 @@
 use crate::{
     context::TraceContext,
     id::is_valid_trace_id,
-    layer::{TRACEPARENT, X_TRACE_ID},
+    layer::{TRACEPARENT, TRACESTATE, X_TRACE_ID},
 };
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
@@ -11,30 +11,38 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// Adds the current trace to outbound requests: `X-Trace-Id` and a W3C `traceparent`.
+/// Adds the current trace to outbound requests: `X-Trace-Id`, a W3C `traceparent` and
+/// `tracestate`, with a new span per request.
 ///
 /// For a tower-based HTTP client (hyper-util's legacy client, a reqwest/tower stack, a
-/// tonic channel). The context is the request's own [`TraceContext`] extension if it has
-/// one, else [`TraceContext::current`] (the request being served, set by
+/// tonic channel). The parent context is the request's own [`TraceContext`] extension if it
+/// has one, else [`TraceContext::current`] (the request being served, set by
 /// [`TraceIdLayer`](crate::TraceIdLayer)); without either, the request is sent unchanged.
 ///
-/// - `X-Trace-Id` carries the trace id itself (so `timestamp-hex` ids survive the hop);
-/// - `traceparent` is `00-<w3c trace id>-<span id>-01`, naming the current span as the
-///   parent. A trace id that is not 32 hex digits is mapped deterministically (see
-///   [`w3c_trace_id`](crate::w3c_trace_id)), so the header is always valid W3C and the
-///   next service recognises it as the same trace.
+/// Each request sent is a **child span** of that context ([`TraceContext::child`]): three
+/// calls made while serving one request carry three different `traceparent` parent-ids,
+/// each a child of the request's span. The child replaces the request's `TraceContext`
+/// extension, so inner client layers can log the call's span.
 ///
-/// Both headers are replaced if already present, so they never disagree.
+/// - `X-Trace-Id` carries the correlation id (so `timestamp-hex` ids survive the hop);
+/// - `traceparent` is `00-<w3c trace id>-<call span id>-<flags>`: the W3C trace continued
+///   from the incoming `traceparent` (flags as received, so "not sampled" stays `00`), else
+///   the [W3C form](crate::w3c_trace_id) of the correlation id with flags `01`; always
+///   version `00`, whatever version came in;
+/// - `tracestate` is the validated incoming `tracestate`, as stored (no re-serialization).
+///
+/// The three headers are replaced if already present, and a stale `tracestate` is removed
+/// when the context has none, so they never disagree.
 ///
 /// ```
-/// use dreamnet_trace_id::{PropagateTraceLayer, TraceContext};
+/// use dreamnet_trace_id::{PropagateTraceLayer, TraceContext, Traceparent};
 /// use http::{Request, Response};
 /// use std::convert::Infallible;
 /// use tower::{service_fn, ServiceBuilder, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// // Stands in for an HTTP client: answers with the headers it was sent.
+/// // Stands in for an HTTP client: answers with the headers it was asked to send.
 /// let client = ServiceBuilder::new()
 ///     .layer(PropagateTraceLayer::new())
 ///     .service(service_fn(|req: Request<()>| async move {
@@ -49,36 +57,59 @@ use tower_service::Service;
 ///     .unwrap()
 ///     .into_body();
 /// assert_eq!(sent["x-trace-id"], "mbx2k9q1-3f9a0c1e77d24b6a");
-/// assert_eq!(sent["traceparent"], ctx.traceparent().as_str());
+/// let tp = Traceparent::parse(sent["traceparent"].to_str().unwrap()).unwrap();
+/// assert_eq!(tp.trace_id(), ctx.w3c_trace_id());
+/// assert_ne!(tp.parent_id(), ctx.span_id(), "a child span per call");
 /// # }
 /// ```
 #[derive(Clone, Debug)]
 pub struct PropagateTraceLayer {
-    trace_id_header: HeaderName,
-    traceparent_header: HeaderName,
+    names: OutboundNames,
+}
+
+/// The header names the client layer writes.
+#[derive(Clone, Debug)]
+struct OutboundNames {
+    trace_id: HeaderName,
+    traceparent: HeaderName,
+    tracestate: HeaderName,
+}
+
+impl OutboundNames {
+    const DEFAULT: Self = Self {
+        trace_id: X_TRACE_ID,
+        traceparent: TRACEPARENT,
+        tracestate: TRACESTATE,
+    };
 }
 
 impl PropagateTraceLayer {
-    /// A layer writing `x-trace-id` and `traceparent`.
+    /// A layer writing `x-trace-id`, `traceparent` and `tracestate`.
     #[must_use]
     pub fn new() -> Self {
         Self {
-            trace_id_header: X_TRACE_ID,
-            traceparent_header: TRACEPARENT,
+            names: OutboundNames::DEFAULT,
         }
     }
 
-    /// The header carrying the trace id (default `x-trace-id`).
+    /// The header carrying the correlation id (default `x-trace-id`).
     #[must_use]
     pub fn trace_id_header(mut self, name: HeaderName) -> Self {
-        self.trace_id_header = name;
+        self.names.trace_id = name;
         self
     }
 
     /// The W3C trace context header (default `traceparent`).
     #[must_use]
     pub fn traceparent_header(mut self, name: HeaderName) -> Self {
-        self.traceparent_header = name;
+        self.names.traceparent = name;
+        self
+    }
+
+    /// The W3C trace state header (default `tracestate`).
+    #[must_use]
+    pub fn tracestate_header(mut self, name: HeaderName) -> Self {
+        self.names.tracestate = name;
         self
     }
 }
@@ -152,51 +183,64 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let values = match TraceContext::from_extensions(request.extensions()) {
-            Some(context) => Some(header_values(context)),
-            None => TraceContext::current().as_ref().map(header_values),
+        let call = match TraceContext::from_extensions(request.extensions()) {
+            Some(parent) => Some(parent.child()),
+            None => TraceContext::current_child(),
         };
-        if let Some((trace_id, traceparent)) = values {
-            let headers = request.headers_mut();
-            headers.insert(&self.config.trace_id_header, trace_id);
-            headers.insert(&self.config.traceparent_header, traceparent);
+        if let Some(call) = call {
+            write_headers(&call, request.headers_mut(), &self.config.names);
+            request.extensions_mut().insert(call);
         }
         self.inner.call(request)
     }
 }
 
-/// `(X-Trace-Id, traceparent)` values for `context`.
-fn header_values(context: &TraceContext) -> (HeaderValue, HeaderValue) {
+/// Writes the headers naming `context`'s span as the parent of the request.
+fn write_headers(context: &TraceContext, headers: &mut HeaderMap, names: &OutboundNames) {
     // A context built by hand may hold any string: only an allow-listed id is sent as is.
     let trace_id = if is_valid_trace_id(context.trace_id()) {
         context.trace_id().to_owned()
     } else {
         context.w3c_trace_id().into_owned()
     };
-    (
+    headers.insert(
+        &names.trace_id,
         HeaderValue::from_maybe_shared(Bytes::from(trace_id))
             .expect("a valid trace id is a valid header value"),
+    );
+    headers.insert(
+        &names.traceparent,
         HeaderValue::from_maybe_shared(Bytes::from(context.traceparent()))
             .expect("a traceparent is a valid header value"),
-    )
+    );
+    match context.tracestate() {
+        Some(state) => {
+            headers.insert(&names.tracestate, state.header_value().clone());
+        }
+        None => {
+            headers.remove(&names.tracestate);
+        }
+    }
 }
 
 impl TraceContext {
-    /// Writes `X-Trace-Id` and `traceparent` for this context into `headers`, for clients
-    /// that are not tower services (the same values as [`PropagateTraceLayer`]).
+    /// Writes `X-Trace-Id`, `traceparent` and `tracestate` for this context into `headers`,
+    /// for clients that are not tower services, naming **this** span as the parent.
+    ///
+    /// [`PropagateTraceLayer`] sends a child span per request; do the same with
+    /// `ctx.child().inject_headers(...)`.
     ///
     /// ```
     /// use dreamnet_trace_id::TraceContext;
     ///
     /// let ctx = TraceContext::new("order-7");
     /// let mut headers = http::HeaderMap::new();
-    /// ctx.inject_headers(&mut headers);
+    /// ctx.child().inject_headers(&mut headers);
     /// assert_eq!(headers["x-trace-id"], "order-7");
     /// assert!(headers["traceparent"].to_str().unwrap().starts_with("00-"));
+    /// assert!(!headers.contains_key("tracestate"));
     /// ```
     pub fn inject_headers(&self, headers: &mut HeaderMap) {
-        let (trace_id, traceparent) = header_values(self);
-        headers.insert(X_TRACE_ID, trace_id);
-        headers.insert(TRACEPARENT, traceparent);
+        write_headers(self, headers, &OutboundNames::DEFAULT);
     }
 }

@@ -1,11 +1,12 @@
 //! [`TraceId`]: the server-side service.
 
 use crate::{
-    context::{new_span_id, TraceContext},
+    context::TraceContext,
     future::ResponseFuture,
     id::{is_valid_trace_id, valid_trace_id, MakeTraceId, TimestampHex},
     layer::{Shared, TraceIdLayer},
-    traceparent::{w3c_trace_id, Traceparent},
+    traceparent::Traceparent,
+    tracestate::{TraceState, TraceStateError},
 };
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
@@ -103,17 +104,25 @@ enum Rejected {
     Repeated,
 }
 
+/// Why the request's `tracestate` was dropped. Never holds the value itself.
+#[derive(Clone, Copy, Debug)]
+enum DroppedState {
+    NoTraceparent,
+    Invalid(TraceStateError),
+}
+
 struct Resolved {
     context: TraceContext,
     header: HeaderValue,
     source: Source,
     rejected: Option<Rejected>,
-    drop_tracestate: bool,
+    dropped_state: Option<DroppedState>,
 }
 
 fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resolved {
+    let names = &shared.names;
     let headers = request.headers();
-    let mut values = headers.get_all(&shared.names.trace_id).iter();
+    let mut values = headers.get_all(&names.trace_id).iter();
     let (incoming, rejected) = match (values.next(), values.next()) {
         (None, _) => (None, None),
         (Some(value), None) => match valid_trace_id(value) {
@@ -123,40 +132,56 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
         // Intermediaries disagree on which of several values counts: use none of them.
         (Some(_), Some(_)) => (None, Some(Rejected::Repeated)),
     };
-    let traceparent = Traceparent::from_headers(headers, &shared.names.traceparent);
-    let drop_tracestate = traceparent.is_none() && headers.contains_key(&shared.names.tracestate);
 
-    let (trace_id, header, parent, source): (Arc<str>, HeaderValue, Option<Arc<str>>, Source) =
-        if let Some((id, value)) = incoming {
-            // The caller's span is our parent only if its traceparent names the same trace
-            // (our own client layer sends the W3C form of X-Trace-Id there).
-            let parent = traceparent
-                .filter(|tp| tp.trace_id() == w3c_trace_id(id))
-                .map(|tp| Arc::from(tp.parent_id()));
-            (Arc::from(id), value.clone(), parent, Source::Header)
-        } else if let Some(tp) = traceparent {
+    // W3C: tracestate is only parsed after a valid traceparent, and an invalid traceparent
+    // takes its tracestate with it; an invalid tracestate does not affect traceparent.
+    let traceparent = Traceparent::from_headers(headers, &names.traceparent);
+    let (tracestate, dropped_state) = match traceparent {
+        Some(_) => match TraceState::from_headers(headers, &names.tracestate) {
+            Ok(state) => (state, None),
+            Err(error) => (None, Some(DroppedState::Invalid(error))),
+        },
+        None => (
+            None,
+            headers
+                .contains_key(&names.tracestate)
+                .then_some(DroppedState::NoTraceparent),
+        ),
+    };
+
+    let (context, header, source) = match (incoming, traceparent) {
+        // The traceparent continues the W3C trace (even of another trace id), X-Trace-Id
+        // stays the correlation id.
+        (Some((id, value)), Some(tp)) => (
+            TraceContext::from_traceparent(id, &tp, tracestate),
+            value.clone(),
+            Source::Header,
+        ),
+        (Some((id, value)), None) => (TraceContext::new(id), value.clone(), Source::Header),
+        (None, Some(tp)) => {
             let header = HeaderValue::from_str(tp.trace_id())
                 .expect("32 lowercase hex digits are a valid header value");
             (
-                Arc::from(tp.trace_id()),
+                TraceContext::from_traceparent(tp.trace_id(), &tp, tracestate),
                 header,
-                Some(Arc::from(tp.parent_id())),
                 Source::Traceparent,
             )
-        } else {
+        }
+        (None, None) => {
             let id = generate(&*shared.make, request);
-            let trace_id = Arc::from(id.as_str());
+            let context = TraceContext::new(id.as_str());
             let header = HeaderValue::from_maybe_shared(Bytes::from(id))
                 .expect("a valid trace id is a valid header value");
-            (trace_id, header, None, Source::Generated)
-        };
+            (context, header, Source::Generated)
+        }
+    };
 
     Resolved {
-        context: TraceContext::from_parts(trace_id, new_span_id(), parent),
+        context,
         header,
         source,
         rejected,
-        drop_tracestate,
+        dropped_state,
     }
 }
 
@@ -194,7 +219,7 @@ where
             header,
             source,
             rejected,
-            drop_tracestate,
+            dropped_state,
         } = resolve(&self.shared, &request);
 
         // Inner layers and handlers see the effective id, never a rejected one.
@@ -203,7 +228,7 @@ where
                 .headers_mut()
                 .insert(&names.trace_id, header.clone());
         }
-        if drop_tracestate {
+        if dropped_state.is_some() {
             request.headers_mut().remove(&names.tracestate);
         }
 
@@ -215,6 +240,7 @@ where
             trace_id = context.trace_id(),
             span_id = context.span_id(),
             parent_span_id = context.parent_span_id(),
+            w3c_trace_id = context.distinct_w3c_trace_id(),
             trace_source = source.as_str(),
         );
         request.extensions_mut().insert(context.clone());
@@ -233,8 +259,14 @@ where
                 ),
                 None => {}
             }
-            if drop_tracestate {
-                tracing::debug!("dropped tracestate: no valid traceparent");
+            match dropped_state {
+                Some(DroppedState::NoTraceparent) => {
+                    tracing::debug!("dropped tracestate: no valid traceparent");
+                }
+                Some(DroppedState::Invalid(error)) => {
+                    tracing::debug!(%error, "dropped an invalid tracestate");
+                }
+                None => {}
             }
             context.clone().sync_scope(|| self.inner.call(request))
         };

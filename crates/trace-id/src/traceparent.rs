@@ -4,12 +4,22 @@ use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 
-/// A parsed, valid W3C `traceparent` header (version `00`).
+/// A parsed, valid W3C `traceparent` header, of version `00` or a future version.
 ///
-/// The only accepted form is `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, exactly
-/// 55 characters, all hex digits lowercase, with neither id all zeros. Anything else
-/// (another version, `ff`, upper case, extra fields, surrounding spaces) is invalid; the layer
-/// then ignores the header and drops `tracestate`, as the W3C recommendation requires.
+/// The rules of W3C Trace Context (section "Versioning of traceparent"):
+///
+/// - optional whitespace (spaces, tabs) around the value is ignored (RFC 9110 field values);
+/// - `version` is two lowercase hex digits followed by `-`; `ff` is invalid;
+/// - version `00` is exactly `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`,
+///   55 characters;
+/// - a higher version (`01`..`fe`) is parsed by the same fields from its first 55
+///   characters; it may be longer only if character 56 is `-` (fields a future version
+///   appends, never looked at);
+/// - hex digits are lowercase; neither id may be all zeros.
+///
+/// Anything else is invalid: the layer then ignores the header and drops `tracestate`, as
+/// the recommendation requires. The outbound header is always version `00`, built from
+/// these fields ([`TraceContext::traceparent`](crate::TraceContext::traceparent)).
 ///
 /// ```
 /// use dreamnet_trace_id::Traceparent;
@@ -18,10 +28,18 @@ use std::borrow::Cow;
 /// assert_eq!(tp.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
 /// assert_eq!(tp.parent_id(), "00f067aa0ba902b7");
 /// assert!(tp.sampled());
+///
+/// // A future version with an extra field is parsed by the version-00 fields.
+/// let future = Traceparent::parse("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-later").unwrap();
+/// assert_eq!(future.version(), 0xcc);
+/// assert!(!future.sampled());
+///
 /// assert!(Traceparent::parse("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none());
+/// assert!(Traceparent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x").is_none());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Traceparent<'a> {
+    version: u8,
     trace_id: &'a str,
     parent_id: &'a str,
     flags: u8,
@@ -31,26 +49,39 @@ pub struct Traceparent<'a> {
 const TRACEPARENT_LEN: usize = 55;
 
 impl<'a> Traceparent<'a> {
-    /// Parses a version-00 `traceparent` value; `None` when it is not valid.
+    /// Parses a `traceparent` value; `None` when it is not valid.
     #[must_use]
     pub fn parse(value: &'a str) -> Option<Self> {
+        let value = trim_ows(value);
         let b = value.as_bytes();
-        if b.len() != TRACEPARENT_LEN || &b[0..3] != b"00-" || b[35] != b'-' || b[52] != b'-' {
+        if b.len() < TRACEPARENT_LEN || b[2] != b'-' {
             return None;
         }
-        let trace_id = &value[3..35];
-        let parent_id = &value[36..52];
-        let flags = &value[53..55];
+        let version = lower_hex_byte(&b[0..2])?;
+        let length_ok = match version {
+            0xff => false,
+            0x00 => b.len() == TRACEPARENT_LEN,
+            // A future version may append fields, each introduced by a dash.
+            _ => b.len() == TRACEPARENT_LEN || b[TRACEPARENT_LEN] == b'-',
+        };
+        if !length_ok || b[35] != b'-' || b[52] != b'-' {
+            return None;
+        }
+        let flags = lower_hex_byte(&b[53..55])?;
+        // Slicing below must not split a character.
+        if !b[..TRACEPARENT_LEN].is_ascii() {
+            return None;
+        }
+        let (trace_id, parent_id) = (&value[3..35], &value[36..52]);
         if !is_lower_hex(trace_id)
             || !is_lower_hex(parent_id)
-            || !is_lower_hex(flags)
             || is_all_zero(trace_id)
             || is_all_zero(parent_id)
         {
             return None;
         }
-        let flags = u8::from_str_radix(flags, 16).ok()?;
         Some(Self {
+            version,
             trace_id,
             parent_id,
             flags,
@@ -68,6 +99,12 @@ impl<'a> Traceparent<'a> {
         Self::parse(value.to_str().ok()?)
     }
 
+    /// The version byte of the header as received (`0x00`..=`0xfe`).
+    #[must_use]
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
     /// The 32 lowercase hex digit trace id.
     #[must_use]
     pub fn trace_id(&self) -> &'a str {
@@ -80,16 +117,122 @@ impl<'a> Traceparent<'a> {
         self.parent_id
     }
 
-    /// The trace flags byte.
+    /// The trace flags byte as received, unknown bits included.
     #[must_use]
     pub fn flags(&self) -> u8 {
         self.flags
+    }
+
+    /// The flags this service carries on: the ones the recommendation defines, unknown bits
+    /// cleared (see [`TraceFlags::from_bits`]).
+    #[must_use]
+    pub fn trace_flags(&self) -> TraceFlags {
+        TraceFlags::from_bits(self.flags)
     }
 
     /// Whether the caller sampled this trace (flag bit 0).
     #[must_use]
     pub fn sampled(&self) -> bool {
         self.flags & 1 == 1
+    }
+}
+
+/// The `trace-flags` of a W3C trace: `sampled` (bit 0) and, from Trace Context Level 2,
+/// `random` (bit 1, the trace id's right-most 7 bytes are random).
+///
+/// Only those two bits are ever kept: the recommendation reserves the others and says
+/// vendors MUST set them to zero, and a future `traceparent` version's other flags are not
+/// to be interpreted. Incoming flags are carried to outbound calls unchanged otherwise, so a
+/// caller's "not sampled" (`00`) goes on as `00`.
+///
+/// ```
+/// use dreamnet_trace_id::TraceFlags;
+///
+/// let flags = TraceFlags::from_bits(0xff);
+/// assert_eq!(flags.bits(), 0x03);
+/// assert!(flags.sampled() && flags.random());
+/// assert_eq!(TraceFlags::SAMPLED.to_string(), "01");
+/// assert!(!TraceFlags::NONE.sampled());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TraceFlags(u8);
+
+impl TraceFlags {
+    /// No flag set (`00`): the caller did not record this trace.
+    pub const NONE: Self = Self(0);
+    /// The `sampled` flag (`01`).
+    pub const SAMPLED: Self = Self(0x01);
+    /// The Level 2 `random` flag (`02`).
+    pub const RANDOM: Self = Self(0x02);
+    /// The bits this crate knows; others are cleared.
+    const KNOWN: u8 = 0x03;
+
+    /// Flags from a `trace-flags` byte, with the reserved bits cleared.
+    #[must_use]
+    pub const fn from_bits(bits: u8) -> Self {
+        Self(bits & Self::KNOWN)
+    }
+
+    /// The flags byte.
+    #[must_use]
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// Whether the `sampled` bit is set.
+    #[must_use]
+    pub const fn sampled(self) -> bool {
+        self.0 & Self::SAMPLED.0 != 0
+    }
+
+    /// Whether the `random` bit is set.
+    #[must_use]
+    pub const fn random(self) -> bool {
+        self.0 & Self::RANDOM.0 != 0
+    }
+
+    /// These flags with `sampled` set or cleared.
+    #[must_use]
+    pub const fn with_sampled(self, sampled: bool) -> Self {
+        if sampled {
+            Self(self.0 | Self::SAMPLED.0)
+        } else {
+            Self(self.0 & !Self::SAMPLED.0)
+        }
+    }
+
+    /// The two lowercase hex digits of the `traceparent` field.
+    pub(crate) fn hex(self) -> [u8; 2] {
+        [
+            crate::id::HEX[usize::from(self.0 >> 4)],
+            crate::id::HEX[usize::from(self.0 & 0xf)],
+        ]
+    }
+}
+
+impl std::fmt::Display for TraceFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02x}", self.0)
+    }
+}
+
+/// `s` without the optional whitespace (spaces, horizontal tabs) of RFC 9110 around it.
+pub(crate) fn trim_ows(s: &str) -> &str {
+    s.trim_matches([' ', '\t'])
+}
+
+/// Two lowercase hex digits as a byte.
+fn lower_hex_byte(digits: &[u8]) -> Option<u8> {
+    fn nibble(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        }
+    }
+    match digits {
+        [hi, lo] => Some(nibble(*hi)? << 4 | nibble(*lo)?),
+        _ => None,
     }
 }
 
@@ -208,13 +351,18 @@ mod tests {
         let cases = [
             // versions
             tp("ff", TRACE, PARENT, "01"),
-            tp("01", TRACE, PARENT, "01"),
             tp("0", TRACE, PARENT, "01"),
             tp("000", TRACE, PARENT, "01"),
+            tp("0000", TRACE, PARENT, "01"),
+            tp(".0", TRACE, PARENT, "01"),
+            tp("0.", TRACE, PARENT, "01"),
+            tp("0A", TRACE, PARENT, "01"),
+            tp("CC", TRACE, PARENT, "01"),
             // wrong lengths
             tp("00", &TRACE[1..], PARENT, "01"),
             tp("00", &format!("{TRACE}0"), PARENT, "01"),
             tp("00", TRACE, &PARENT[1..], "01"),
+            tp("00", TRACE, &format!("{PARENT}0"), "01"),
             tp("00", TRACE, PARENT, "1"),
             tp("00", TRACE, PARENT, "001"),
             // upper case
@@ -228,21 +376,99 @@ mod tests {
             tp("00", TRACE, PARENT, "0g"),
             tp("00", TRACE, PARENT, "-1"),
             tp("00", TRACE, PARENT, "+1"),
+            tp("00", TRACE, PARENT, ".0"),
+            tp("00", TRACE, PARENT, "0."),
             // non-hex ids
             tp("00", &format!("{}z", &TRACE[..31]), PARENT, "01"),
+            tp("00", &format!(".{}", &TRACE[1..]), PARENT, "01"),
             tp("00", TRACE, &format!("{}x", &PARENT[..15]), "01"),
-            // extra fields, separators, spaces
+            tp("00", TRACE, &format!(".{}", &PARENT[1..]), "01"),
+            // version 00 is exactly 55 characters: no extra fields
             format!("{}-extra", tp("00", TRACE, PARENT, "01")),
             format!("{}-", tp("00", TRACE, PARENT, "01")),
-            format!(" {}", tp("00", TRACE, PARENT, "01")),
-            format!("{} ", tp("00", TRACE, PARENT, "01")),
+            format!("{}.", tp("00", TRACE, PARENT, "01")),
+            // separators, whitespace inside
             tp("00", TRACE, PARENT, "01").replace('-', "_"),
+            tp("00", TRACE, PARENT, "01").replacen('-', " -", 1),
             String::new(),
             "00".to_owned(),
+            " \t ".to_owned(),
         ];
         for case in &cases {
             assert_eq!(Traceparent::parse(case), None, "{case:?} should be invalid");
         }
+    }
+
+    #[test]
+    fn surrounding_whitespace_is_optional_whitespace() {
+        // The W3C suite's `test_traceparent_ows_handling`: OWS around a field value is not
+        // part of it (RFC 9110 section 5.5); hyper strips it, other stacks may not.
+        let value = tp("00", TRACE, PARENT, "01");
+        for padded in [
+            format!(" {value}"),
+            format!("\t{value}"),
+            format!("{value} "),
+            format!("{value}\t"),
+            format!("\t {value} \t"),
+        ] {
+            let parsed = Traceparent::parse(&padded).expect("OWS is ignored");
+            assert_eq!(parsed.trace_id(), TRACE);
+        }
+    }
+
+    #[test]
+    fn future_versions_are_parsed_by_the_version_00_fields() {
+        for version in ["01", "02", "cc", "fe"] {
+            let exact = tp(version, TRACE, PARENT, "01");
+            let parsed = Traceparent::parse(&exact).expect(&exact);
+            assert_eq!(parsed.version(), u8::from_str_radix(version, 16).unwrap());
+            assert_eq!(parsed.trace_id(), TRACE);
+            assert_eq!(parsed.parent_id(), PARENT);
+            assert!(parsed.sampled());
+
+            // Longer is fine when the 56th character starts a new field.
+            for extra in ["-what-the-future-will-be-like", "-", "-x"] {
+                let longer = format!("{exact}{extra}");
+                let parsed = Traceparent::parse(&longer).expect(&longer);
+                assert_eq!(parsed.trace_id(), TRACE);
+                assert_eq!(parsed.parent_id(), PARENT);
+            }
+            // ... and invalid when it does not.
+            for extra in [".what-the-future-will-be-like", "0", "x-y"] {
+                let longer = format!("{exact}{extra}");
+                assert_eq!(Traceparent::parse(&longer), None, "{longer:?}");
+            }
+            // The version-00 field rules still hold.
+            assert_eq!(
+                Traceparent::parse(&tp(version, &"0".repeat(32), PARENT, "01")),
+                None
+            );
+            assert_eq!(Traceparent::parse(&tp(version, TRACE, PARENT, "0A")), None);
+            assert_eq!(
+                Traceparent::parse(&tp(version, TRACE, &PARENT[1..], "01")),
+                None
+            );
+        }
+        // Shorter than 55 characters is never parsed, whatever the version.
+        assert_eq!(Traceparent::parse(&tp("cc", TRACE, PARENT, "1")), None);
+    }
+
+    #[test]
+    fn flags_keep_sampled_and_random_and_clear_reserved_bits() {
+        let parse = |flags: &str| {
+            let value = tp("00", TRACE, PARENT, flags);
+            Traceparent::parse(&value).unwrap().trace_flags()
+        };
+        assert_eq!(parse("00"), TraceFlags::NONE);
+        assert_eq!(parse("01"), TraceFlags::SAMPLED);
+        assert_eq!(parse("02"), TraceFlags::RANDOM);
+        assert_eq!(parse("03").bits(), 3);
+        assert_eq!(parse("09"), TraceFlags::SAMPLED, "bit 3 is reserved");
+        assert_eq!(parse("fe"), TraceFlags::RANDOM);
+        assert_eq!(TraceFlags::SAMPLED.with_sampled(false), TraceFlags::NONE);
+        assert_eq!(TraceFlags::RANDOM.with_sampled(true).bits(), 3);
+        assert_eq!(&TraceFlags::from_bits(0x03).hex(), b"03");
+        assert_eq!(TraceFlags::default(), TraceFlags::NONE);
     }
 
     #[test]
@@ -323,12 +549,14 @@ mod tests {
         /// Arbitrary strings never panic the parser, and what parses is well-formed.
         #[test]
         fn parse_never_panics(
-            value in proptest::prop_oneof!["\\PC{0,80}", "00-\\PC{32}-\\PC{16}-\\PC{2}", "00-[0-9a-fA-F\\-é]{32}-[0-9a-f]{14}é"],
+            value in proptest::prop_oneof!["\\PC{0,80}", "00-\\PC{32}-\\PC{16}-\\PC{2}", "00-[0-9a-fA-F\\-é]{32}-[0-9a-f]{14}é", "[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}[-.é]\\PC{0,8}"],
         ) {
             if let Some(parsed) = Traceparent::parse(&value) {
-                proptest::prop_assert_eq!(value.len(), 55);
-                proptest::prop_assert!(value.starts_with("00-"));
+                let trimmed = trim_ows(&value);
+                proptest::prop_assert!(trimmed.len() == 55 || (trimmed.len() > 55 && !trimmed.starts_with("00-")));
+                proptest::prop_assert!(!trimmed.starts_with("ff-"));
                 proptest::prop_assert!(is_lower_hex(parsed.trace_id()) && !is_all_zero(parsed.trace_id()));
+                proptest::prop_assert!(is_lower_hex(parsed.parent_id()) && !is_all_zero(parsed.parent_id()));
             }
         }
 

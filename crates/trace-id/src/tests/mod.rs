@@ -3,3 +3,4 @@
 mod capture;
 mod propagate;
 mod server;
+mod w3c;
