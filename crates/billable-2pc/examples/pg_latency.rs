@@ -12,7 +12,6 @@ use std::{
 
 use bytes::Bytes;
 use dreamnet_billable::{ledger::postgres::pool_for, BillableLayer, PostgresLedger};
-use dreamnet_common::backends;
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -31,7 +30,7 @@ async fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(300);
-    let pool = pool_for(&backends::database_url()).expect("pool");
+    let pool = pool_for(&dreamnet_test_support::database_url()).expect("pool");
     let schema = format!("t_bill_lat_{:016x}", rand::random::<u64>());
     let ledger = Arc::new(
         PostgresLedger::builder(pool.clone())

@@ -2,14 +2,16 @@
 
 use std::{sync::Arc, time::Duration};
 
-use dreamnet_common::Problem;
-use dreamnet_idempotency::{
-    DefaultScope, ScopeExtractor, DEFAULT_KEY_HEADERS, DEFAULT_REPLAYED_HEADERS,
-};
+use dreamnet_common::{AccountId, Problem, ACCOUNT_ID_HEADER};
+use dreamnet_idempotency::{protocol::Protocol, ScopeExtractor};
 use http::{request::Parts, HeaderName};
 use tower_layer::Layer;
 
-use crate::{ledger::Amount, service::Billable, Ledger};
+use crate::{
+    ledger::{ActionId, Amount},
+    service::Billable,
+    Ledger,
+};
 
 /// The default reservation timeout: a pending reservation older than this is voided by
 /// recovery (5 minutes).
@@ -18,8 +20,6 @@ pub const DEFAULT_RESERVATION_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// The default limit of a response body the layer stores (1 MiB).
 pub const DEFAULT_RESPONSE_LIMIT: usize = 1024 * 1024;
-/// The header [`AccountHeader`] reads by default.
-pub const ACCOUNT_ID_HEADER: HeaderName = HeaderName::from_static("x-account-id");
 
 /// The price of one request, in minor units of the layer's currency.
 ///
@@ -63,20 +63,21 @@ impl Pricing for FixedPrice {
 /// come from a JSON field such as a wallet).
 pub trait AccountExtractor: Send + Sync + 'static {
     /// The account to charge.
-    fn account(&self, parts: &Parts, body: &[u8]) -> Option<String>;
+    fn account(&self, parts: &Parts, body: &[u8]) -> Option<AccountId>;
 }
 
 impl<F> AccountExtractor for F
 where
-    F: Fn(&Parts, &[u8]) -> Option<String> + Send + Sync + 'static,
+    F: Fn(&Parts, &[u8]) -> Option<AccountId> + Send + Sync + 'static,
 {
-    fn account(&self, parts: &Parts, body: &[u8]) -> Option<String> {
+    fn account(&self, parts: &Parts, body: &[u8]) -> Option<AccountId> {
         self(parts, body)
     }
 }
 
-/// The default account: a header (`X-Account-Id` by default) of 1..=128 characters of
-/// `[A-Za-z0-9._@:-]`.
+/// The default account: a header (`X-Account-Id`,
+/// [`dreamnet_common::ACCOUNT_ID_HEADER`], by default) holding an [`AccountId`]; a missing or
+/// invalid one answers 400.
 ///
 /// The header is trusted as sent: put the layer behind authentication that sets or checks
 /// it, or supply an [`AccountExtractor`] that reads your verified identity.
@@ -90,13 +91,8 @@ impl Default for AccountHeader {
 }
 
 impl AccountExtractor for AccountHeader {
-    fn account(&self, parts: &Parts, _: &[u8]) -> Option<String> {
-        let value = parts.headers.get(&self.0)?.to_str().ok()?;
-        let valid = (1..=128).contains(&value.len())
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._@:-".contains(&b));
-        valid.then(|| value.to_owned())
+    fn account(&self, parts: &Parts, _: &[u8]) -> Option<AccountId> {
+        AccountId::parse(parts.headers.get(&self.0)?.to_str().ok()?).ok()
     }
 }
 
@@ -111,9 +107,9 @@ pub struct ActualCost(pub Amount);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReservedAction {
     /// The action id.
-    pub id: crate::ActionId,
+    pub id: ActionId,
     /// The account charged.
-    pub account: String,
+    pub account: AccountId,
     /// The amount held.
     pub amount: Amount,
     /// The currency.
@@ -138,13 +134,10 @@ pub struct BillableLayer<L: ?Sized> {
     pub(crate) pricing: Arc<dyn Pricing>,
     pub(crate) currency: Arc<str>,
     pub(crate) account: Arc<dyn AccountExtractor>,
-    pub(crate) scope: Arc<dyn ScopeExtractor>,
+    /// The idempotency rules: key headers, scope, fingerprinted and replayed headers, body
+    /// limits (every method guarded, a key required).
+    pub(crate) protocol: Protocol,
     pub(crate) timeout: Duration,
-    pub(crate) key_headers: Arc<[HeaderName]>,
-    pub(crate) fingerprint_headers: Arc<[HeaderName]>,
-    pub(crate) replayed_headers: Arc<[HeaderName]>,
-    pub(crate) body_limit: usize,
-    pub(crate) response_limit: usize,
     pub(crate) in_flight_retry_after: Duration,
     pub(crate) void_on_drop: bool,
 }
@@ -157,13 +150,8 @@ impl<L: ?Sized> Clone for BillableLayer<L> {
             pricing: self.pricing.clone(),
             currency: self.currency.clone(),
             account: self.account.clone(),
-            scope: self.scope.clone(),
+            protocol: self.protocol.clone(),
             timeout: self.timeout,
-            key_headers: self.key_headers.clone(),
-            fingerprint_headers: self.fingerprint_headers.clone(),
-            replayed_headers: self.replayed_headers.clone(),
-            body_limit: self.body_limit,
-            response_limit: self.response_limit,
             in_flight_retry_after: self.in_flight_retry_after,
             void_on_drop: self.void_on_drop,
         }
@@ -182,7 +170,7 @@ impl<L: ?Sized> std::fmt::Debug for BillableLayer<L> {
 
 impl<L: Ledger + ?Sized> BillableLayer<L> {
     /// A layer for `action` at a fixed `price` (minor units, currency `USD` unless set),
-    /// charging the account named by `X-Account-Id`, keys scoped by [`DefaultScope`].
+    /// charging the account named by `X-Account-Id`, keys scoped by [`DefaultScope`](dreamnet_idempotency::DefaultScope).
     pub fn new(ledger: L, action: impl Into<Arc<str>>, price: Amount) -> Self
     where
         L: Sized,
@@ -199,13 +187,12 @@ impl<L: Ledger + ?Sized> BillableLayer<L> {
             pricing: Arc::new(FixedPrice(price)),
             currency: Arc::from("USD"),
             account: Arc::new(AccountHeader::default()),
-            scope: Arc::new(DefaultScope),
+            protocol: Protocol::new()
+                .any_method()
+                .required(true)
+                .max_request_body(DEFAULT_BODY_LIMIT)
+                .max_response_body(DEFAULT_RESPONSE_LIMIT),
             timeout: DEFAULT_RESERVATION_TIMEOUT,
-            key_headers: Arc::from(DEFAULT_KEY_HEADERS.to_vec()),
-            fingerprint_headers: Arc::from(Vec::new()),
-            replayed_headers: Arc::from(DEFAULT_REPLAYED_HEADERS.to_vec()),
-            body_limit: DEFAULT_BODY_LIMIT,
-            response_limit: DEFAULT_RESPONSE_LIMIT,
             in_flight_retry_after: Duration::from_secs(1),
             void_on_drop: false,
         }
@@ -241,10 +228,10 @@ impl<L: ?Sized> BillableLayer<L> {
         self
     }
 
-    /// The idempotency scope of keys (default: [`DefaultScope`]).
+    /// The idempotency scope of keys (default: [`DefaultScope`](dreamnet_idempotency::DefaultScope)).
     #[must_use]
     pub fn scope(mut self, scope: impl ScopeExtractor) -> Self {
-        self.scope = Arc::new(scope);
+        self.protocol = self.protocol.scope(scope);
         self
     }
 
@@ -261,28 +248,28 @@ impl<L: ?Sized> BillableLayer<L> {
     /// `Idempotency-Key`, `X-Idempotency-Key`).
     #[must_use]
     pub fn key_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.key_headers = headers.into_iter().collect();
+        self.protocol = self.protocol.key_headers(headers);
         self
     }
 
     /// Request headers included in the fingerprint (default: none).
     #[must_use]
     pub fn fingerprint_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.fingerprint_headers = headers.into_iter().collect();
+        self.protocol = self.protocol.fingerprint_headers(headers);
         self
     }
 
-    /// Response headers stored and replayed (default: [`DEFAULT_REPLAYED_HEADERS`]).
+    /// Response headers stored and replayed (default: [`DEFAULT_REPLAYED_HEADERS`](dreamnet_idempotency::protocol::DEFAULT_REPLAYED_HEADERS)).
     #[must_use]
     pub fn replayed_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.replayed_headers = headers.into_iter().collect();
+        self.protocol = self.protocol.replayed_headers(headers);
         self
     }
 
     /// The largest request body buffered (default 1 MiB); larger is 413.
     #[must_use]
     pub fn body_limit(mut self, limit: usize) -> Self {
-        self.body_limit = limit;
+        self.protocol = self.protocol.max_request_body(limit);
         self
     }
 
@@ -291,7 +278,7 @@ impl<L: ?Sized> BillableLayer<L> {
     /// charged.
     #[must_use]
     pub fn response_limit(mut self, limit: usize) -> Self {
-        self.response_limit = limit;
+        self.protocol = self.protocol.max_response_body(limit);
         self
     }
 

@@ -16,10 +16,25 @@
 //!
 //! [`recover`] (at start-up) and a [`Sweeper`] (in the background) void reservations left
 //! pending past their timeout by a crash, and post charges left unposted after the response
-//! was stored. [`BillableApi`] serves stats, action status and accounts.
+//! was stored. With feature `axum`, `api::BillableApi` builds the admin router: stats,
+//! action status and accounts.
+//!
+//! The store is split like tower-sessions' `SessionStore`: [`Ledger`] is the five
+//! two-phase steps the layer needs; [`LedgerAdmin`] (accounts, credit, stats, action lookup,
+//! the recovery listing) is the optional part the API, recovery and metrics need.
+//! [`MemoryLedger`] and, with feature `postgres`, [`PostgresLedger`] implement both; feature
+//! `conformance` exports the suites an outside backend runs to prove it behaves the same.
+//!
+//! | where | what |
+//! |---|---|
+//! | the root | the layer and its policies, the service and future, the ledger traits and backends, recovery |
+//! | [`ledger`] | what a backend implements and returns: actions, accounts, stats, [`ledger::LedgerError`], the builders |
+//! | [`views`] | the JSON views the API serves |
+//! | [`problems`] | the problem+json answers only this layer gives |
 //!
 //! ```
-//! use dreamnet_billable::{BillableLayer, Ledger, MemoryLedger};
+//! use dreamnet_billable::{BillableLayer, LedgerAdmin, MemoryLedger};
+//! use dreamnet_common::AccountId;
 //! use http::{Request, Response};
 //! use http_body_util::Full;
 //! use bytes::Bytes;
@@ -28,7 +43,8 @@
 //!
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! let ledger = Arc::new(MemoryLedger::new());
-//! ledger.add_credit("acct-1", 1_000, "USD").await.unwrap();
+//! let acct: AccountId = "acct-1".parse().unwrap();
+//! ledger.add_credit(&acct, 1_000, "USD").await.unwrap();
 //! let mint = ServiceBuilder::new()
 //!     .layer(BillableLayer::with_shared_ledger(ledger.clone(), "mint-dream", 250))
 //!     .service_fn(|_req: Request<Full<Bytes>>| async {
@@ -44,32 +60,30 @@
 //! assert_eq!(mint.clone().oneshot(request()).await.unwrap().status(), 200);
 //! let replay = mint.oneshot(request()).await.unwrap();
 //! assert_eq!(replay.headers()["idempotent-replayed"], "true");
-//! let account = ledger.account("acct-1").await.unwrap().unwrap();
+//! let account = ledger.account(&acct).await.unwrap().unwrap();
 //! assert_eq!((account.charged, account.available()), (250, Some(750)));
 //! # });
 //! ```
 
+#[cfg(feature = "axum")]
 pub mod api;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod layer;
 pub mod ledger;
 mod logs;
 pub mod problems;
 mod recovery;
 mod service;
-mod time;
+pub mod views;
 
-pub use api::{AllowAll, Authorize, BillableApi, StatsView};
 pub use layer::{
     AccountExtractor, AccountHeader, ActualCost, BillableLayer, FixedPrice, Pricing,
-    ReservedAction, ACCOUNT_ID_HEADER, DEFAULT_BODY_LIMIT, DEFAULT_RESERVATION_TIMEOUT,
-    DEFAULT_RESPONSE_LIMIT,
+    ReservedAction, DEFAULT_BODY_LIMIT, DEFAULT_RESERVATION_TIMEOUT, DEFAULT_RESPONSE_LIMIT,
 };
+pub use ledger::memory::MemoryLedger;
 #[cfg(feature = "postgres")]
-pub use ledger::postgres::{PostgresLedger, PostgresLedgerBuilder};
-pub use ledger::{
-    memory::{MemoryLedger, MemoryLedgerBuilder},
-    Account, Action, ActionId, ActionState, Amount, Ledger, LedgerError, LedgerResult, Reservation,
-    ReserveRequest, StateAmounts, Stats,
-};
+pub use ledger::postgres::PostgresLedger;
+pub use ledger::{Ledger, LedgerAdmin};
 pub use recovery::{recover, RecoveryReport, Sweeper, DEFAULT_SWEEP_INTERVAL, RECOVERY_BATCH};
 pub use service::{Billable, ResponseFuture};

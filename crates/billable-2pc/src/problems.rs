@@ -1,7 +1,7 @@
 //! The problem+json responses only the billable layer produces. Key, fingerprint and store
-//! problems are [`dreamnet_idempotency::problems`].
+//! problems are [`dreamnet_idempotency::protocol::problems`].
 
-use dreamnet_common::Problem;
+use dreamnet_common::{AccountId, Problem};
 use http::StatusCode;
 
 use crate::ledger::Amount;
@@ -23,7 +23,7 @@ pub const INVALID_PRICE: &str = "https://dreamnet.dev/problems/invalid-price";
 
 /// 402: the account cannot cover the action; nothing was held and the handler did not run.
 pub fn insufficient_funds(
-    account: &str,
+    account: &AccountId,
     available: Amount,
     required: Amount,
     currency: &str,
@@ -48,7 +48,7 @@ pub fn missing_account(trace_id: Option<&str>) -> Problem {
 
 /// 409: the account exists in another currency than the route charges in.
 pub fn currency_mismatch(
-    account: &str,
+    account: &AccountId,
     account_currency: &str,
     requested: &str,
     trace_id: Option<&str>,

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::ledger::{ActionState, Ledger, LedgerResult};
+use crate::ledger::{ActionState, LedgerAdmin, LedgerResult};
 
 /// How many actions [`recover`] resolves per ledger query.
 pub const RECOVERY_BATCH: usize = 100;
@@ -26,9 +26,12 @@ pub struct RecoveryReport {
 /// One recovery pass: voids every pending reservation past its timeout and posts the charge
 /// of every confirmed action, exactly once each.
 ///
+/// Needs [`LedgerAdmin::due_for_recovery`] to find them; the transitions are the
+/// [`Ledger`](crate::Ledger)'s exclusive `void` and `charge`.
+///
 /// # Errors
 /// The ledger's backend error; what was resolved before it stays resolved.
-pub async fn recover<L: Ledger + ?Sized>(ledger: &L) -> LedgerResult<RecoveryReport> {
+pub async fn recover<L: LedgerAdmin + ?Sized>(ledger: &L) -> LedgerResult<RecoveryReport> {
     let mut report = RecoveryReport::default();
     loop {
         let due = ledger.due_for_recovery(RECOVERY_BATCH).await?;
@@ -86,7 +89,7 @@ pub struct Sweeper<L> {
 /// The default sweep interval (30 s).
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
-impl<L: Ledger> Sweeper<L> {
+impl<L: LedgerAdmin> Sweeper<L> {
     /// A sweeper over `ledger` (typically an `Arc` shared with the layer) every 30 s.
     pub fn new(ledger: L) -> Self {
         Self {

@@ -1,25 +1,27 @@
 //! [`Billable`]: the service that runs one request as a two-phase billable action.
+//!
+//! It composes the idempotency protocol ([`dreamnet_idempotency::protocol`]) around the
+//! ledger, which is its own idempotent claim: prepare (key, body, scope, fingerprint) ->
+//! reserve (a new pending action, or replay / 409 / 422 / 402) -> run -> settle (keep the
+//! response with the action and post the charge, or void the hold).
 
 use std::{
     future::Future,
-    panic::AssertUnwindSafe,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
 
 use bytes::Bytes;
-use dreamnet_common::{
-    body::{buffer_limited, exact_len_within, BufferError},
-    Problem, ResponseBody,
-};
+use dreamnet_common::{Problem, ResponseBody};
 use dreamnet_idempotency::{
-    key_from_headers, problems as idem, trace_id_of, Fingerprint, StoredResponse,
+    protocol::{self, problems as idem, Admission, Captured, Duplicate, Prepared, Ran},
+    store::StoredResponse,
 };
-use futures_util::FutureExt;
+use dreamnet_trace_id::TraceContext;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::BodyExt;
+use http_body_util::Full;
 use tower_service::Service;
 
 use crate::{
@@ -99,7 +101,7 @@ fn reject<B>(problem: Problem) -> Response<ResponseBody<B>> {
     ResponseBody::from_full_response(problem.into_response())
 }
 
-#[allow(clippy::too_many_lines)] // one linear state machine reads best in one place
+/// Prepare, reserve, run, settle.
 async fn handle<S, L, ReqB, ResB>(
     config: Arc<BillableLayer<L>>,
     inner: S,
@@ -113,50 +115,75 @@ where
     ResB: Body<Data = Bytes>,
     ResB::Error: std::fmt::Display + Send,
 {
-    let (parts, body) = request.into_parts();
-    let trace_id = trace_id_of(&parts.extensions).map(str::to_owned);
-    let trace = trace_id.as_deref();
+    let key = match config.protocol.admit(&request) {
+        Admission::Guard(key) => key,
+        Admission::Reject(problem) => return Ok(reject(problem)),
+        // The rules require a key on every method, so this is the missing key's 400 too.
+        Admission::Skip => {
+            let trace = TraceContext::from_extensions(request.extensions());
+            return Ok(reject(idem::missing_key(trace.map(TraceContext::trace_id))));
+        }
+    };
+    let mut prepared = match config.protocol.prepare(key, request).await {
+        Ok(prepared) => prepared,
+        Err(problem) => return Ok(reject(problem)),
+    };
+    let action = match reserve(&config, &mut prepared).await {
+        Ok(action) => action,
+        Err(answer) => return Ok(ResponseBody::from_full_response(answer)),
+    };
+    // Dropped before the outcome is settled (client gone, task cancelled): with
+    // `void_on_drop` the hold is released at once, else recovery voids it after the timeout.
+    let guard = VoidOnDrop {
+        armed: config
+            .void_on_drop
+            .then(|| (config.ledger.clone(), action.id.clone())),
+    };
+    let result = run_reserved(&config, inner, prepared, &action).await;
+    guard.disarm();
+    result
+}
 
-    let key = match key_from_headers(&parts.headers, &config.key_headers) {
-        Ok(Some(key)) => key,
-        Ok(None) => return Ok(reject(idem::missing_key(trace))),
-        Err(err) => return Ok(reject(idem::invalid_key(&err, trace))),
+/// Phase 1, the ledger's own idempotent claim: a new pending action holding the price, or
+/// the answer to send instead (replay, 409, 422, 402, 400 without an account, 503).
+async fn reserve<L: Ledger + ?Sized>(
+    config: &BillableLayer<L>,
+    prepared: &mut Prepared,
+) -> Result<Action, Response<Full<Bytes>>> {
+    let trace = prepared.trace_id.clone();
+    let trace = trace.as_deref();
+    let refuse = |problem: Problem| problem.into_response();
+    let Some(account) = config.account.account(&prepared.parts, &prepared.body) else {
+        return Err(refuse(problems::missing_account(trace)));
     };
-    let body = match buffer_limited(&parts.headers, body, config.body_limit).await {
-        Ok(body) => body,
-        Err(BufferError::TooLarge { limit }) => {
-            return Ok(reject(idem::body_too_large(limit, trace)))
-        }
-        Err(BufferError::Body(err)) => {
-            tracing::debug!(trace_id = trace, error = %err, "billable: request body unreadable");
-            return Ok(reject(idem::unreadable_body(trace)));
-        }
-    };
-    let Some(account) = config.account.account(&parts, &body) else {
-        return Ok(reject(problems::missing_account(trace)));
-    };
-    let amount = match config.pricing.price(&parts, &body) {
+    let amount = match config.pricing.price(&prepared.parts, &prepared.body) {
         Ok(amount) if amount >= 0 => amount,
-        Ok(amount) => return Ok(reject(problems::invalid_price(amount, trace))),
-        Err(problem) => return Ok(reject(problem.maybe_trace_id(trace))),
+        Ok(amount) => return Err(refuse(problems::invalid_price(amount, trace))),
+        Err(problem) => return Err(refuse(problem.maybe_trace_id(trace))),
     };
-    let fingerprint = Fingerprint::compute(&parts, &config.fingerprint_headers, &body);
-    let reserve = ReserveRequest {
-        scope: config.scope.scope(&parts),
-        idempotency_key: key.as_str().to_owned(),
-        fingerprint: fingerprint.as_str().to_owned(),
+    let request = ReserveRequest {
+        // Not needed after the reservation: moved, not copied.
+        scope: std::mem::take(&mut prepared.scope),
+        idempotency_key: prepared.key.as_str().to_owned(),
+        fingerprint: prepared.fingerprint.as_str().to_owned(),
         action: config.action.to_string(),
         account,
         amount,
         currency: config.currency.to_string(),
-        trace_id: trace_id.clone(),
+        trace_id: prepared.trace_id.clone(),
         timeout: config.timeout,
     };
-    let ledger = &*config.ledger;
-    let action = match ledger.reserve(reserve).await {
-        Ok(Reservation::Reserved(action)) => action,
+    match config.ledger.reserve(request).await {
+        Ok(Reservation::Reserved(action)) => {
+            tracing::info!(trace_id = trace, action_id = %action.id, key = action.idempotency_key,
+                account = action.account.as_str(), amount = action.amount, "billable: reserved");
+            Ok(action)
+        }
         Ok(Reservation::Existing(existing)) => {
-            return Ok(existing_action(&config, &existing, &fingerprint, trace).await)
+            let same = existing.fingerprint == prepared.fingerprint.as_str();
+            Err(duplicate(config, &existing, same, trace)
+                .await
+                .into_response(trace))
         }
         Ok(Reservation::InsufficientFunds {
             account,
@@ -166,223 +193,196 @@ where
         }) => {
             tracing::info!(
                 trace_id = trace,
-                account,
+                account = account.as_str(),
                 available,
                 required,
                 "billable: insufficient funds, handler not run"
             );
-            return Ok(reject(problems::insufficient_funds(
-                &account, available, required, &currency, trace,
-            )));
+            let problem =
+                problems::insufficient_funds(&account, available, required, &currency, trace);
+            Err(refuse(problem))
         }
         Err(LedgerError::CurrencyMismatch {
             account,
             account_currency,
             requested,
-        }) => {
-            return Ok(reject(problems::currency_mismatch(
-                &account,
-                &account_currency,
-                &requested,
-                trace,
-            )))
-        }
+        }) => Err(refuse(problems::currency_mismatch(
+            &account,
+            &account_currency,
+            &requested,
+            trace,
+        ))),
         Err(err) => {
             tracing::warn!(trace_id = trace, error = %err, "billable: reserve failed; request refused");
-            return Ok(reject(idem::store_unavailable(trace)));
+            Err(refuse(idem::store_unavailable(trace)))
         }
-    };
-    tracing::info!(
-        trace_id = trace,
-        action_id = %action.id,
-        key = key.as_str(),
-        account = action.account,
-        amount = action.amount,
-        "billable: reserved"
-    );
+    }
+}
 
-    // Dropped before the outcome is settled (client gone, task cancelled): with
-    // `void_on_drop` the hold is released at once, else recovery voids it after the timeout.
-    let guard = VoidOnDrop {
-        armed: config
-            .void_on_drop
-            .then(|| (config.ledger.clone(), action.id.clone())),
+/// The key already has a live action: 422 for another payload, 409 while it runs, else the
+/// replay of its stored response (posting its charge first if that was never done).
+async fn duplicate<L: Ledger + ?Sized>(
+    config: &BillableLayer<L>,
+    existing: &Action,
+    same_fingerprint: bool,
+    trace: Option<&str>,
+) -> Duplicate {
+    if !same_fingerprint {
+        return Duplicate::Mismatch;
+    }
+    match existing.state {
+        ActionState::Confirmed | ActionState::Charged => {}
+        // A ledger never returns a failed action as a key's live one.
+        ActionState::Pending | ActionState::Failed => {
+            return Duplicate::InFlight {
+                retry_after: config.in_flight_retry_after,
+            }
+        }
+    }
+    if existing.state == ActionState::Confirmed {
+        // The first request stored its response but its charge is not posted (yet, or it
+        // crashed): post it now. Exclusive, so racing the first request is harmless.
+        match config.ledger.charge(&existing.id).await {
+            Ok(_) | Err(LedgerError::AlreadyCharged(_)) => {}
+            Err(err) => tracing::warn!(trace_id = trace, action_id = %existing.id,
+                error = %err, "billable: charge on replay failed; recovery will post it"),
+        }
+    }
+    let stored = existing.response.as_deref().map(StoredResponse::decode);
+    let Some(Ok(stored)) = stored else {
+        return Duplicate::Unreadable;
     };
-    let result = run_reserved(&config, inner, parts, body, &action, trace).await;
-    guard.disarm();
-    result
+    tracing::info!(trace_id = trace, action_id = %existing.id, key = existing.idempotency_key,
+        original_trace_id = existing.trace_id.as_deref(), "billable: replayed, nothing charged");
+    Duplicate::Replay(stored)
 }
 
 /// Runs the handler for a reserved action and settles it: confirm + charge, or void.
-#[allow(clippy::too_many_lines)]
 async fn run_reserved<S, L, ReqB, ResB>(
     config: &BillableLayer<L>,
-    mut inner: S,
-    mut parts: http::request::Parts,
-    body: Bytes,
+    inner: S,
+    prepared: Prepared,
     action: &Action,
-    trace: Option<&str>,
 ) -> Result<Response<ResponseBody<ResB>>, S::Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     L: Ledger + ?Sized,
-    ReqB: Body<Data = Bytes> + From<Bytes>,
+    ReqB: From<Bytes>,
     ResB: Body<Data = Bytes>,
     ResB::Error: std::fmt::Display,
 {
     let ledger = &*config.ledger;
-    let action = action.clone();
+    let Prepared {
+        mut parts,
+        body,
+        trace_id,
+        ..
+    } = prepared;
+    let trace = trace_id.as_deref();
     parts.extensions.insert(ReservedAction {
         id: action.id.clone(),
         account: action.account.clone(),
         amount: action.amount,
         currency: action.currency.clone(),
     });
-    let outcome = AssertUnwindSafe(inner.call(Request::from_parts(parts, ReqB::from(body))))
-        .catch_unwind()
-        .await;
-    let response = match outcome {
-        Err(_panic) => {
-            void(ledger, &action, trace, "handler panicked").await;
-            return Ok(reject(problems::handler_failed(
-                "the handler panicked",
-                trace,
-            )));
-        }
-        Ok(Err(err)) => {
-            void(ledger, &action, trace, "handler error").await;
-            return Err(err);
-        }
-        Ok(Ok(response)) => response,
-    };
+    let mut response =
+        match protocol::run(inner, Request::from_parts(parts, ReqB::from(body))).await {
+            Ran::Response(response) => response,
+            Ran::Error(err) => {
+                void(ledger, action, trace, "handler error").await;
+                return Err(err);
+            }
+            Ran::Panic(_) => {
+                void(ledger, action, trace, "handler panicked").await;
+                return Ok(reject(problems::handler_failed(
+                    "the handler panicked",
+                    trace,
+                )));
+            }
+        };
     if !response.status().is_success() {
-        void(ledger, &action, trace, "non-2xx response").await;
+        void(ledger, action, trace, "non-2xx response").await;
         return Ok(ResponseBody::from_inner_response(response));
     }
-
-    let (mut head, body) = response.into_parts();
-    let actual = head.extensions.remove::<ActualCost>().map(|cost| cost.0);
-    if exact_len_within(&body, config.response_limit).is_none() {
-        // A streaming or oversized response cannot be kept for replay, so it is not charged.
-        void(
-            ledger,
-            &action,
-            trace,
-            "response too large or streaming to keep",
-        )
-        .await;
-        return Ok(Response::from_parts(head, ResponseBody::inner(body)));
-    }
-    let bytes = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) => {
-            tracing::warn!(trace_id = trace, error = %err, "billable: response body failed");
-            void(ledger, &action, trace, "response body failed").await;
-            return Ok(reject(problems::handler_failed(
-                "the response body could not be read",
-                trace,
-            )));
+    let actual = response
+        .extensions_mut()
+        .remove::<ActualCost>()
+        .map(|cost| cost.0);
+    match config.protocol.capture(response).await {
+        Captured::Kept { head, body, stored } => {
+            match settle(ledger, action, &stored, actual, trace).await {
+                Ok(()) => Ok(Response::from_parts(head, ResponseBody::full(body))),
+                Err(problem) => Ok(reject(problem)),
+            }
         }
-    };
-    let stored = StoredResponse::capture(&head, bytes.clone(), &config.replayed_headers);
+        Captured::Unstorable(response) => {
+            // A streaming or oversized response cannot be kept for replay, so it is not charged.
+            void(
+                ledger,
+                action,
+                trace,
+                "response too large or streaming to keep",
+            )
+            .await;
+            Ok(ResponseBody::from_inner_response(response))
+        }
+        Captured::Failed(err) => {
+            tracing::warn!(trace_id = trace, error = %err, "billable: response body failed");
+            void(ledger, action, trace, "response body failed").await;
+            let what = "the response body could not be read";
+            Ok(reject(problems::handler_failed(what, trace)))
+        }
+    }
+}
+
+/// Phase 2: keeps the response with the action (`confirmed`), then posts the charge. A
+/// response that cannot be kept voids the hold and is answered with the problem instead.
+async fn settle<L: Ledger + ?Sized>(
+    ledger: &L,
+    action: &Action,
+    stored: &StoredResponse,
+    actual: Option<crate::ledger::Amount>,
+    trace: Option<&str>,
+) -> Result<(), Problem> {
     match ledger
         .confirm(&action.id, Bytes::from(stored.encode()), actual)
         .await
     {
         Ok(_) => {}
         Err(LedgerError::ExceedsReservation { reserved, actual }) => {
-            void(
-                ledger,
-                &action,
-                trace,
-                "actual cost exceeds the reservation",
-            )
-            .await;
-            return Ok(reject(problems::cost_exceeds_reservation(
-                reserved, actual, trace,
-            )));
+            void(ledger, action, trace, "actual cost exceeds the reservation").await;
+            return Err(problems::cost_exceeds_reservation(reserved, actual, trace));
         }
         Err(LedgerError::InvalidAmount(actual)) => {
-            void(ledger, &action, trace, "negative actual cost").await;
-            return Ok(reject(problems::cost_exceeds_reservation(
+            void(ledger, action, trace, "negative actual cost").await;
+            return Err(problems::cost_exceeds_reservation(
                 action.reserved,
                 actual,
                 trace,
-            )));
+            ));
         }
         Err(LedgerError::Expired(_) | LedgerError::AlreadyVoided(_)) => {
             tracing::warn!(trace_id = trace, action_id = %action.id,
                 "billable: reservation expired before the response was kept; not charged");
-            return Ok(reject(problems::reservation_expired(trace)));
+            return Err(problems::reservation_expired(trace));
         }
         Err(err) => {
             // Not kept (or unknown): the best we can do is release the hold now; if the
             // confirm did commit, this void fails and recovery charges it instead.
             tracing::warn!(trace_id = trace, action_id = %action.id, error = %err,
                 "billable: confirm failed");
-            void(ledger, &action, trace, "confirm failed").await;
-            return Ok(reject(idem::store_unavailable(trace)));
+            void(ledger, action, trace, "confirm failed").await;
+            return Err(idem::store_unavailable(trace));
         }
     }
     match ledger.charge(&action.id).await {
-        Ok(charged) => tracing::info!(
-            trace_id = trace,
-            action_id = %action.id,
-            amount = charged.amount,
-            "billable: charged"
-        ),
+        Ok(charged) => tracing::info!(trace_id = trace, action_id = %action.id,
+            amount = charged.amount, "billable: charged"),
         Err(LedgerError::AlreadyCharged(_)) => {}
-        Err(err) => tracing::warn!(
-            trace_id = trace,
-            action_id = %action.id,
-            error = %err,
-            "billable: charge not posted; recovery will post it"
-        ),
+        Err(err) => tracing::warn!(trace_id = trace, action_id = %action.id, error = %err,
+            "billable: charge not posted; recovery will post it"),
     }
-    Ok(Response::from_parts(head, ResponseBody::full(bytes)))
-}
-
-/// Same key again: replay, 409 while in flight, or 422 when the payload changed.
-async fn existing_action<L: Ledger + ?Sized, B>(
-    config: &BillableLayer<L>,
-    existing: &Action,
-    fingerprint: &Fingerprint,
-    trace: Option<&str>,
-) -> Response<ResponseBody<B>> {
-    if existing.fingerprint != fingerprint.as_str() {
-        return reject(idem::fingerprint_mismatch(trace));
-    }
-    match existing.state {
-        ActionState::Pending => reject(idem::in_flight(config.in_flight_retry_after, trace)),
-        ActionState::Confirmed | ActionState::Charged => {
-            if existing.state == ActionState::Confirmed {
-                // The first request stored its response but its charge is not posted (yet, or
-                // it crashed): post it now. Exclusive, so racing the first request is harmless.
-                match config.ledger.charge(&existing.id).await {
-                    Ok(_) | Err(LedgerError::AlreadyCharged(_)) => {}
-                    Err(err) => tracing::warn!(trace_id = trace, action_id = %existing.id,
-                        error = %err, "billable: charge on replay failed; recovery will post it"),
-                }
-            }
-            let Some(stored) = existing
-                .response
-                .as_deref()
-                .and_then(|bytes| StoredResponse::decode(bytes).ok())
-            else {
-                return reject(idem::corrupt_record(trace));
-            };
-            tracing::info!(
-                trace_id = trace,
-                action_id = %existing.id,
-                key = existing.idempotency_key,
-                original_trace_id = existing.trace_id.as_deref(),
-                "billable: replayed, nothing charged"
-            );
-            ResponseBody::from_full_response(stored.replay())
-        }
-        // A ledger never returns a failed action as a key's live one.
-        ActionState::Failed => reject(idem::in_flight(config.in_flight_retry_after, trace)),
-    }
+    Ok(())
 }
 
 /// Voids the reservation in a spawned task if dropped while armed.

@@ -2,31 +2,23 @@
 //! `Duplicate detected` with the original trace id when the key is used again.
 #![allow(missing_docs)]
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use dreamnet_billable::{ActionId, BillableLayer, Ledger, MemoryLedger, ReserveRequest};
+use dreamnet_billable::{
+    ledger::{ActionId, ReserveRequest},
+    BillableLayer, Ledger, LedgerAdmin, MemoryLedger,
+};
+use dreamnet_common::AccountId;
+use dreamnet_test_support::logs::Capture;
 use dreamnet_trace_id::TraceContext;
 use http::{Request, Response};
 use http_body_util::Full;
 use serde_json::Value;
 use tower::{ServiceBuilder, ServiceExt};
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+#[cfg(feature = "postgres")]
+mod common;
 
 fn request(trace: &str, body: &'static str) -> Request<Full<Bytes>> {
     let mut request = Request::post("/api/mint-dream")
@@ -39,12 +31,15 @@ fn request(trace: &str, body: &'static str) -> Request<Full<Bytes>> {
 }
 
 fn deploy_keeper_events(capture: &Capture) -> Vec<Value> {
-    let output = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-    output
-        .lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+    capture
+        .events()
+        .into_iter()
         .filter(|e| e["target"] == dreamnet_idempotency::LOG_TARGET)
         .collect()
+}
+
+fn acct_1() -> AccountId {
+    "acct-1".parse().unwrap()
 }
 
 #[tokio::test]
@@ -55,17 +50,12 @@ async fn new_replay_and_mismatch_lines_carry_key_trace_digest_and_original() {
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn postgres_ledger_writes_the_same_lines() {
-    use dreamnet_billable::{ledger::postgres::pool_for, PostgresLedger};
-    use dreamnet_common::backends;
+    use dreamnet_billable::PostgresLedger;
 
-    let pool = match pool_for(&backends::database_url()) {
-        Ok(pool) => pool,
-        Err(err) => return backends::unavailable("PostgreSQL", &err),
+    let Some(pool) = dreamnet_test_support::pg_pool().await else {
+        return;
     };
-    if let Err(err) = pool.get().await {
-        return backends::unavailable("PostgreSQL", &err);
-    }
-    let schema = format!("t_bill_logs_{:016x}", rand::random::<u64>());
+    let schema = dreamnet_test_support::unique_schema("bill_logs");
     let ledger = PostgresLedger::builder(pool.clone())
         .schema(schema.clone())
         .build()
@@ -73,12 +63,7 @@ async fn postgres_ledger_writes_the_same_lines() {
         .expect("tables created");
     let outcome = std::panic::AssertUnwindSafe(lines_of_a_billable_route(Arc::new(ledger)));
     let outcome = futures_util::FutureExt::catch_unwind(outcome).await;
-    pool.get()
-        .await
-        .expect("pool")
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-        .await
-        .expect("drop schema");
+    common::drop_schema(&pool, &schema).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
@@ -86,21 +71,14 @@ async fn postgres_ledger_writes_the_same_lines() {
 
 #[tokio::test]
 async fn a_key_still_running_is_logged_as_in_flight() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = Capture::json(tracing::Level::INFO);
     let ledger = MemoryLedger::new();
     let request = |trace: &str| ReserveRequest {
         scope: "account:acct-1".to_owned(),
         idempotency_key: "order-7".to_owned(),
         fingerprint: "ab".repeat(32),
         action: "mint-dream".to_owned(),
-        account: "acct-1".to_owned(),
+        account: acct_1(),
         amount: 1,
         currency: "USD".to_owned(),
         trace_id: Some(trace.to_owned()),
@@ -121,17 +99,10 @@ async fn a_key_still_running_is_logged_as_in_flight() {
     );
 }
 
-async fn lines_of_a_billable_route(ledger: Arc<dyn Ledger>) {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+async fn lines_of_a_billable_route(ledger: Arc<dyn LedgerAdmin>) {
+    let (capture, _guard) = Capture::json(tracing::Level::INFO);
 
-    ledger.add_credit("acct-1", 1_000, "USD").await.unwrap();
+    ledger.add_credit(&acct_1(), 1_000, "USD").await.unwrap();
     let svc = ServiceBuilder::new()
         .layer(BillableLayer::with_shared_ledger(
             ledger.clone(),
@@ -210,6 +181,6 @@ async fn lines_of_a_billable_route(ledger: Arc<dyn Ledger>) {
     assert_ne!(mismatch["digest"], digest.as_str());
 
     // Only one reservation was ever made, and it was charged once.
-    let account = ledger.account("acct-1").await.unwrap().unwrap();
+    let account = ledger.account(&acct_1()).await.unwrap().unwrap();
     assert_eq!(account.charged, 250);
 }

@@ -1,67 +1,24 @@
-//! The shared suite against PostgreSQL, one fresh schema per test.
+//! What only the PostgreSQL ledger has: its migration, run again on a schema that already
+//! has the tables and functions.
 #![cfg(feature = "postgres")]
+#![allow(missing_docs)]
 
-use std::sync::Arc;
+use dreamnet_billable::{
+    ledger::{Reservation, ReserveRequest},
+    Ledger, LedgerAdmin, PostgresLedger,
+};
+use dreamnet_common::AccountId;
 
-use dreamnet_billable::{ledger::postgres::pool_for, PostgresLedger};
-use dreamnet_common::{backends, ManualClock};
-use futures_util::FutureExt;
-
-mod suite;
-
-async fn postgres() -> Option<suite::Fixture> {
-    let url = backends::database_url();
-    let pool = match pool_for(&url) {
-        Ok(pool) => pool,
-        Err(err) => {
-            backends::unavailable("PostgreSQL", &err);
-            return None;
-        }
-    };
-    if let Err(err) = pool.get().await {
-        backends::unavailable("PostgreSQL", &err);
-        return None;
-    }
-    let schema = format!("t_bill_{:016x}", rand::random::<u64>());
-    let clock = ManualClock::new(1_800_000_000_000);
-    let ledger = PostgresLedger::builder(pool.clone())
-        .schema(schema.clone())
-        .clock(Arc::new(clock.clone()))
-        .build()
-        .await
-        .expect("tables created");
-    Some(suite::Fixture {
-        ledger: Arc::new(ledger),
-        clock,
-        cleanup: Some(Box::new(move || {
-            async move {
-                let client = pool.get().await.expect("pool");
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                    .await
-                    .expect("drop schema");
-            }
-            .boxed()
-        })),
-    })
-}
-
-ledger_suite!(postgres, proptest_cases = 8);
+mod common;
 
 /// Building a ledger on a schema that already has the tables and functions (a restart, a
 /// second replica) replaces the functions in place, and both ledgers work on the same books.
 #[tokio::test]
 async fn building_twice_on_one_schema_keeps_working() {
-    use dreamnet_billable::{Ledger, Reservation, ReserveRequest};
-
-    let pool = match pool_for(&backends::database_url()) {
-        Ok(pool) => pool,
-        Err(err) => return backends::unavailable("PostgreSQL", &err),
+    let Some(pool) = dreamnet_test_support::pg_pool().await else {
+        return;
     };
-    if let Err(err) = pool.get().await {
-        return backends::unavailable("PostgreSQL", &err);
-    }
-    let schema = format!("t_bill_{:016x}", rand::random::<u64>());
+    let schema = dreamnet_test_support::unique_schema("bill");
     let build = || {
         PostgresLedger::builder(pool.clone())
             .schema(schema.clone())
@@ -70,12 +27,13 @@ async fn building_twice_on_one_schema_keeps_working() {
     let (first, second) = tokio::join!(build(), build());
     let (first, second) = (first.expect("first build"), second.expect("second build"));
     let again = build().await.expect("third build");
+    let acct: AccountId = "acct-1".parse().unwrap();
     let request = ReserveRequest {
         scope: "account:acct-1".to_owned(),
         idempotency_key: "k".to_owned(),
         fingerprint: "f".repeat(64),
         action: "mint-dream".to_owned(),
-        account: "acct-1".to_owned(),
+        account: acct.clone(),
         amount: 5,
         currency: "USD".to_owned(),
         trace_id: None,
@@ -90,17 +48,27 @@ async fn building_twice_on_one_schema_keeps_working() {
             Reservation::Existing(existing) if existing.id == action.id
         ));
         again.void(&action.id).await.unwrap();
-        assert_eq!(first.account("acct-1").await.unwrap().unwrap().pending, 0);
+        assert_eq!(first.account(&acct).await.unwrap().unwrap().pending, 0);
     };
     let outcome =
         futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(outcome)).await;
-    pool.get()
-        .await
-        .expect("pool")
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-        .await
-        .expect("drop schema");
+    common::drop_schema(&pool, &schema).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// A bad schema name is refused before any SQL runs, as a backend error with a cause.
+#[tokio::test]
+async fn invalid_schema_names_are_refused() {
+    let Some(pool) = dreamnet_test_support::pg_pool().await else {
+        return;
+    };
+    let err = PostgresLedger::builder(pool)
+        .schema("1; DROP TABLE x")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.is_backend());
+    assert!(std::error::Error::source(&err).is_some(), "{err}");
 }

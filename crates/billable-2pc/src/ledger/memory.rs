@@ -15,27 +15,30 @@ use std::{
 };
 
 use bytes::Bytes;
-use dreamnet_common::{clock, SharedClock};
+use dreamnet_common::{clock, AccountId, SharedClock};
 use futures_util::future::{self, BoxFuture, FutureExt};
 use parking_lot::Mutex;
 
 use crate::logs;
 
 use super::{
-    Account, Action, ActionId, ActionState, Amount, Ledger, LedgerError, LedgerResult, Reservation,
-    ReserveRequest, Stats,
+    Account, Action, ActionId, ActionState, Amount, Ledger, LedgerAdmin, LedgerError, LedgerResult,
+    Reservation, ReserveRequest, Stats,
 };
 
 /// How long a resolved action is kept by default (24 h).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The in-process [`Ledger`]. Cheap to clone (an `Arc` inside); clones share the state.
+/// The in-process [`Ledger`] and [`LedgerAdmin`]. Cheap to clone (an `Arc` inside); clones
+/// share the state.
 ///
 /// ```
-/// use dreamnet_billable::{Ledger, MemoryLedger};
+/// use dreamnet_billable::{LedgerAdmin, MemoryLedger};
+/// use dreamnet_common::AccountId;
 /// # tokio_test_block(async {
 /// let ledger = MemoryLedger::new();
-/// let account = ledger.add_credit("acct-1", 500, "USD").await.unwrap();
+/// let acct: AccountId = "acct-1".parse().unwrap();
+/// let account = ledger.add_credit(&acct, 500, "USD").await.unwrap();
 /// assert_eq!(account.available(), Some(500));
 /// # });
 /// # fn tokio_test_block(f: impl std::future::Future<Output = ()>) {
@@ -60,7 +63,7 @@ struct State {
     actions: HashMap<ActionId, Action>,
     /// (scope, key) -> the live (not failed) action of that key.
     live: HashMap<(String, String), ActionId>,
-    accounts: HashMap<String, Account>,
+    accounts: HashMap<AccountId, Account>,
     /// Pending and confirmed actions, oldest first: what recovery scans.
     open: BTreeSet<(u64, ActionId)>,
     /// Charged and failed actions in the order they were resolved: what retention prunes.
@@ -148,24 +151,23 @@ impl State {
             .get_mut(id)
             .expect("caller checked the action exists");
         let (from, old_amount) = (action.state, action.amount);
-        uncount(&mut self.stats, from, &action.currency, old_amount);
+        self.stats.remove(from, &action.currency, old_amount);
         self.stats.add(to, &action.currency, 1, amount);
         let account = self
             .accounts
             .get_mut(&action.account)
             .expect("an action's account exists");
         // Holds of pending and confirmed actions count as pending on the account.
-        let held = |s: ActionState| matches!(s, ActionState::Pending | ActionState::Confirmed);
-        if held(from) {
+        if from.holds() {
             account.pending -= old_amount;
         }
-        if held(to) {
+        if to.holds() {
             account.pending += amount;
         }
         if to == ActionState::Charged {
             account.charged += amount;
         }
-        if !held(to) {
+        if !to.holds() {
             self.open.remove(&(action.created_at_ms, id.clone()));
             self.resolved.push_back((now, id.clone()));
         }
@@ -199,18 +201,6 @@ impl State {
     fn void_expired(&mut self, id: &ActionId, now: u64) -> Action {
         let amount = self.actions[id].amount;
         self.transition(id, ActionState::Failed, amount, now)
-    }
-}
-
-fn uncount(stats: &mut Stats, state: ActionState, currency: &str, amount: Amount) {
-    match state {
-        ActionState::Pending => stats.pending -= 1,
-        ActionState::Confirmed => stats.confirmed -= 1,
-        ActionState::Charged => stats.charged -= 1,
-        ActionState::Failed => stats.failed -= 1,
-    }
-    if let Some(amounts) = stats.amounts.get_mut(currency) {
-        amounts.add(state, -amount);
     }
 }
 
@@ -360,7 +350,7 @@ impl MemoryLedger {
 
     fn credit_now(
         &self,
-        account: &str,
+        account: &AccountId,
         currency: &str,
         update: impl FnOnce(Option<Amount>) -> LedgerResult<Option<Amount>>,
     ) -> LedgerResult<Account> {
@@ -369,14 +359,14 @@ impl MemoryLedger {
         if let Some(existing) = existing {
             if existing.currency != currency {
                 return Err(LedgerError::CurrencyMismatch {
-                    account: account.to_owned(),
+                    account: account.clone(),
                     account_currency: existing.currency.clone(),
                     requested: currency.to_owned(),
                 });
             }
         }
         let mut next = existing.cloned().unwrap_or_else(|| Account {
-            account: account.to_owned(),
+            account: account.clone(),
             currency: currency.to_owned(),
             credit: None,
             pending: 0,
@@ -388,7 +378,7 @@ impl MemoryLedger {
                 return Err(LedgerError::InvalidAmount(credit));
             }
         }
-        state.accounts.insert(account.to_owned(), next.clone());
+        state.accounts.insert(account.clone(), next.clone());
         Ok(next)
     }
 }
@@ -418,10 +408,6 @@ impl Ledger for MemoryLedger {
         ready(self.void_now(id))
     }
 
-    fn action<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Option<Action>>> {
-        ready(Ok(self.inner.state.lock().actions.get(id).cloned()))
-    }
-
     fn find<'a>(
         &'a self,
         scope: &'a str,
@@ -435,18 +421,27 @@ impl Ledger for MemoryLedger {
             .cloned();
         ready(Ok(found))
     }
+}
+
+impl LedgerAdmin for MemoryLedger {
+    fn action<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Option<Action>>> {
+        ready(Ok(self.inner.state.lock().actions.get(id).cloned()))
+    }
 
     fn stats(&self) -> BoxFuture<'_, LedgerResult<Stats>> {
         ready(Ok(self.inner.state.lock().stats.clone()))
     }
 
-    fn account<'a>(&'a self, account: &'a str) -> BoxFuture<'a, LedgerResult<Option<Account>>> {
+    fn account<'a>(
+        &'a self,
+        account: &'a AccountId,
+    ) -> BoxFuture<'a, LedgerResult<Option<Account>>> {
         ready(Ok(self.inner.state.lock().accounts.get(account).cloned()))
     }
 
     fn add_credit<'a>(
         &'a self,
-        account: &'a str,
+        account: &'a AccountId,
         amount: Amount,
         currency: &'a str,
     ) -> BoxFuture<'a, LedgerResult<Account>> {
@@ -464,7 +459,7 @@ impl Ledger for MemoryLedger {
 
     fn set_credit<'a>(
         &'a self,
-        account: &'a str,
+        account: &'a AccountId,
         credit: Option<Amount>,
         currency: &'a str,
     ) -> BoxFuture<'a, LedgerResult<Account>> {
@@ -500,7 +495,7 @@ mod tests {
             idempotency_key: key.into(),
             fingerprint: "f".into(),
             action: "a".into(),
-            account: "acct".into(),
+            account: "acct".parse().unwrap(),
             amount: 10,
             currency: "USD".into(),
             trace_id: None,
@@ -550,6 +545,7 @@ mod tests {
         ));
         let stats = ledger.stats().await.unwrap();
         assert_eq!((stats.charged, stats.confirmed, stats.pending), (1, 1, 1));
-        assert_eq!(ledger.account("acct").await.unwrap().unwrap().charged, 10);
+        let acct = "acct".parse().unwrap();
+        assert_eq!(ledger.account(&acct).await.unwrap().unwrap().charged, 10);
     }
 }
