@@ -8,7 +8,6 @@
 //! - [`clock`]: an injectable wall clock so TTLs, windows and breakers are testable.
 //! - [`account`]: [`AccountId`], the one account-id rule, and its header.
 //! - [`time`]: RFC 3339 timestamps from Unix milliseconds.
-//! - [`backends`]: how tests find (or loudly skip) the Redis and PostgreSQL servers.
 //!
 //! ```
 //! use dreamnet_common::problem::Problem;
@@ -23,11 +22,8 @@
 //! ```
 
 pub mod account;
-pub mod auth;
-pub mod backends;
 pub mod body;
 pub mod clock;
-pub mod json_api;
 pub mod problem;
 pub mod time;
 

@@ -20,7 +20,7 @@ fn redis(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let url = dreamnet_common::backends::redis_url();
+    let url = dreamnet_test_support::redis_url();
     let prefix = format!("dreamnet-bench:{}:", std::process::id());
     let store = match rt.block_on(RedisStore::connect(&url)) {
         Ok(store) => store.prefix(&prefix),

@@ -29,11 +29,6 @@ pub(crate) fn respond(
         .map(Body::new)
 }
 
-/// Converts a `Problem` into an axum response.
-pub(crate) fn into_axum(problem: Problem) -> Response {
-    problem.into_response().map(Body::new)
-}
-
 /// Bodies of non-problem error responses longer than this are not quoted as the detail.
 const MAX_QUOTED_DETAIL: usize = 512;
 

@@ -5,9 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{eventually, Process};
-use http::Method;
+use common::Process;
+use dreamnet_test_support::holds_within;
 use serde_json::Value;
 
 #[tokio::test]
@@ -25,40 +24,31 @@ async fn generated_token_json_logs_and_sigterm() {
     assert_eq!(token.len(), 64);
     let auth = format!("Bearer {token}");
     let control = http
-        .send(
-            Method::GET,
-            "/api/control",
-            &[("authorization", &auth)],
-            Bytes::new(),
-        )
+        .get_with_headers("/api/control", &[("authorization", &auth)])
         .await;
     assert_eq!(control.status, 200);
     http.get("/api/control").await.assert_problem(401);
 
     // An idempotent request: its log lines carry its trace id, including DeployKeeper's.
     let echo = http
-        .send(
-            Method::POST,
+        .post_json(
             "/api/wolf-pack/echo",
             &[
-                ("content-type", "application/json"),
                 ("idempotency-key", "log-key-1"),
                 ("x-trace-id", "log-trace-1"),
             ],
-            Bytes::from_static(b"{}"),
+            "{}",
         )
         .await;
     assert_eq!(echo.status, 200);
     let replay = http
-        .send(
-            Method::POST,
+        .post_json(
             "/api/wolf-pack/echo",
             &[
-                ("content-type", "application/json"),
                 ("idempotency-key", "log-key-1"),
                 ("x-trace-id", "log-trace-2"),
             ],
-            Bytes::from_static(b"{}"),
+            "{}",
         )
         .await;
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
@@ -66,21 +56,16 @@ async fn generated_token_json_logs_and_sigterm() {
     // A mint (the billable layer owns idempotency there) logs the same lines.
     for trace in ["mint-trace-1", "mint-trace-2"] {
         let mint = http
-            .send(
-                Method::POST,
+            .post_json(
                 "/api/mint-dream",
-                &[
-                    ("content-type", "application/json"),
-                    ("x-idempotency-key", "mint-log-1"),
-                    ("x-trace-id", trace),
-                ],
-                Bytes::from_static(br#"{"dreamId": "d", "wallet": "w"}"#),
+                &[("x-idempotency-key", "mint-log-1"), ("x-trace-id", trace)],
+                r#"{"dreamId": "d", "wallet": "w"}"#,
             )
             .await;
         assert_eq!(mint.status, 201);
     }
 
-    let saw_both = eventually(Duration::from_secs(5), || {
+    let saw_both = holds_within(Duration::from_secs(5), || {
         let lines = server.log_lines();
         async move {
             let text = lines.join("\n");

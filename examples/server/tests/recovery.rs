@@ -6,11 +6,13 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{eventually, Backends, TestServer};
+use common::{Backends, TestServer};
 use dreamnet_billable::{
-    ledger::postgres::pool_for, Ledger, PostgresLedger, Reservation, ReserveRequest,
+    ledger::{postgres::pool_for, ActionId, Reservation, ReserveRequest},
+    Ledger, PostgresLedger,
 };
 use dreamnet_server::{BillingConfig, Config, FileConfig};
+use dreamnet_test_support::holds_within;
 
 fn reservation(key: &str, timeout: Duration) -> ReserveRequest {
     ReserveRequest {
@@ -18,7 +20,7 @@ fn reservation(key: &str, timeout: Duration) -> ReserveRequest {
         idempotency_key: key.to_owned(),
         fingerprint: "0".repeat(64),
         action: "mint-dream".to_owned(),
-        account: "crashed".to_owned(),
+        account: "crashed".parse().unwrap(),
         amount: 100,
         currency: "USD".to_owned(),
         trace_id: Some(format!("trace-{key}")),
@@ -34,11 +36,7 @@ async fn ledger(backends: &Backends) -> PostgresLedger {
         .expect("ledger")
 }
 
-async fn reserve(
-    ledger: &PostgresLedger,
-    key: &str,
-    timeout: Duration,
-) -> dreamnet_billable::ActionId {
+async fn reserve(ledger: &PostgresLedger, key: &str, timeout: Duration) -> ActionId {
     match ledger.reserve(reservation(key, timeout)).await.unwrap() {
         Reservation::Reserved(action) => action.id,
         other => panic!("not reserved: {other:?}"),
@@ -76,7 +74,7 @@ async fn start_up_recovery_and_sweeper_finish_what_a_crash_left() {
     let server = TestServer::start_with(config).await;
     let http = &server.http;
 
-    let state = |id: &dreamnet_billable::ActionId| {
+    let state = |id: &ActionId| {
         let path = format!("/api/billable/{id}");
         async move { http.admin_get(&path).await.json()["state"].clone() }
     };
@@ -104,7 +102,7 @@ async fn start_up_recovery_and_sweeper_finish_what_a_crash_left() {
 
     // While serving, the sweeper voids a reservation that expires later.
     let stuck = reserve(&crashed, "stuck", Duration::ZERO).await;
-    let swept = eventually(Duration::from_secs(5), || async {
+    let swept = holds_within(Duration::from_secs(5), || async {
         state(&stuck).await == "failed"
     })
     .await;

@@ -8,19 +8,17 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{eventually, Backends};
-use http::Method;
+use common::ReplicaPair;
+use dreamnet_test_support::holds_within;
 
 const MINT: &str = r#"{"dreamId": "dream-123", "wallet": "0xabc"}"#;
 
 #[tokio::test]
 async fn kill_switch_set_through_one_is_enforced_by_the_other() {
-    let Some(backends) = Backends::reserve().await else {
+    let Some(replicas) = ReplicaPair::start().await else {
         return;
     };
-    let a = backends.replica(&[]).await;
-    let b = backends.replica(&[]).await;
+    let (a, b) = (&replicas.a, &replicas.b);
 
     assert_eq!(b.http.get("/api/wolf-pack/echo").await.status, 200);
     let enabled = a
@@ -32,7 +30,7 @@ async fn kill_switch_set_through_one_is_enforced_by_the_other() {
         .await;
     assert_eq!(enabled.status, 200, "{}", enabled.text());
     let started = Instant::now();
-    let enforced = eventually(Duration::from_secs(1), || async {
+    let enforced = holds_within(Duration::from_secs(1), || async {
         b.http.get("/api/wolf-pack/echo").await.status == 503
     })
     .await;
@@ -57,7 +55,7 @@ async fn kill_switch_set_through_one_is_enforced_by_the_other() {
         )
         .await;
     assert!(
-        eventually(Duration::from_secs(1), || async {
+        holds_within(Duration::from_secs(1), || async {
             b.http.get("/api/orca-pack/echo").await.status == 503
                 && b.http.get("/api/wolf-pack/echo").await.status == 200
         })
@@ -67,24 +65,21 @@ async fn kill_switch_set_through_one_is_enforced_by_the_other() {
         .admin_post("/api/control/cluster/orca-pack/enable", "{}")
         .await;
     assert!(
-        eventually(Duration::from_secs(1), || async {
+        holds_within(Duration::from_secs(1), || async {
             a.http.get("/api/orca-pack/echo").await.status == 200
         })
         .await
     );
 
-    assert!(a.terminate().await.success());
-    assert!(b.terminate().await.success());
-    backends.drop_all().await;
+    replicas.stop().await;
 }
 
 #[tokio::test]
 async fn rate_limit_is_shared_exactly() {
-    let Some(backends) = Backends::reserve().await else {
+    let Some(replicas) = ReplicaPair::start().await else {
         return;
     };
-    let a = backends.replica(&[]).await;
-    let b = backends.replica(&[]).await;
+    let (a, b) = (&replicas.a, &replicas.b);
 
     // A day window of 10 (the day boundary is the only one a burst could straddle).
     let set = a
@@ -96,7 +91,7 @@ async fn rate_limit_is_shared_exactly() {
         .await;
     assert_eq!(set.status, 200, "{}", set.text());
     assert!(
-        eventually(Duration::from_secs(1), || async {
+        holds_within(Duration::from_secs(1), || async {
             b.http
                 .admin_get("/api/control/cluster/whale-pack/rate-limit")
                 .await
@@ -139,43 +134,23 @@ async fn rate_limit_is_shared_exactly() {
         .expect("day window");
     assert_eq!(day["used"], 10, "{usage}");
 
-    assert!(a.terminate().await.success());
-    assert!(b.terminate().await.success());
-    backends.drop_all().await;
+    replicas.stop().await;
 }
 
 #[tokio::test]
 async fn retried_mint_through_the_other_replica_replays_and_charges_once() {
-    let Some(backends) = Backends::reserve().await else {
+    let Some(replicas) = ReplicaPair::start().await else {
         return;
     };
-    let a = backends.replica(&[]).await;
-    let b = backends.replica(&[]).await;
+    let (a, b) = (&replicas.a, &replicas.b);
     let headers = [
-        ("content-type", "application/json"),
         ("x-idempotency-key", "unique-key-123"),
         ("x-account-id", "acct-replicas"),
     ];
 
-    let first = a
-        .http
-        .send(
-            Method::POST,
-            "/api/mint-dream",
-            &headers,
-            Bytes::from_static(MINT.as_bytes()),
-        )
-        .await;
+    let first = a.http.post_json("/api/mint-dream", &headers, MINT).await;
     assert_eq!(first.status, 201, "{}", first.text());
-    let retry = b
-        .http
-        .send(
-            Method::POST,
-            "/api/mint-dream",
-            &headers,
-            Bytes::from_static(MINT.as_bytes()),
-        )
-        .await;
+    let retry = b.http.post_json("/api/mint-dream", &headers, MINT).await;
     assert_eq!(retry.status, 201, "{}", retry.text());
     assert_eq!(retry.header("idempotent-replayed"), Some("true"));
     assert_eq!(retry.json(), first.json());
@@ -183,23 +158,12 @@ async fn retried_mint_through_the_other_replica_replays_and_charges_once() {
     // Concurrent duplicates of a new key through both replicas: one runs, the other
     // replays or is told to retry (409); one charge either way.
     let concurrent = [
-        ("content-type", "application/json"),
         ("x-idempotency-key", "concurrent-key"),
         ("x-account-id", "acct-replicas"),
     ];
     let (ra, rb) = tokio::join!(
-        a.http.send(
-            Method::POST,
-            "/api/mint-dream",
-            &concurrent,
-            Bytes::from_static(MINT.as_bytes())
-        ),
-        b.http.send(
-            Method::POST,
-            "/api/mint-dream",
-            &concurrent,
-            Bytes::from_static(MINT.as_bytes())
-        ),
+        a.http.post_json("/api/mint-dream", &concurrent, MINT),
+        b.http.post_json("/api/mint-dream", &concurrent, MINT),
     );
     let statuses = [ra.status.as_u16(), rb.status.as_u16()];
     assert!(statuses.contains(&201), "{statuses:?}");
@@ -210,7 +174,7 @@ async fn retried_mint_through_the_other_replica_replays_and_charges_once() {
         rb.text()
     );
 
-    for replica in [&a, &b] {
+    for replica in [a, b] {
         let account = replica
             .http
             .admin_get("/api/billable/accounts/acct-replicas")
@@ -224,33 +188,18 @@ async fn retried_mint_through_the_other_replica_replays_and_charges_once() {
     }
 
     // Idempotent echo records are shared through Redis too.
-    let echo = [
-        ("content-type", "application/json"),
-        ("idempotency-key", "echo-shared"),
-    ];
+    let echo = [("idempotency-key", "echo-shared")];
     let first = a
         .http
-        .send(
-            Method::POST,
-            "/api/spider-web/echo",
-            &echo,
-            Bytes::from_static(b"{\"n\":1}"),
-        )
+        .post_json("/api/spider-web/echo", &echo, r#"{"n":1}"#)
         .await;
     assert_eq!(first.status, 200);
     let replay = b
         .http
-        .send(
-            Method::POST,
-            "/api/spider-web/echo",
-            &echo,
-            Bytes::from_static(b"{\"n\":1}"),
-        )
+        .post_json("/api/spider-web/echo", &echo, r#"{"n":1}"#)
         .await;
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     assert_eq!(replay.json(), first.json());
 
-    assert!(a.terminate().await.success());
-    assert!(b.terminate().await.success());
-    backends.drop_all().await;
+    replicas.stop().await;
 }

@@ -4,8 +4,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
+use dreamnet_server::{serve, App, Config, FileConfig, Shutdown};
 use dreamnet_test_support::backends;
-use dreamnet_server::{serve, App, Config, Shutdown};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{
@@ -115,7 +115,11 @@ impl Http {
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        self.send(Method::GET, path, &[], Bytes::new()).await
+        self.get_with_headers(path, &[]).await
+    }
+
+    pub async fn get_with_headers(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(Method::GET, path, headers, Bytes::new()).await
     }
 
     pub async fn admin_get(&self, path: &str) -> Reply {
@@ -210,6 +214,19 @@ impl TestServer {
         let mut server = Self::start_with(config).await;
         server.backends = backends;
         Some(server)
+    }
+
+    /// Like [`TestServer::on`], with the default config but for the file config `toml`.
+    pub async fn on_file_config(stores: Stores, toml: &str) -> Option<Self> {
+        let file = FileConfig::from_toml(toml).expect("a valid test file config");
+        Self::on(
+            stores,
+            Config {
+                file,
+                ..Config::default()
+            },
+        )
+        .await
     }
 
     /// Memory stores, the test admin token.
@@ -348,7 +365,29 @@ impl Process {
     }
 }
 
-pub use dreamnet_test_support::holds_within as eventually;
+/// Two replicas of the binary sharing one fresh Redis prefix and PostgreSQL schema.
+pub struct ReplicaPair {
+    pub a: Process,
+    pub b: Process,
+    backends: Backends,
+}
+
+impl ReplicaPair {
+    /// Reserves the backends and starts both replicas; `None` after a loud skip.
+    pub async fn start() -> Option<Self> {
+        let backends = Backends::reserve().await?;
+        let a = backends.replica(&[]).await;
+        let b = backends.replica(&[]).await;
+        Some(Self { a, b, backends })
+    }
+
+    /// Sends SIGTERM to both, asserts each exits cleanly, then drops the test's data.
+    pub async fn stop(self) {
+        assert!(self.a.terminate().await.success());
+        assert!(self.b.terminate().await.success());
+        self.backends.drop_all().await;
+    }
+}
 
 /// A Redis prefix and a PostgreSQL schema for one test, cleaned up by `drop_all`.
 pub struct Backends {
