@@ -10,17 +10,20 @@ use axum::{
     Router,
 };
 use dreamnet_billable::{
-    ledger::postgres::pool_for, BillableApi, MemoryLedger, PostgresLedger, Sweeper,
+    api::BillableApi, ledger::postgres::pool_for, MemoryLedger, PostgresLedger, Sweeper,
 };
-use dreamnet_control_core::{ControlApi, ControlConfig, ControlLayer, ControlPlane, RedisStore};
+use dreamnet_control_core::{
+    api as control_api, ControlConfig, ControlLayer, ControlPlane, PathSegment, RedisStore,
+};
 use dreamnet_idempotency::{DefaultScope, IdempotencyLayer, IdempotencyStore, MemoryStore};
 use dreamnet_trace_id::TraceIdLayer;
 use http::{header, Extensions, HeaderValue};
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
+use dreamnet_admin::{AdminAuthLayer, AdminToken};
+
 use crate::{
-    auth::{self, AdminToken},
     billing::{self, BillingState, SharedLedger},
     config::{redact_url, Config},
     handlers::{self, MintKind},
@@ -114,14 +117,7 @@ impl App {
             plane: plane.clone(),
         };
         // /api/{cluster}/...: the cluster comes from the path; an unknown one is 404.
-        let by_path = ControlLayer::dynamic(plane.clone(), |parts: &http::request::Parts| {
-            parts
-                .uri
-                .path()
-                .strip_prefix("/api/")
-                .and_then(|rest| rest.split('/').next())
-                .map(str::to_owned)
-        });
+        let by_path = ControlLayer::dynamic(plane.clone(), PathSegment::new(1));
         let dream_state = ControlLayer::try_new(plane.clone(), "dream-state").map_err(|e| {
             BuildError::Control(format!(
                 "the mint routes are guarded by cluster dream-state, which the config lacks: {e}"
@@ -162,22 +158,15 @@ impl App {
                     .route_layer(dream_state),
             );
 
-        let control_api = ControlApi::new(plane.clone()).strip_prefix("/api/control");
         let billable_api = BillableApi::with_shared_ledger(ledger.clone())
-            .strip_prefix("/api/billable")
-            .currency(billing.config.currency.as_str());
-        let billable_routes = Router::new()
-            .route_service("/api/billable", billable_api.clone())
-            .route_service("/api/billable/{*rest}", billable_api)
-            .route_layer(middleware::from_fn(billing::check_account_path));
+            .currency(billing.config.currency.as_str())
+            .into_router();
         let admin_routes = Router::new()
-            .route_service("/api/control", control_api.clone())
-            .route_service("/api/control/{*rest}", control_api)
-            .merge(billable_routes)
-            .route_layer(middleware::from_fn_with_state(
-                token.clone(),
-                auth::require_admin,
-            ));
+            .nest("/api/control", control_api::router(plane.clone()))
+            .nest("/api/billable", billable_api)
+            // `layer`, not `route_layer`: the nested APIs' own 404/405 fallbacks sit behind
+            // the auth too, so an unauthenticated probe learns nothing about the routes.
+            .layer(AdminAuthLayer::new(token));
 
         let open_routes = Router::new()
             .route("/healthz", get(handlers::healthz))

@@ -196,8 +196,7 @@ pub(crate) async fn validate_mint(request: Request, next: Next) -> Response {
     if let Err(detail) = parse_mint(&bytes) {
         return problem::respond(StatusCode::BAD_REQUEST, detail, &parts.extensions);
     }
-    let account = parts.headers.get(dreamnet_billable::ACCOUNT_ID_HEADER);
-    if account.is_some_and(|v| !v.to_str().is_ok_and(crate::billing::valid_account)) {
+    if dreamnet_common::AccountId::from_headers(&parts.headers).is_err() {
         return problem::respond(
             StatusCode::BAD_REQUEST,
             "X-Account-Id must be 1..=128 characters of A-Z a-z 0-9 . _ @ : -",

@@ -28,12 +28,12 @@ mod serve;
 mod telemetry;
 
 pub use app::{App, BuildError};
-pub use dreamnet_admin::AdminToken;
 pub use config::{
     redact_url, AccountConfig, BillingConfig, Config, ConfigError, FileConfig, LogFormat,
     DEFAULT_ACCOUNT, DEFAULT_ADDR, DEFAULT_CURRENCY, DEFAULT_MINT_DREAM_PRICE,
     DEFAULT_MINT_TOKEN_PRICE,
 };
+pub use dreamnet_admin::AdminToken;
 pub use handlers::MAX_BODY_BYTES;
 pub use metrics::HttpMetrics;
 pub use serve::{serve, signal, Shutdown};

@@ -8,8 +8,8 @@ use std::{
     },
 };
 
-use dreamnet_billable::{ActionState, Ledger};
-use dreamnet_control_core::{BreakerState, MetricsSnapshot, RejectReason};
+use dreamnet_billable::{ledger::ActionState, LedgerAdmin};
+use dreamnet_control_core::{views::MetricsSnapshot, BreakerState, RejectReason};
 
 use axum::{
     extract::{Request, State},
@@ -193,7 +193,7 @@ pub(crate) fn render_control(out: &mut String, snapshot: &MetricsSnapshot) {
 
 /// Writes the ledger's counts and amounts per state (`dreamnet_billable_actions{state}`,
 /// `dreamnet_billable_amount{state,currency}`, minor units) and whether the ledger answered.
-pub(crate) async fn render_billing(out: &mut String, ledger: &dyn Ledger) {
+pub(crate) async fn render_billing(out: &mut String, ledger: &dyn LedgerAdmin) {
     let stats = ledger.stats().await;
     family(
         out,
