@@ -22,6 +22,7 @@ mod app;
 mod auth;
 mod billing;
 mod config;
+mod console;
 mod handlers;
 mod metrics;
 mod problem;
