@@ -175,6 +175,7 @@ impl App {
 
         let router = Router::new()
             .merge(open_routes)
+            .merge(crate::console::routes())
             .merge(admin_routes)
             .merge(mint_routes)
             .merge(cluster_routes)

@@ -21,6 +21,7 @@
 mod app;
 mod billing;
 mod config;
+mod console;
 mod handlers;
 mod metrics;
 mod problem;
