@@ -13,7 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use dreamnet_idempotency::{IdempotencyLayer, IdempotencyStore, MemoryStore};
+use dreamnet_idempotency::{IdempotencyLayer, IdempotencyStore, MemoryStore, RequestBody};
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
@@ -31,7 +31,7 @@ fn post(key: &str) -> Request<Full<Bytes>> {
 async fn measure(name: &str, store: Arc<dyn IdempotencyStore>) {
     let svc = ServiceBuilder::new()
         .layer(IdempotencyLayer::builder().shared_store(store).build())
-        .service(service_fn(|_r: Request<Full<Bytes>>| async {
+        .service(service_fn(|_r: Request<RequestBody<Full<Bytes>>>| async {
             Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
                 b"{\"ok\":true}",
             ))))

@@ -40,7 +40,7 @@
 //! | same key while the first is still running | 409 with `Retry-After` (time left on its lease) |
 //! | same key, different method, path, query or body | 422 |
 //! | no key on a route with `.required(true)` | 400 |
-//! | key empty, over 255 chars, not printable ASCII, or sent twice | 400 |
+//! | key empty, over 255 chars, not printable ASCII, not an RFC 8941 sf-string (an integer `42`, a boolean `?1`, ...; a bare token is accepted), or sent twice | 400 |
 //! | request body over the limit (1 MiB) | 413 |
 //! | the store unreachable | 503 with `Retry-After` (fail closed: the handler does not run) |
 //! | the stored value under the key is corrupt or foreign | 500 |
@@ -56,11 +56,13 @@
 //!
 //! # Bodies
 //!
-//! The layer buffers guarded request bodies (up to the limit, `Content-Length` checked first)
-//! and passes them on as `B::from(bytes)`, so the inner service sees the same body type `B`
-//! as the layer; `B` must implement `From<Bytes>` (axum's `Body` and `Full<Bytes>` do). On a
-//! bare hyper server, map `Incoming` into axum's `Body` first
-//! (`.map_request(|r: Request<Incoming>| r.map(axum::body::Body::new))`).
+//! The layer takes any request body `B: http_body::Body<Data = Bytes>` (hyper's `Incoming`,
+//! `tonic::body::Body`, axum's `Body`, ...). It buffers guarded request bodies (up to the
+//! limit, `Content-Length` checked first) and hands the inner service a [`RequestBody<B>`]:
+//! the buffered bytes, or `B` untouched on requests it does not guard. An axum `Router` or
+//! tonic `Routes` takes that body as it takes any other, so the layer composes with
+//! `Router::layer`, `Router::route_layer`, tonic's `Routes` and a plain hyper service
+//! (`hyper_util::service::TowerToHyperService`) unchanged; `tests/frameworks.rs` runs all four.
 //! Responses come back as [`dreamnet_common::ResponseBody`]: the inner body streamed through
 //! untouched, or a buffered one.
 //!
@@ -90,6 +92,7 @@
 //! `[DeployKeeper] Idempotency-Key: K, Trace-ID: T, Digest: D, Status: NEW` and
 //! `[Idempotency] Duplicate detected - Key: K, Trace: T, Digest: D, Original: T0`.
 
+mod body;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod fingerprint;
@@ -107,6 +110,7 @@ mod service;
 pub mod store;
 mod stored;
 
+pub use body::RequestBody;
 pub use future::ResponseFuture;
 pub use layer::{
     IdempotencyLayer, IdempotencyLayerBuilder, DEFAULT_LEASE, DEFAULT_MAX_BODY, DEFAULT_TTL,

@@ -12,6 +12,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::{
+    body::RequestBody,
     future::ResponseFuture,
     layer::Config,
     protocol::{self, Admission, Captured, Claimed, Prepared, Ran, Settlement},
@@ -23,11 +24,10 @@ pub const LOG_TARGET: &str = "dreamnet_idempotency";
 
 /// The idempotency service; see [`IdempotencyLayer`](crate::IdempotencyLayer).
 ///
-/// The inner service receives the request with the same body type `B`: for guarded
-/// requests the layer buffers the body (up to the limit) and hands the bytes back as
-/// `B::from(bytes)`, so `B` must implement `From<Bytes>` (axum's `Body` and
-/// `http_body_util::Full<Bytes>` do; for hyper's `Incoming`, map the request into axum's
-/// `Body` first). Requests the layer does not guard reach the inner service untouched.
+/// The inner service receives a [`RequestBody<B>`]: for guarded requests the bytes the
+/// layer buffered (up to the limit), for the others the incoming body `B` untouched. Any
+/// `B: Body<Data = Bytes>` works (hyper's `Incoming`, `tonic::body::Body`, axum's `Body`),
+/// and an axum `Router` / tonic `Routes` inside takes `RequestBody<B>` as is.
 pub struct Idempotency<S> {
     inner: S,
     config: Arc<Config>,
@@ -64,10 +64,10 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Idempotency<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for Idempotency<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    B: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display + Send,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Send,
@@ -84,7 +84,11 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let key = match self.config.protocol.admit(&request) {
             Admission::Guard(key) => key,
-            Admission::Skip => return ResponseFuture::passthrough(self.inner.call(request)),
+            Admission::Skip => {
+                return ResponseFuture::passthrough(
+                    self.inner.call(request.map(RequestBody::inner)),
+                )
+            }
             Admission::Reject(problem) => return ResponseFuture::rejected(problem),
         };
         // The service that was driven to readiness is the one that must be called.
@@ -107,8 +111,8 @@ async fn guarded<S, B, ResBody>(
     request: Request<B>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    B: Body<Data = Bytes> + From<Bytes>,
+    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
     ResBody: Body<Data = Bytes>,
 {
@@ -129,7 +133,12 @@ where
         ..
     } = prepared;
     let settlement = Settlement::new(Arc::clone(&config.store), scope, key, token, trace_id);
-    let response = match protocol::run(inner, Request::from_parts(parts, B::from(body))).await {
+    let response = match protocol::run(
+        inner,
+        Request::from_parts(parts, RequestBody::buffered(body)),
+    )
+    .await
+    {
         Ran::Response(response) => response,
         Ran::Error(err) => {
             settlement.release("handler error").await;

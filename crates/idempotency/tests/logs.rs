@@ -2,7 +2,7 @@
 #![allow(missing_docs)]
 
 use bytes::Bytes;
-use dreamnet_idempotency::IdempotencyLayer;
+use dreamnet_idempotency::{IdempotencyLayer, RequestBody};
 use dreamnet_test_support::logs::Capture;
 use dreamnet_trace_id::TraceContext;
 use http::{Request, Response};
@@ -24,9 +24,13 @@ async fn new_and_duplicate_lines_carry_key_trace_digest_and_original() {
 
     let svc = ServiceBuilder::new()
         .layer(IdempotencyLayer::default())
-        .service(tower::service_fn(|_r: Request<Full<Bytes>>| async {
-            Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-        }));
+        .service(tower::service_fn(
+            |_r: Request<RequestBody<Full<Bytes>>>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                    b"ok",
+                ))))
+            },
+        ));
     svc.clone().oneshot(request("trace-first")).await.unwrap();
     svc.clone().oneshot(request("trace-retry")).await.unwrap();
 

@@ -261,6 +261,11 @@ mod tests {
         assert!(
             matches!(rules.admit(&post(&[("idempotency-key", "\"")])), Admission::Reject(p) if p.status == 400)
         );
+        let typed = rules.admit(&post(&[("idempotency-key", "?1")]));
+        assert!(
+            matches!(&typed, Admission::Reject(p) if p.status == 400 && p.detail.as_deref().is_some_and(|d| d.contains("RFC 8941 sf-string") && d.contains("not a boolean"))),
+            "{typed:?}"
+        );
         let any = Protocol::new().any_method().required(true);
         assert!(matches!(any.admit(&get), Admission::Guard(_)));
     }

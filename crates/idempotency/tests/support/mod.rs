@@ -277,10 +277,11 @@ impl Handler {
         self.calls.load(Ordering::SeqCst)
     }
 
-    pub async fn handle(
-        self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response<Body>, HandlerError> {
+    pub async fn handle<B>(self, request: Request<B>) -> Result<Response<Body>, HandlerError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::fmt::Debug,
+    {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         if request.headers().get("x-block").is_some() {
             self.gate.acquire().await.expect("gate open").forget();
@@ -290,7 +291,7 @@ impl Handler {
             .into_body()
             .collect()
             .await
-            .expect("infallible")
+            .expect("request body")
             .to_bytes();
         let echo = String::from_utf8_lossy(&body).into_owned();
         let json = Bytes::from(format!("{{\"call\":{n},\"echo\":{echo:?}}}"));

@@ -7,7 +7,7 @@ use http::{header::RETRY_AFTER, Method, Request, StatusCode};
 use http_body_util::Full;
 use tower::ServiceExt;
 
-use dreamnet_idempotency::IdempotencyLayer;
+use dreamnet_idempotency::{IdempotencyLayer, RequestBody};
 
 use super::{eventually, post, send, service, unique, Backend, Handler};
 
@@ -454,16 +454,18 @@ pub async fn t09_body_limits(backend: &Backend) {
     let axum_handler = handler.clone();
     let limited = tower::ServiceBuilder::new()
         .layer(layer(backend).max_request_body(1024).build())
-        .service(tower::service_fn(move |_r: Request<axum::body::Body>| {
-            axum_handler
-                .calls
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            async {
-                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                    bytes::Bytes::new(),
-                )))
-            }
-        }));
+        .service(tower::service_fn(
+            move |_r: Request<RequestBody<axum::body::Body>>| {
+                axum_handler
+                    .calls
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        bytes::Bytes::new(),
+                    )))
+                }
+            },
+        ));
     let response = limited.oneshot(streamed).await.unwrap();
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(handler.calls(), 0);
