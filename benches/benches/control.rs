@@ -9,32 +9,17 @@
 
 use std::{
     collections::BTreeMap,
-    future::Future,
     hint::black_box,
-    pin::pin,
-    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use dreamnet_benches::bare_handler;
+use dreamnet_benches::{bare_handler, poll_now};
 use dreamnet_control_core::{ClusterConfig, ControlConfig, ControlPlane, Outcome, WindowConfig};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use tower::{service_fn, Service, ServiceBuilder};
-
-/// Polls a future that must be ready at once (the memory path never waits).
-fn now<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the memory path must not wait"),
-    }
-}
 
 /// One cluster with 3 windows so large that no request is ever rate limited: every
 /// iteration measures the full admission path (all 3 windows checked and taken).
@@ -72,7 +57,7 @@ fn decision(c: &mut Criterion) {
     // then the breaker records the outcome.
     group.bench_function("decision_memory_3_windows", |b| {
         b.iter(|| {
-            let permit = now(plane.acquire("wolf-pack", None)).unwrap();
+            let permit = poll_now(plane.acquire("wolf-pack", None)).unwrap();
             permit.finish(Outcome::Status(StatusCode::OK));
         });
     });
@@ -84,7 +69,7 @@ fn decision(c: &mut Criterion) {
                     let plane = plane.clone();
                     s.spawn(move || {
                         for _ in 0..iters {
-                            let permit = now(plane.acquire("wolf-pack", None)).unwrap();
+                            let permit = poll_now(plane.acquire("wolf-pack", None)).unwrap();
                             permit.finish(Outcome::Status(StatusCode::OK));
                         }
                     });
@@ -94,11 +79,11 @@ fn decision(c: &mut Criterion) {
         });
     });
     group.bench_function("bare_service", |b| {
-        b.iter(|| black_box(now(bare.call(request())).unwrap()));
+        b.iter(|| black_box(poll_now(bare.call(request())).unwrap()));
     });
     group.bench_function("layer_memory_3_windows", |b| {
         b.iter(|| {
-            let response = now(guarded.call(request())).unwrap();
+            let response = poll_now(guarded.call(request())).unwrap();
             assert_eq!(response.status(), 200);
             black_box(response)
         });
@@ -113,7 +98,7 @@ fn decision(c: &mut Criterion) {
                     let mut svc = guarded.clone();
                     s.spawn(move || {
                         for _ in 0..iters {
-                            black_box(now(svc.call(request())).unwrap());
+                            black_box(poll_now(svc.call(request())).unwrap());
                         }
                     });
                 }
@@ -121,18 +106,18 @@ fn decision(c: &mut Criterion) {
             start.elapsed()
         });
     });
-    // A 503 from the kill switch: problem+json plus `RateLimit-Policy` and `RateLimit`
-    // (the counters read, nothing taken).
+    // A 503 from the kill switch: problem+json plus `RateLimit-Policy` (no `RateLimit`:
+    // the counters are not read).
     let stopped = crate::plane();
-    now(stopped.engage_kill_switch("bench", "bench", None)).unwrap();
+    poll_now(stopped.engage_kill_switch("bench", "bench", None)).unwrap();
     let mut stopped_svc = ServiceBuilder::new()
         .layer(stopped.layer("wolf-pack"))
         .service(service_fn(bare_handler));
     group.bench_function("layer_memory_kill_switch_503", |b| {
         b.iter(|| {
-            let response = now(stopped_svc.call(request())).unwrap();
+            let response = poll_now(stopped_svc.call(request())).unwrap();
             assert_eq!(response.status(), 503);
-            assert!(response.headers().contains_key("ratelimit"));
+            assert!(response.headers().contains_key("ratelimit-policy"));
             black_box(response)
         });
     });

@@ -15,16 +15,13 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dreamnet_benches::{bare_handler, runtime};
+use dreamnet_benches::{bare_handler, poll_now, runtime};
 use dreamnet_idempotency::IdempotencyLayer;
 use http::{HeaderValue, Request};
 use http_body_util::Full;
 use std::{
-    future::Future,
     hint::black_box,
-    pin::pin,
     sync::atomic::{AtomicU64, Ordering},
-    task::{Context as TaskContext, Poll, Waker},
 };
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
@@ -46,19 +43,6 @@ fn post(key: &str) -> Request<Full<Bytes>> {
 
 fn fresh_key(counter: &AtomicU64) -> String {
     format!("bench-{}", counter.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Polls `future` once on this thread; with the memory store and the bare handler nothing
-/// waits, so this measures the layer's own work without the runtime's scheduling noise.
-fn poll_now<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut TaskContext::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the benched service is expected to answer at once"),
-    }
 }
 
 fn direct(c: &mut Criterion) {

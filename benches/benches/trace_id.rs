@@ -9,18 +9,12 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use dreamnet_benches::{bare_handler, runtime};
+use dreamnet_benches::{bare_handler, poll_now, runtime};
 use dreamnet_common::ManualClock;
 use dreamnet_trace_id::{PropagateTraceLayer, TimestampHex, TraceContext, TraceIdLayer};
 use http::{HeaderValue, Request};
 use http_body_util::Full;
-use std::{
-    future::Future,
-    hint::black_box,
-    pin::pin,
-    sync::Arc,
-    task::{Context as TaskContext, Poll, Waker},
-};
+use std::{hint::black_box, sync::Arc};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -67,6 +61,8 @@ impl Case {
     }
 }
 
+/// The bare service and the layered one, each driven by the runtime (`trace_id/...`) and by
+/// one synchronous poll per request (`trace_id/direct/...`).
 fn layer_overhead(c: &mut Criterion) {
     let rt = runtime();
     let bare = service_fn(bare_handler);
@@ -94,28 +90,8 @@ fn layer_overhead(c: &mut Criterion) {
         });
     }
     group.finish();
-}
 
-/// Polls `future` once on this thread; the bare handler and the layer never wait, so this
-/// measures their own work without the runtime's scheduling noise.
-fn poll_now<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut TaskContext::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the benched service is expected to answer at once"),
-    }
-}
-
-/// The same comparison without a runtime: one synchronous poll per request.
-fn layer_overhead_direct(c: &mut Criterion) {
-    let bare = service_fn(bare_handler);
-    let layered = ServiceBuilder::new()
-        .layer(TraceIdLayer::new())
-        .service(service_fn(bare_handler));
-
+    // The same comparison without a runtime: one synchronous poll per request.
     let mut group = c.benchmark_group("trace_id/direct");
     for case in Case::ALL {
         group.bench_function(format!("bare/{}", case.name()), |b| {
@@ -172,11 +148,5 @@ fn propagate(c: &mut Criterion) {
     });
 }
 
-criterion_group!(
-    benches,
-    layer_overhead,
-    layer_overhead_direct,
-    generator,
-    propagate
-);
+criterion_group!(benches, layer_overhead, generator, propagate);
 criterion_main!(benches);

@@ -6,12 +6,18 @@
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use std::convert::Infallible;
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::pin,
+    task::{Context, Poll, Waker},
+};
 
 /// The bare handler every bench wraps: answers 200 with a small body.
-pub async fn bare_handler(
-    _request: Request<Full<Bytes>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+///
+/// Generic over the request body: a layer may hand its inner service another body type than
+/// the one it received (the idempotency layer's `RequestBody`, for one).
+pub async fn bare_handler<B>(_request: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::new(Full::new(Bytes::from_static(
         b"{\"ok\":true}",
     ))))
@@ -24,4 +30,23 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
+}
+
+/// Polls `future` once on this thread and returns its output.
+///
+/// The memory stores and the bare handler never wait, so a bench driven this way measures
+/// the layer's own work without the runtime's scheduling noise.
+///
+/// # Panics
+///
+/// If the future is not ready at the first poll: the benched path waited on something.
+pub fn poll_now<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the benched service must answer at once, without waiting"),
+    }
 }

@@ -16,7 +16,8 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// (see [`TraceState`](crate::TraceState)).
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-/// The header names the layer reads and writes.
+/// The header names a layer reads and writes: [`TraceIdLayer`] on the way in,
+/// [`PropagateTraceLayer`](crate::PropagateTraceLayer) on the way out.
 #[derive(Clone, Debug)]
 pub(crate) struct HeaderNames {
     pub(crate) trace_id: HeaderName,
@@ -24,14 +25,13 @@ pub(crate) struct HeaderNames {
     pub(crate) tracestate: HeaderName,
 }
 
-impl Default for HeaderNames {
-    fn default() -> Self {
-        Self {
-            trace_id: X_TRACE_ID,
-            traceparent: TRACEPARENT,
-            tracestate: TRACESTATE,
-        }
-    }
+impl HeaderNames {
+    /// `x-trace-id`, `traceparent` and `tracestate`.
+    pub(crate) const DEFAULT: Self = Self {
+        trace_id: X_TRACE_ID,
+        traceparent: TRACEPARENT,
+        tracestate: TRACESTATE,
+    };
 }
 
 /// What every clone of a [`TraceId`] service shares.
@@ -64,7 +64,7 @@ impl TraceIdLayer {
     #[must_use]
     pub fn new() -> Self {
         Self {
-            names: HeaderNames::default(),
+            names: HeaderNames::DEFAULT,
             make: Arc::new(TimestampHex::new()),
         }
     }

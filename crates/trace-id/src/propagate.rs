@@ -1,10 +1,6 @@
 //! [`PropagateTraceLayer`]: the client-side layer for outbound requests.
 
-use crate::{
-    context::TraceContext,
-    id::is_valid_trace_id,
-    layer::{TRACEPARENT, TRACESTATE, X_TRACE_ID},
-};
+use crate::{context::TraceContext, id::is_valid_trace_id, layer::HeaderNames};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use std::task::{Context, Poll};
@@ -64,23 +60,7 @@ use tower_service::Service;
 /// ```
 #[derive(Clone, Debug)]
 pub struct PropagateTraceLayer {
-    names: OutboundNames,
-}
-
-/// The header names the client layer writes.
-#[derive(Clone, Debug)]
-struct OutboundNames {
-    trace_id: HeaderName,
-    traceparent: HeaderName,
-    tracestate: HeaderName,
-}
-
-impl OutboundNames {
-    const DEFAULT: Self = Self {
-        trace_id: X_TRACE_ID,
-        traceparent: TRACEPARENT,
-        tracestate: TRACESTATE,
-    };
+    names: HeaderNames,
 }
 
 impl PropagateTraceLayer {
@@ -88,7 +68,7 @@ impl PropagateTraceLayer {
     #[must_use]
     pub fn new() -> Self {
         Self {
-            names: OutboundNames::DEFAULT,
+            names: HeaderNames::DEFAULT,
         }
     }
 
@@ -196,7 +176,7 @@ where
 }
 
 /// Writes the headers naming `context`'s span as the parent of the request.
-fn write_headers(context: &TraceContext, headers: &mut HeaderMap, names: &OutboundNames) {
+fn write_headers(context: &TraceContext, headers: &mut HeaderMap, names: &HeaderNames) {
     // A context built by hand may hold any string: only an allow-listed id is sent as is.
     let trace_id = if is_valid_trace_id(context.trace_id()) {
         context.trace_id().to_owned()
@@ -241,6 +221,6 @@ impl TraceContext {
     /// assert!(!headers.contains_key("tracestate"));
     /// ```
     pub fn inject_headers(&self, headers: &mut HeaderMap) {
-        write_headers(self, headers, &OutboundNames::DEFAULT);
+        write_headers(self, headers, &HeaderNames::DEFAULT);
     }
 }

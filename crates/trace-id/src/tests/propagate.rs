@@ -29,6 +29,16 @@ fn spying_client() -> impl Service<
         }))
 }
 
+/// The headers `client()` sends for a new request while `context` is the current trace.
+async fn headers_sent_within(context: &TraceContext) -> HeaderMap {
+    context
+        .clone()
+        .scope(client().oneshot(Request::new(())))
+        .await
+        .unwrap()
+        .into_body()
+}
+
 /// `(trace id, parent id, flags)` of the traceparent that was sent.
 fn traceparent_of(headers: &HeaderMap) -> (String, String, u8) {
     let value = headers["traceparent"].to_str().unwrap();
@@ -89,12 +99,7 @@ async fn flags_and_tracestate_of_a_continued_trace_are_sent_on() {
         .unwrap();
     let state = TraceState::parse("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE").unwrap();
     let ctx = TraceContext::from_traceparent("correlation-1", &tp, state);
-    let sent = ctx
-        .clone()
-        .scope(client().oneshot(Request::new(())))
-        .await
-        .unwrap()
-        .into_body();
+    let sent = headers_sent_within(&ctx).await;
     assert_eq!(sent["x-trace-id"], "correlation-1");
     let (trace, parent, flags) = traceparent_of(&sent);
     assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -116,12 +121,7 @@ async fn flags_and_tracestate_of_a_continued_trace_are_sent_on() {
 async fn w3c_trace_ids_are_sent_unchanged() {
     let ctx =
         TraceContext::from_parts("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", None);
-    let sent = ctx
-        .clone()
-        .scope(client().oneshot(Request::new(())))
-        .await
-        .unwrap()
-        .into_body();
+    let sent = headers_sent_within(&ctx).await;
     assert_eq!(sent["x-trace-id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     let (trace, parent, flags) = traceparent_of(&sent);
     assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -176,12 +176,7 @@ async fn existing_headers_are_replaced_and_extension_wins_over_current() {
 #[tokio::test]
 async fn unsafe_trace_ids_in_a_hand_made_context_are_not_sent() {
     let ctx = TraceContext::from_parts("bad id\r", "not-a-span-id", None);
-    let sent = ctx
-        .clone()
-        .scope(client().oneshot(Request::new(())))
-        .await
-        .unwrap()
-        .into_body();
+    let sent = headers_sent_within(&ctx).await;
     let (trace, parent, _) = traceparent_of(&sent);
     assert_eq!(sent["x-trace-id"], trace.as_str(), "the W3C form instead");
     assert_eq!(parent.len(), 16);
@@ -221,7 +216,9 @@ async fn a_trace_crosses_two_services() {
     let service_b = ServiceBuilder::new()
         .layer(TraceIdLayer::new())
         .service(service_fn(|request: Request<()>| async move {
-            let ctx = request.extensions().get::<TraceContext>().unwrap().clone();
+            let ctx = TraceContext::from_extensions(request.extensions())
+                .unwrap()
+                .clone();
             Ok::<_, BoxError>(Response::new(ctx))
         }));
     // Service A: calls B with the client layer, no explicit plumbing.
@@ -232,7 +229,9 @@ async fn a_trace_crosses_two_services() {
                 .layer(PropagateTraceLayer::new())
                 .service(service_b.clone());
             async move {
-                let a = request.extensions().get::<TraceContext>().unwrap().clone();
+                let a = TraceContext::from_extensions(request.extensions())
+                    .unwrap()
+                    .clone();
                 // Not the inbound request: a fresh one, the context comes from the task.
                 let b = outbound.oneshot(Request::new(())).await?.into_body();
                 Ok::<_, BoxError>(Response::new((a, b)))

@@ -27,9 +27,7 @@ async fn echo(request: Request<()>) -> Result<Response<Seen>, Infallible> {
     tokio::task::yield_now().await;
     tracing::info!("in handler");
     let seen = Seen {
-        context: request
-            .extensions()
-            .get::<TraceContext>()
+        context: TraceContext::from_extensions(request.extensions())
             .expect("TraceContext in extensions")
             .clone(),
         current: TraceContext::current(),
@@ -301,9 +299,7 @@ async fn rejections_of_inner_layers_carry_the_trace_id() {
     let service = ServiceBuilder::new()
         .layer(TraceIdLayer::new())
         .service(service_fn(|request: Request<()>| async move {
-            let trace_id = request
-                .extensions()
-                .get::<TraceContext>()
+            let trace_id = TraceContext::from_extensions(request.extensions())
                 .map(|ctx| ctx.trace_id().to_owned());
             Ok::<_, Infallible>(
                 Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
@@ -362,7 +358,9 @@ async fn header_names_are_configurable() {
                 .tracestate_header(HeaderName::from_static("x-state")),
         )
         .service(service_fn(|request: Request<()>| async move {
-            let ctx = request.extensions().get::<TraceContext>().unwrap().clone();
+            let ctx = TraceContext::from_extensions(request.extensions())
+                .unwrap()
+                .clone();
             let state = request.headers().get("x-state").cloned();
             Ok::<_, Infallible>(Response::new((ctx, state)))
         }));
