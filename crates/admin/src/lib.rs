@@ -21,7 +21,7 @@
 //! ));
 //! let app = Router::new()
 //!     .nest("/api/admin", api)
-//!     .layer(AdminAuthLayer::new(AdminToken::new("s3cret")));
+//!     .layer(AdminAuthLayer::new(AdminToken::new("correct-horse-battery-staple")));
 //!
 //! let request = |auth: &str, body: &'static str| {
 //!     http::Request::post("/api/admin/credit")
@@ -29,11 +29,11 @@
 //!         .body(axum::body::Body::from(body))
 //!         .unwrap()
 //! };
-//! let ok = app.clone().oneshot(request("Bearer s3cret", r#"{"amount":5}"#)).await.unwrap();
+//! let ok = app.clone().oneshot(request("Bearer correct-horse-battery-staple", r#"{"amount":5}"#)).await.unwrap();
 //! assert_eq!(ok.status(), 200);
 //! let refused = app.clone().oneshot(request("Bearer wrong", r#"{"amount":5}"#)).await.unwrap();
 //! assert_eq!(refused.status(), 401);
-//! let array = app.oneshot(request("Bearer s3cret", "[5]")).await.unwrap();
+//! let array = app.oneshot(request("Bearer correct-horse-battery-staple", "[5]")).await.unwrap();
 //! assert_eq!(array.status(), 400);
 //! assert_eq!(array.headers()["content-type"], "application/problem+json");
 //! # }
@@ -41,7 +41,9 @@
 
 pub mod api;
 mod auth;
+pub mod throttle;
 mod token;
 
 pub use auth::{AdminAuth, AdminAuthLayer, ResponseFuture};
-pub use token::AdminToken;
+pub use throttle::{AuthThrottle, AuthThrottleBuilder};
+pub use token::{AdminToken, WeakToken, MIN_TOKEN_LEN};

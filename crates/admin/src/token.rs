@@ -6,6 +6,19 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+/// The shortest admin token [`AdminToken::strong`] accepts, in characters. 16 random
+/// characters of a URL-safe alphabet are ~95 bits: beyond any online guessing, even at
+/// the throttle's pace across many addresses.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// A configured admin token refused by [`AdminToken::strong`] as too short.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the admin token has {len} characters; at least {MIN_TOKEN_LEN} are required (generate one with `openssl rand -hex 32`)")]
+pub struct WeakToken {
+    /// How many characters the refused token had.
+    pub len: usize,
+}
+
 /// The admin token, kept only as its SHA-256 digest.
 ///
 /// Comparing digests with [`subtle`] makes the check constant-time in the token's content
@@ -15,9 +28,9 @@ use subtle::ConstantTimeEq;
 /// use dreamnet_admin::AdminToken;
 /// use http::HeaderValue;
 ///
-/// let token = AdminToken::new("s3cret");
-/// assert!(token.verify(Some(&HeaderValue::from_static("Bearer s3cret"))));
-/// assert!(token.verify(Some(&HeaderValue::from_static("bearer s3cret"))));
+/// let token = AdminToken::new("correct-horse-battery-staple");
+/// assert!(token.verify(Some(&HeaderValue::from_static("Bearer correct-horse-battery-staple"))));
+/// assert!(token.verify(Some(&HeaderValue::from_static("bearer correct-horse-battery-staple"))));
 /// assert!(!token.verify(Some(&HeaderValue::from_static("Bearer s3cre"))));
 /// assert!(!token.verify(None));
 /// ```
@@ -38,6 +51,25 @@ impl AdminToken {
         Self {
             digest: Arc::new(Sha256::digest(token.as_bytes()).into()),
         }
+    }
+
+    /// Keeps the digest of `token` if it has at least [`MIN_TOKEN_LEN`] characters (for a
+    /// token an operator configured; [`AdminToken::new`] takes any, for tests).
+    ///
+    /// ```
+    /// use dreamnet_admin::AdminToken;
+    /// assert!(AdminToken::strong("s3cret").is_err());
+    /// assert!(AdminToken::strong("correct-horse-battery-staple").is_ok());
+    /// ```
+    ///
+    /// # Errors
+    /// [`WeakToken`] when it is shorter.
+    pub fn strong(token: &str) -> Result<Self, WeakToken> {
+        let len = token.chars().count();
+        if len < MIN_TOKEN_LEN {
+            return Err(WeakToken { len });
+        }
+        Ok(Self::new(token))
     }
 
     /// A fresh random token: 32 random bytes as 64 hex digits.
@@ -73,15 +105,15 @@ mod tests {
 
     #[test]
     fn verifies_only_the_right_bearer_token() {
-        let token = AdminToken::new("s3cret");
+        let token = AdminToken::new("correct-horse-battery-staple");
         let ok = |v: &str| token.verify(Some(&HeaderValue::from_str(v).unwrap()));
-        assert!(ok("Bearer s3cret"));
-        assert!(ok("bearer s3cret"));
-        assert!(ok("BEARER  s3cret "));
+        assert!(ok("Bearer correct-horse-battery-staple"));
+        assert!(ok("bearer correct-horse-battery-staple"));
+        assert!(ok("BEARER  correct-horse-battery-staple "));
         assert!(!ok("Bearer s3cre"));
-        assert!(!ok("Bearer s3cret2"));
-        assert!(!ok("Basic s3cret"));
-        assert!(!ok("s3cret"));
+        assert!(!ok("Bearer correct-horse-battery-staple2"));
+        assert!(!ok("Basic correct-horse-battery-staple"));
+        assert!(!ok("correct-horse-battery-staple"));
         assert!(!ok("Bearer "));
         assert!(!token.verify(None));
     }

@@ -12,6 +12,7 @@ use std::{
 
 use bytes::Bytes;
 use dreamnet_billable::{ledger::postgres::pool_for, BillableLayer, PostgresLedger};
+use dreamnet_idempotency::RequestBody;
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -41,11 +42,13 @@ async fn main() {
     );
     let mut svc = ServiceBuilder::new()
         .layer(BillableLayer::with_shared_ledger(ledger, "mint-dream", 1))
-        .service(tower::service_fn(|_r: Request<Full<Bytes>>| async {
-            Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
-                b"minted",
-            ))))
-        }));
+        .service(tower::service_fn(
+            |_r: Request<RequestBody<Full<Bytes>>>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                    b"minted",
+                ))))
+            },
+        ));
     // Warm the pool and the prepared statements.
     for key in 0..20 {
         let response = svc

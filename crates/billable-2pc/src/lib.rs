@@ -8,19 +8,20 @@
 //!    recorded with the request fingerprint by [`Ledger::reserve`], which atomically holds the
 //!    price on the account, or answers 402 when the account's available credit is short;
 //! 2. the handler runs (it finds a [`ReservedAction`] in the request extensions);
-//! 3. on 2xx its response is stored with the action ([`Ledger::confirm`], state `confirmed`)
-//!    and the charge posted ([`Ledger::charge`], state `charged`); a non-2xx, an error or a
-//!    panic voids the hold (state `failed`) and charges nothing;
+//! 3. on 2xx its response is stored with the action and the charge posted in one atomic
+//!    step ([`Ledger::settle`], state `charged`); a non-2xx, an error or a panic voids the
+//!    hold (state `failed`) and charges nothing;
 //! 4. the same key again replays the stored response and charges nothing; while the first is
 //!    running it is 409, with another payload 422.
 //!
 //! [`recover`] (at start-up) and a [`Sweeper`] (in the background) void reservations left
-//! pending past their timeout by a crash, and post charges left unposted after the response
-//! was stored. With feature `axum`, `api::BillableApi` builds the admin router: stats,
+//! pending past their timeout by a crash, and post the charge of any action left
+//! `confirmed` (a response stored by a separate [`Ledger::confirm`]). With feature `axum`, `api::BillableApi` builds the admin router: stats,
 //! action status and accounts.
 //!
-//! The store is split like tower-sessions' `SessionStore`: [`Ledger`] is the five
-//! two-phase steps the layer needs; [`LedgerAdmin`] (accounts, credit, stats, action lookup,
+//! The store is split like tower-sessions' `SessionStore`: [`Ledger`] is the two-phase
+//! steps the layer and recovery need (five required methods, and `settle`, which a backend
+//! may do in one transaction); [`LedgerAdmin`] (accounts, credit, stats, action lookup,
 //! the recovery listing) is the optional part the API, recovery and metrics need.
 //! [`MemoryLedger`] and, with feature `postgres`, [`PostgresLedger`] implement both; feature
 //! `conformance` exports the suites an outside backend runs to prove it behaves the same.
@@ -36,6 +37,7 @@
 //! use dreamnet_billable::{BillableLayer, LedgerAdmin, MemoryLedger};
 //! use dreamnet_common::AccountId;
 //! use http::{Request, Response};
+//! use dreamnet_idempotency::RequestBody;
 //! use http_body_util::Full;
 //! use bytes::Bytes;
 //! use std::sync::Arc;
@@ -47,7 +49,7 @@
 //! ledger.add_credit(&acct, 1_000, "USD").await.unwrap();
 //! let mint = ServiceBuilder::new()
 //!     .layer(BillableLayer::with_shared_ledger(ledger.clone(), "mint-dream", 250))
-//!     .service_fn(|_req: Request<Full<Bytes>>| async {
+//!     .service_fn(|_req: Request<RequestBody<Full<Bytes>>>| async {
 //!         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("minted"))))
 //!     });
 //! let request = || {

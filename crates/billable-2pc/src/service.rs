@@ -3,7 +3,7 @@
 //! It composes the idempotency protocol ([`dreamnet_idempotency::protocol`]) around the
 //! ledger, which is its own idempotent claim: prepare (key, body, scope, fingerprint) ->
 //! reserve (a new pending action, or replay / 409 / 422 / 402) -> run -> settle (keep the
-//! response with the action and post the charge, or void the hold).
+//! response with the action and post the charge in one step, or void the hold).
 
 use std::{
     future::Future,
@@ -17,6 +17,7 @@ use dreamnet_common::{Problem, ResponseBody};
 use dreamnet_idempotency::{
     protocol::{self, problems as idem, Admission, Captured, Duplicate, Prepared, Ran},
     store::StoredResponse,
+    RequestBody,
 };
 use dreamnet_trace_id::TraceContext;
 use http::{Request, Response};
@@ -32,9 +33,10 @@ use crate::{
 
 /// The billable service: see [`BillableLayer`].
 ///
-/// The request body is buffered (up to the body limit) and handed to the inner service
-/// rebuilt as the same body type (`From<Bytes>`: `Full<Bytes>`, axum's `Body`, ...), with a
-/// [`ReservedAction`] in its extensions.
+/// The request body (any `ReqB: Body<Data = Bytes>`: hyper's `Incoming`, `tonic::body::Body`,
+/// axum's `Body`, ...) is buffered (up to the body limit) and handed to the inner service as
+/// a [`RequestBody<ReqB>`] holding the buffered bytes, with a [`ReservedAction`] in its
+/// extensions; an axum `Router` or tonic `Routes` inside takes that body as is.
 pub struct Billable<S, L: ?Sized> {
     inner: S,
     config: Arc<BillableLayer<L>>,
@@ -70,11 +72,11 @@ pub type ResponseFuture<B, E> =
 
 impl<S, L, ReqB, ResB> Service<Request<ReqB>> for Billable<S, L>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     L: Ledger + ?Sized,
-    ReqB: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+    ReqB: Body<Data = Bytes> + Send + 'static,
     ReqB::Error: std::fmt::Display + Send,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: std::fmt::Display + Send,
@@ -108,9 +110,9 @@ async fn handle<S, L, ReqB, ResB>(
     request: Request<ReqB>,
 ) -> Result<Response<ResponseBody<ResB>>, S::Error>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>>,
     L: Ledger + ?Sized,
-    ReqB: Body<Data = Bytes> + From<Bytes>,
+    ReqB: Body<Data = Bytes>,
     ReqB::Error: std::fmt::Display,
     ResB: Body<Data = Bytes>,
     ResB::Error: std::fmt::Display + Send,
@@ -257,7 +259,8 @@ async fn duplicate<L: Ledger + ?Sized>(
     Duplicate::Replay(stored)
 }
 
-/// Runs the handler for a reserved action and settles it: confirm + charge, or void.
+/// Runs the handler for a reserved action and settles it (response kept and charged), or
+/// voids it.
 async fn run_reserved<S, L, ReqB, ResB>(
     config: &BillableLayer<L>,
     inner: S,
@@ -265,9 +268,8 @@ async fn run_reserved<S, L, ReqB, ResB>(
     action: &Action,
 ) -> Result<Response<ResponseBody<ResB>>, S::Error>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>>,
     L: Ledger + ?Sized,
-    ReqB: From<Bytes>,
     ResB: Body<Data = Bytes>,
     ResB::Error: std::fmt::Display,
 {
@@ -285,21 +287,25 @@ where
         amount: action.amount,
         currency: action.currency.clone(),
     });
-    let mut response =
-        match protocol::run(inner, Request::from_parts(parts, ReqB::from(body))).await {
-            Ran::Response(response) => response,
-            Ran::Error(err) => {
-                void(ledger, action, trace, "handler error").await;
-                return Err(err);
-            }
-            Ran::Panic(_) => {
-                void(ledger, action, trace, "handler panicked").await;
-                return Ok(reject(problems::handler_failed(
-                    "the handler panicked",
-                    trace,
-                )));
-            }
-        };
+    let mut response = match protocol::run(
+        inner,
+        Request::from_parts(parts, RequestBody::buffered(body)),
+    )
+    .await
+    {
+        Ran::Response(response) => response,
+        Ran::Error(err) => {
+            void(ledger, action, trace, "handler error").await;
+            return Err(err);
+        }
+        Ran::Panic(_) => {
+            void(ledger, action, trace, "handler panicked").await;
+            return Ok(reject(problems::handler_failed(
+                "the handler panicked",
+                trace,
+            )));
+        }
+    };
     if !response.status().is_success() {
         void(ledger, action, trace, "non-2xx response").await;
         return Ok(ResponseBody::from_inner_response(response));
@@ -335,8 +341,9 @@ where
     }
 }
 
-/// Phase 2: keeps the response with the action (`confirmed`), then posts the charge. A
-/// response that cannot be kept voids the hold and is answered with the problem instead.
+/// Phase 2: keeps the response with the action and posts the charge, one atomic step
+/// (`pending -> charged`). A response that cannot be kept voids the hold and is answered
+/// with the problem instead.
 async fn settle<L: Ledger + ?Sized>(
     ledger: &L,
     action: &Action,
@@ -345,44 +352,40 @@ async fn settle<L: Ledger + ?Sized>(
     trace: Option<&str>,
 ) -> Result<(), Problem> {
     match ledger
-        .confirm(&action.id, Bytes::from(stored.encode()), actual)
+        .settle(&action.id, Bytes::from(stored.encode()), actual)
         .await
     {
-        Ok(_) => {}
+        Ok(charged) => {
+            tracing::info!(trace_id = trace, action_id = %action.id,
+                amount = charged.amount, "billable: charged");
+            Ok(())
+        }
         Err(LedgerError::ExceedsReservation { reserved, actual }) => {
             void(ledger, action, trace, "actual cost exceeds the reservation").await;
-            return Err(problems::cost_exceeds_reservation(reserved, actual, trace));
+            Err(problems::cost_exceeds_reservation(reserved, actual, trace))
         }
         Err(LedgerError::InvalidAmount(actual)) => {
             void(ledger, action, trace, "negative actual cost").await;
-            return Err(problems::cost_exceeds_reservation(
+            Err(problems::cost_exceeds_reservation(
                 action.reserved,
                 actual,
                 trace,
-            ));
+            ))
         }
         Err(LedgerError::Expired(_) | LedgerError::AlreadyVoided(_)) => {
             tracing::warn!(trace_id = trace, action_id = %action.id,
                 "billable: reservation expired before the response was kept; not charged");
-            return Err(problems::reservation_expired(trace));
+            Err(problems::reservation_expired(trace))
         }
         Err(err) => {
             // Not kept (or unknown): the best we can do is release the hold now; if the
-            // confirm did commit, this void fails and recovery charges it instead.
+            // settle did commit, this void fails and the key replays the kept response.
             tracing::warn!(trace_id = trace, action_id = %action.id, error = %err,
-                "billable: confirm failed");
-            void(ledger, action, trace, "confirm failed").await;
-            return Err(idem::store_unavailable(trace));
+                "billable: settle failed");
+            void(ledger, action, trace, "settle failed").await;
+            Err(idem::store_unavailable(trace))
         }
     }
-    match ledger.charge(&action.id).await {
-        Ok(charged) => tracing::info!(trace_id = trace, action_id = %action.id,
-            amount = charged.amount, "billable: charged"),
-        Err(LedgerError::AlreadyCharged(_)) => {}
-        Err(err) => tracing::warn!(trace_id = trace, action_id = %action.id, error = %err,
-            "billable: charge not posted; recovery will post it"),
-    }
-    Ok(())
 }
 
 /// Voids the reservation in a spawned task if dropped while armed.

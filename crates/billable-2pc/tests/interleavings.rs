@@ -298,4 +298,10 @@ proptest::proptest! {
     fn postgres_keeps_the_books(ops in proptest::collection::vec(op_strategy(), 1..40)) {
         random_interleavings(|| Box::pin(postgres()), ops);
     }
+
+    /// The same with batches held open 5 ms, so concurrent requests share a transaction.
+    #[test]
+    fn postgres_batched_keeps_the_books(ops in proptest::collection::vec(op_strategy(), 1..40)) {
+        random_interleavings(|| Box::pin(postgres_with(|b| b.max_wait(std::time::Duration::from_millis(5)))), ops);
+    }
 }

@@ -10,6 +10,7 @@ use dreamnet_billable::{
     BillableLayer, Ledger, LedgerAdmin, MemoryLedger,
 };
 use dreamnet_common::AccountId;
+use dreamnet_idempotency::RequestBody;
 use dreamnet_test_support::logs::Capture;
 use dreamnet_trace_id::TraceContext;
 use http::{Request, Response};
@@ -109,9 +110,13 @@ async fn lines_of_a_billable_route(ledger: Arc<dyn LedgerAdmin>) {
             "mint-dream",
             250,
         ))
-        .service(tower::service_fn(|_r: Request<Full<Bytes>>| async {
-            Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-        }));
+        .service(tower::service_fn(
+            |_r: Request<RequestBody<Full<Bytes>>>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                    b"ok",
+                ))))
+            },
+        ));
 
     let first = svc
         .clone()

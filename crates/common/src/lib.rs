@@ -8,6 +8,7 @@
 //! - [`clock`]: an injectable wall clock so TTLs, windows and breakers are testable.
 //! - [`account`]: [`AccountId`], the one account-id rule, and its header.
 //! - [`time`]: RFC 3339 timestamps from Unix milliseconds.
+//! - [`fault`]: [`StoreFault`], the response marker of a rejection caused by our own store.
 //!
 //! ```
 //! use dreamnet_common::problem::Problem;
@@ -24,10 +25,12 @@
 pub mod account;
 pub mod body;
 pub mod clock;
+pub mod fault;
 pub mod problem;
 pub mod time;
 
 pub use account::{AccountId, InvalidAccountId, ACCOUNT_ID_HEADER};
 pub use body::ResponseBody;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use fault::StoreFault;
 pub use problem::Problem;

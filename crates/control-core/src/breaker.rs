@@ -48,45 +48,76 @@ impl BreakerState {
 pub enum Outcome {
     /// The inner service answered with this status.
     Status(StatusCode),
+    /// One of our own inner layers refused the call because its store is unavailable (the
+    /// response carried a [`dreamnet_common::StoreFault`]): the protected work never ran.
+    StoreFault(StatusCode),
     /// The inner service returned an error.
     Error,
 }
 
-/// Decides which outcomes count as failures for the breaker.
-///
-/// The default, [`ServerErrors`], counts 5xx responses and inner errors. Closures work too:
-///
-/// ```
-/// use dreamnet_control_core::{ClassifyFailure, Outcome};
-/// // Also count 429s from upstream as failures.
-/// let classify = |o: Outcome| match o {
-///     Outcome::Status(s) => s.is_server_error() || s.as_u16() == 429,
-///     Outcome::Error => true,
-/// };
-/// assert!(classify.is_failure(Outcome::Status(http::StatusCode::TOO_MANY_REQUESTS)));
-/// ```
-pub trait ClassifyFailure: Send + Sync + 'static {
-    /// Whether this outcome is a failure.
-    fn is_failure(&self, outcome: Outcome) -> bool;
+/// How the breaker counts one outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Classification {
+    /// Counted as a successful call (a half-open probe that succeeds may close the breaker).
+    Success,
+    /// Counted as a failed call.
+    Failure,
+    /// Left out of the statistics altogether: neither failure nor success. A half-open
+    /// probe permit is given back, not spent.
+    Ignored,
 }
 
-/// The default classifier: 5xx responses and inner errors are failures.
+/// Decides how each outcome counts for the breaker.
+///
+/// The default, [`ServerErrors`], counts 5xx responses and inner errors as failures and
+/// ignores our own layers' store faults and 409 / 422 / 429. Closures work too, and can
+/// fall back on the default:
+///
+/// ```
+/// use dreamnet_control_core::{Classification, ClassifyFailure, Outcome, ServerErrors};
+/// // Also count 429s from upstream as failures.
+/// let classify = |o: Outcome| match o {
+///     Outcome::Status(s) if s.as_u16() == 429 => Classification::Failure,
+///     other => ServerErrors.classify(other),
+/// };
+/// let too_many = Outcome::Status(http::StatusCode::TOO_MANY_REQUESTS);
+/// assert_eq!(classify.classify(too_many), Classification::Failure);
+/// ```
+pub trait ClassifyFailure: Send + Sync + 'static {
+    /// How this outcome counts.
+    fn classify(&self, outcome: Outcome) -> Classification;
+}
+
+/// The default classifier (resilience4j's record / ignore split):
+/// - failures: 5xx responses and inner errors;
+/// - ignored: a response marked [`dreamnet_common::StoreFault`] (our own store failed, the
+///   upstream was never called), and 409, 422 and 429 (an idempotency conflict, a key
+///   reused with another body, a rate limit: the call was refused before doing the
+///   protected work, so it says nothing about the upstream's health either way);
+/// - successes: everything else.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerErrors;
 
 impl ClassifyFailure for ServerErrors {
     #[inline]
-    fn is_failure(&self, outcome: Outcome) -> bool {
+    fn classify(&self, outcome: Outcome) -> Classification {
         match outcome {
-            Outcome::Status(status) => status.is_server_error(),
-            Outcome::Error => true,
+            Outcome::Error => Classification::Failure,
+            Outcome::StoreFault(_) => Classification::Ignored,
+            Outcome::Status(status) if status.is_server_error() => Classification::Failure,
+            Outcome::Status(
+                StatusCode::CONFLICT
+                | StatusCode::UNPROCESSABLE_ENTITY
+                | StatusCode::TOO_MANY_REQUESTS,
+            ) => Classification::Ignored,
+            Outcome::Status(_) => Classification::Success,
         }
     }
 }
 
-impl<F: Fn(Outcome) -> bool + Send + Sync + 'static> ClassifyFailure for F {
+impl<F: Fn(Outcome) -> Classification + Send + Sync + 'static> ClassifyFailure for F {
     #[inline]
-    fn is_failure(&self, outcome: Outcome) -> bool {
+    fn classify(&self, outcome: Outcome) -> Classification {
         self(outcome)
     }
 }
@@ -203,7 +234,8 @@ impl Breaker {
         }
     }
 
-    /// Gives back a ticket whose call never ran to completion.
+    /// Gives back a ticket whose call never ran to completion, or whose outcome is
+    /// ignored: a half-open probe permit becomes free again.
     pub(crate) fn release(&mut self, ticket: Ticket) {
         if ticket.generation != self.generation {
             return;

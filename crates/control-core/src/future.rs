@@ -17,7 +17,7 @@ use crate::{
     breaker::Outcome,
     plane::{Decision, Permit, Rejection},
 };
-use dreamnet_common::ResponseBody;
+use dreamnet_common::{ResponseBody, StoreFault};
 
 type BoxedResponse<B, E> =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
@@ -92,7 +92,13 @@ fn finish<B, E>(
         Ok(mut response) => {
             if let Some(mut permit) = permit {
                 permit.decorate(response.headers_mut());
-                permit.finish(Outcome::Status(response.status()));
+                let status = response.status();
+                let outcome = if StoreFault::of(&response).is_some() {
+                    Outcome::StoreFault(status)
+                } else {
+                    Outcome::Status(status)
+                };
+                permit.finish(outcome);
             }
             Ok(ResponseBody::from_inner_response(response))
         }
@@ -288,7 +294,10 @@ mod tests {
         let plane = ControlPlane::builder()
             .config(config(10_000))
             .clock(Arc::new(clock))
-            .classifier(|o: Outcome| matches!(o, Outcome::Status(s) if s == StatusCode::CONFLICT))
+            .classifier(|o: Outcome| match o {
+                Outcome::Status(StatusCode::CONFLICT) => Classification::Failure,
+                _ => Classification::Success,
+            })
             .build();
         let server_errors = guarded(&plane, "alpha", Arc::new(AtomicU16::new(500)));
         for _ in 0..20 {
@@ -300,6 +309,108 @@ mod tests {
             send(&conflicts).await;
         }
         assert_eq!(plane.breaker("alpha").unwrap().state, BreakerState::Open);
+    }
+
+    /// A handler answering `status`, marked as our own store's fault when `marked`.
+    fn store_fault(plane: &ControlPlane, status: Arc<AtomicU16>, marked: bool) -> Svc {
+        let service = ServiceBuilder::new()
+            .layer(plane.layer("alpha"))
+            .service(service_fn(move |_req: Request<Full<Bytes>>| {
+                let status = StatusCode::from_u16(status.load(Ordering::SeqCst)).unwrap();
+                async move {
+                    let mut response = Response::new(Full::new(Bytes::from_static(b"down")));
+                    *response.status_mut() = status;
+                    if marked {
+                        dreamnet_common::StoreFault::new("idempotency").mark(&mut response);
+                    }
+                    Ok::<_, std::io::Error>(response)
+                }
+            }));
+        BoxCloneService::new(service)
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_store_fault_503s_never_trips_and_counts_nothing() {
+        let (plane, _clock) = plane(10_000);
+        let marked = store_fault(&plane, Arc::new(AtomicU16::new(503)), true);
+        for _ in 0..200 {
+            assert_eq!(send(&marked).await.status(), 503);
+        }
+        let breaker = plane.breaker("alpha").unwrap();
+        assert_eq!(breaker.state, BreakerState::Closed);
+        assert_eq!(
+            (breaker.calls, breaker.failures),
+            (0, 0),
+            "neither failure nor success"
+        );
+        // The same 503s unmarked are the upstream failing: they trip it.
+        let unmarked = store_fault(&plane, Arc::new(AtomicU16::new(503)), false);
+        for _ in 0..10 {
+            send(&unmarked).await;
+        }
+        assert_eq!(plane.breaker("alpha").unwrap().state, BreakerState::Open);
+    }
+
+    #[tokio::test]
+    async fn inner_409_422_429_are_neither_failures_nor_successes() {
+        let (plane, clock) = plane(10_000);
+        for code in [409, 422, 429] {
+            let svc = guarded(&plane, "alpha", Arc::new(AtomicU16::new(code)));
+            for _ in 0..5 {
+                assert_eq!(send(&svc).await.status(), code);
+            }
+        }
+        assert_eq!(plane.breaker("alpha").unwrap().calls, 0);
+        // Nor do they close a half-open breaker: a 409 probe gives its permit back.
+        let failing = guarded(&plane, "alpha", Arc::new(AtomicU16::new(500)));
+        for _ in 0..10 {
+            send(&failing).await;
+        }
+        clock.advance(Duration::from_secs(30));
+        let conflict = guarded(&plane, "alpha", Arc::new(AtomicU16::new(409)));
+        for _ in 0..10 {
+            assert_eq!(send(&conflict).await.status(), 409);
+        }
+        assert_eq!(
+            plane.breaker("alpha").unwrap().state,
+            BreakerState::HalfOpen
+        );
+    }
+
+    #[tokio::test]
+    async fn a_half_open_probe_is_not_spent_on_a_store_fault() {
+        let (plane, clock) = plane(10_000);
+        let failing = guarded(&plane, "alpha", Arc::new(AtomicU16::new(500)));
+        for _ in 0..10 {
+            send(&failing).await;
+        }
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(
+            plane.breaker("alpha").unwrap().state,
+            BreakerState::HalfOpen
+        );
+        // More marked 503s than there are probe permits (3): each one gives its permit
+        // back, so none is refused as "circuit open" and the breaker stays half-open.
+        let marked = store_fault(&plane, Arc::new(AtomicU16::new(503)), true);
+        for _ in 0..10 {
+            let response = send(&marked).await;
+            assert_eq!(response.status(), 503);
+            assert!(
+                response.headers().get("retry-after").is_none(),
+                "the handler's 503"
+            );
+        }
+        assert_eq!(
+            plane.breaker("alpha").unwrap().state,
+            BreakerState::HalfOpen
+        );
+        assert_eq!(plane.metrics().rejected.circuit_open, 0);
+        // The permits are all there: 3 healthy probes close it.
+        let ok = guarded(&plane, "alpha", ok_status());
+        for _ in 0..3 {
+            assert_eq!(send(&ok).await.status(), 200);
+        }
+        assert_eq!(plane.breaker("alpha").unwrap().state, BreakerState::Closed);
     }
 
     #[tokio::test]

@@ -61,7 +61,7 @@ mod window;
 #[cfg(test)]
 mod testing;
 
-pub use breaker::{BreakerState, ClassifyFailure, Outcome, ServerErrors};
+pub use breaker::{BreakerState, Classification, ClassifyFailure, Outcome, ServerErrors};
 pub use config::{
     BreakerConfig, BreakerOverrides, ClusterConfig, ConfigError, ControlConfig, SlidingWindow,
     WindowConfig, MAX_LIMIT, SEED_CLUSTERS,

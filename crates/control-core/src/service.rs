@@ -203,12 +203,9 @@ mod tests {
             let expected = if step == 3 { 429 } else { 503 };
             assert_eq!(response.status(), expected, "step {step}");
             assert!(header(&response, "ratelimit-policy").starts_with("\"minute\";q=1;w=60"));
-            // Every guarded response carries `RateLimit`, 503s included (read, not taken).
-            assert_eq!(
-                header(&response, "ratelimit"),
-                "\"minute\";r=0;t=60",
-                "step {step}"
-            );
+            // `RateLimit` only where the quota is the answer: the 429.
+            let counts = if step == 3 { "\"minute\";r=0;t=60" } else { "" };
+            assert_eq!(header(&response, "ratelimit"), counts, "step {step}");
             let body = json(response).await;
             assert_eq!(body["type"], *kind);
             match step {
@@ -243,20 +240,23 @@ mod tests {
         );
     }
 
+    /// The 503s before the limiter report the policy (the quota) but no `RateLimit`: its
+    /// `r` beside a refusal would read as room to send more.
     #[tokio::test]
-    async fn switched_off_and_open_breaker_503s_report_ratelimit_without_consuming() {
+    async fn switched_off_and_open_breaker_503s_report_the_policy_only_and_consume_nothing() {
         let (plane, clock) = plane(5);
         let svc = guarded(&plane, "alpha", ok_status());
-        // Never used: a 503 still reports the fresh minute (the least remaining; longer on ties
-        // is exercised by `Verdict`'s own tests).
+        let policy = "\"minute\";q=5;w=60, \"hour\";q=1000;w=3600, \"day\";q=10000;w=86400";
+        let refused_without_counts = |response: &Response<ResponseBody<Full<Bytes>>>| {
+            assert_eq!(response.status(), 503);
+            assert_eq!(header(response, "ratelimit-policy"), policy);
+            assert!(response.headers().get("ratelimit").is_none());
+        };
         plane
             .engage_kill_switch("incident", "ops", None)
             .await
             .unwrap();
-        assert_eq!(
-            header(&send(&svc).await, "ratelimit"),
-            "\"minute\";r=5;t=60"
-        );
+        refused_without_counts(&send(&svc).await);
         plane.release_kill_switch(None, "ops").await.unwrap();
         for _ in 0..2 {
             assert_eq!(send(&svc).await.status(), 200);
@@ -267,37 +267,64 @@ mod tests {
             .await
             .unwrap();
         for _ in 0..4 {
-            let response = send(&svc).await;
-            assert_eq!(response.status(), 503);
-            assert_eq!(header(&response, "ratelimit"), "\"minute\";r=3;t=41");
+            refused_without_counts(&send(&svc).await);
         }
         plane.enable_cluster("alpha", None, "ops").await.unwrap();
         plane.trip_breaker("alpha", None, "ops").await.unwrap();
-        plane
-            .engage_kill_switch("incident", "ops", None)
-            .await
-            .unwrap();
-        let response = send(&svc).await;
-        assert_eq!(header(&response, "ratelimit"), "\"minute\";r=3;t=41");
-        plane.release_kill_switch(None, "ops").await.unwrap();
-        let response = send(&svc).await;
-        assert_eq!(response.status(), 503, "forced open");
-        assert_eq!(header(&response, "ratelimit"), "\"minute\";r=3;t=41");
+        refused_without_counts(&send(&svc).await);
         plane.reset_breaker("alpha", None, "ops").await.unwrap();
         // Six rejections took nothing: the next admitted request leaves 2.
         let response = send(&svc).await;
         assert_eq!(response.status(), 200);
         assert_eq!(header(&response, "ratelimit"), "\"minute\";r=2;t=41");
-        // A cluster that never had a request: its counters are not created by a 503.
+    }
+
+    /// `Retry-After` on a switch 503 is the time left on its TTL, rounded up to whole
+    /// seconds and at least 1; a switch without a TTL gives none.
+    #[tokio::test]
+    async fn switch_503s_carry_the_ttl_left_as_retry_after() {
+        let (plane, clock) = plane(100);
+        let alpha = guarded(&plane, "alpha", ok_status());
         let beta = guarded(&plane, "beta", ok_status());
         plane
-            .disable_cluster("beta", "maintenance", "ops", None)
+            .engage_kill_switch("deploy", "ops", Some(Duration::from_secs(30)))
             .await
             .unwrap();
-        assert_eq!(
-            header(&send(&beta).await, "ratelimit"),
-            "\"minute\";r=5;t=41"
+        clock.advance(Duration::from_millis(10_200));
+        assert_eq!(header(&send(&alpha).await, "retry-after"), "20");
+        clock.advance(Duration::from_millis(19_750)); // 50 ms left
+        assert_eq!(header(&send(&alpha).await, "retry-after"), "1");
+        clock.advance(Duration::from_millis(50));
+        assert_eq!(send(&alpha).await.status(), 200, "ended by its TTL");
+
+        plane
+            .disable_cluster("beta", "maintenance", "ops", Some(Duration::from_secs(90)))
+            .await
+            .unwrap();
+        clock.advance(Duration::from_millis(500));
+        let response = send(&beta).await;
+        assert_eq!(response.status(), 503);
+        assert_eq!(header(&response, "retry-after"), "90");
+        assert_eq!(send(&alpha).await.status(), 200, "only beta is disabled");
+
+        plane
+            .engage_kill_switch("incident", "ops", None)
+            .await
+            .unwrap();
+        let response = send(&alpha).await;
+        assert_eq!(response.status(), 503);
+        assert!(
+            response.headers().get("retry-after").is_none(),
+            "no TTL, no promise"
         );
+        plane.release_kill_switch(None, "ops").await.unwrap();
+        plane
+            .disable_cluster("alpha", "maintenance", "ops", None)
+            .await
+            .unwrap();
+        let response = send(&alpha).await;
+        assert_eq!(response.status(), 503);
+        assert!(response.headers().get("retry-after").is_none());
     }
 
     #[tokio::test]

@@ -15,8 +15,8 @@ pub(crate) use http_body_util::{BodyExt, Full};
 pub(crate) use tower::{service_fn, util::BoxCloneService, ServiceBuilder, ServiceExt};
 
 pub(crate) use crate::{
-    BreakerConfig, BreakerState, ClusterConfig, ControlConfig, ControlLayer, ControlPlane, Outcome,
-    RateLimitUpdate, WindowConfig,
+    BreakerConfig, BreakerState, Classification, ClusterConfig, ControlConfig, ControlLayer,
+    ControlPlane, Outcome, RateLimitUpdate, WindowConfig,
 };
 pub(crate) use dreamnet_common::{ManualClock, ResponseBody};
 pub(crate) use dreamnet_trace_id::TraceContext;

@@ -368,10 +368,10 @@ async fn the_next_request_after_a_change_elsewhere_is_judged_by_it() {
     store.purge().await.unwrap();
 }
 
-/// 503s before the limiter carry `RateLimit` read with one read-only round trip: the
+/// 503s before the limiter report `RateLimit-Policy` only and cost no round trip: the
 /// rejections take nothing, across planes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn switched_off_503s_report_shared_ratelimit_without_consuming() {
+async fn switched_off_503s_report_the_policy_without_touching_the_counters() {
     let Some(store) = store().await else { return };
     let plane_a = plane(&store, config(10, true));
     let plane_b = plane(&store, config(10, true));
@@ -393,13 +393,12 @@ async fn switched_off_503s_report_shared_ratelimit_without_consuming() {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let ratelimit = response.headers()["ratelimit"].to_str().unwrap();
-        assert!(ratelimit.starts_with("\"year\";r=8;t="), "{ratelimit}");
+        assert!(!response.headers().contains_key("ratelimit"));
         assert!(response.headers().contains_key("ratelimit-policy"));
     }
-    // One round trip per rejection (plus at most a background version poll or two).
+    // No round trip per rejection (at most a background version poll or two).
     let trips = store.round_trips() - before;
-    assert!((4..=8).contains(&trips), "{trips} round trips");
+    assert!(trips <= 4, "{trips} round trips");
     let usage = plane_b.usage("alpha").await.unwrap();
     assert_eq!(usage[0].used, 2, "a rejection took quota");
     plane_b.enable_cluster("alpha", None, "ops").await.unwrap();
@@ -411,8 +410,8 @@ async fn switched_off_503s_report_shared_ratelimit_without_consuming() {
     store.purge().await.unwrap();
 }
 
-/// A 503 before the limiter cannot read the counters from an unreachable Redis: it answers
-/// at once with `RateLimit-Policy` and without `RateLimit`.
+/// A 503 before the limiter does not read the counters, so an unreachable Redis does not
+/// slow it: it answers at once with `RateLimit-Policy` and without `RateLimit`.
 #[tokio::test(flavor = "current_thread")]
 async fn a_503_without_redis_omits_ratelimit() {
     let store = RedisStore::lazy("redis://127.0.0.1:1").unwrap();
@@ -457,8 +456,8 @@ async fn a_503_without_redis_omits_ratelimit() {
     assert!(!response.headers().contains_key("ratelimit"));
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(
-        plane.metrics().store_errors >= 3,
-        "the failed peek is counted"
+        plane.metrics().store_errors >= 2,
+        "the failed takes are counted"
     );
 }
 
@@ -485,8 +484,7 @@ async fn a_kill_switch_noticed_through_the_epoch_gives_the_unit_back() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let ratelimit = response.headers()["ratelimit"].to_str().unwrap();
-    assert!(ratelimit.starts_with("\"year\";r=9;t="), "{ratelimit}");
+    assert!(!response.headers().contains_key("ratelimit"));
     assert_eq!(
         plane_a.usage("alpha").await.unwrap()[0].used,
         1,

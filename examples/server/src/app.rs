@@ -21,7 +21,7 @@ use http::{header, Extensions, HeaderValue};
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
-use dreamnet_admin::{AdminAuthLayer, AdminToken};
+use dreamnet_admin::{AdminAuthLayer, AdminToken, AuthThrottle, WeakToken};
 
 use crate::{
     billing::{self, BillingState, SharedLedger},
@@ -43,11 +43,15 @@ pub enum BuildError {
     /// The billing ledger could not be set up (PostgreSQL unreachable, migration failed).
     #[error("billing ledger: {0}")]
     Ledger(String),
+    /// `DREAMNET_ADMIN_TOKEN` is too short to be safe (unset, one is generated instead).
+    #[error("DREAMNET_ADMIN_TOKEN: {0}")]
+    AdminToken(#[source] WeakToken),
 }
 
 /// The built application: the router plus the background tasks it owns.
 pub struct App {
     router: Router,
+    edge: crate::edge::EdgeMetrics,
     admin_token: String,
     token_generated: bool,
     tasks: Vec<JoinHandle<()>>,
@@ -66,6 +70,8 @@ struct Shared {
     http: HttpMetrics,
     ledger: SharedLedger,
     plane: ControlPlane,
+    admin_throttle: AuthThrottle,
+    edge: crate::edge::EdgeMetrics,
 }
 
 impl App {
@@ -78,7 +84,8 @@ impl App {
             Some(token) if !token.is_empty() => (token.to_owned(), false),
             _ => (AdminToken::generate(), true),
         };
-        let token = AdminToken::new(&admin_token);
+        let token = AdminToken::strong(&admin_token).map_err(BuildError::AdminToken)?;
+        let admin_throttle = AuthThrottle::default();
 
         let ledger = ledger(&config).await?;
         let billing = BillingState {
@@ -115,6 +122,8 @@ impl App {
             http: HttpMetrics::default(),
             ledger: ledger.clone(),
             plane: plane.clone(),
+            admin_throttle: admin_throttle.clone(),
+            edge: crate::edge::EdgeMetrics::default(),
         };
         // /api/{cluster}/...: the cluster comes from the path; an unknown one is 404.
         let by_path = ControlLayer::dynamic(plane.clone(), PathSegment::new(1));
@@ -166,7 +175,7 @@ impl App {
             .nest("/api/billable", billable_api)
             // `layer`, not `route_layer`: the nested APIs' own 404/405 fallbacks sit behind
             // the auth too, so an unauthenticated probe learns nothing about the routes.
-            .layer(AdminAuthLayer::new(token));
+            .layer(AdminAuthLayer::new(token).with_throttle(admin_throttle));
 
         let open_routes = Router::new()
             .route("/healthz", get(handlers::healthz))
@@ -181,6 +190,7 @@ impl App {
             .merge(cluster_routes)
             .fallback(problem::not_found)
             .method_not_allowed_fallback(problem::method_not_allowed)
+            .layer(crate::edge::request_limits(&config.edge))
             .layer(middleware::from_fn(problem::problem_errors))
             .layer(middleware::from_fn(telemetry::access_log))
             .layer(middleware::from_fn_with_state(
@@ -191,6 +201,7 @@ impl App {
 
         Ok(Self {
             router,
+            edge: shared.edge.clone(),
             admin_token,
             token_generated,
             tasks: vec![sweeper],
@@ -200,6 +211,12 @@ impl App {
     /// The router to serve (cheap to clone).
     pub fn router(&self) -> Router {
         self.router.clone()
+    }
+
+    /// The connection counters the edge ([`crate::serve_with`]) updates and `/metrics`
+    /// renders: pass them in [`crate::EdgeConfig::metrics`].
+    pub fn edge_metrics(&self) -> crate::edge::EdgeMetrics {
+        self.edge.clone()
     }
 
     /// The admin bearer token.
@@ -294,6 +311,8 @@ async fn render_metrics(State(shared): State<Shared>) -> Response {
     let mut out = String::with_capacity(4096);
     shared.http.render(&mut out);
     metrics::render_control(&mut out, &shared.plane.metrics());
+    metrics::render_admin(&mut out, &shared.admin_throttle);
+    shared.edge.render(&mut out);
     metrics::render_billing(&mut out, shared.ledger.as_ref()).await;
     (
         [(

@@ -61,6 +61,8 @@ pub struct Config {
     pub file: FileConfig,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Connection and request limits at the edge.
+    pub edge: crate::EdgeConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -80,6 +82,7 @@ impl std::fmt::Debug for Config {
             )
             .field("file", &self.file)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("edge", &self.edge)
             .finish()
     }
 }
@@ -115,6 +118,7 @@ impl Default for Config {
             admin_token: None,
             file: FileConfig::default(),
             shutdown_grace: Duration::from_secs(10),
+            edge: crate::EdgeConfig::default(),
         }
     }
 }

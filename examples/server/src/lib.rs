@@ -21,7 +21,9 @@
 mod app;
 mod billing;
 mod config;
+mod conn;
 mod console;
+mod edge;
 mod handlers;
 mod metrics;
 mod problem;
@@ -35,7 +37,8 @@ pub use config::{
     DEFAULT_MINT_TOKEN_PRICE,
 };
 pub use dreamnet_admin::AdminToken;
+pub use edge::{EdgeConfig, EdgeMetrics};
 pub use handlers::MAX_BODY_BYTES;
 pub use metrics::HttpMetrics;
-pub use serve::{serve, signal, Shutdown};
+pub use serve::{serve, serve_with, signal, Shutdown};
 pub use telemetry::init as init_tracing;

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use dreamnet_server::{App, Config, FileConfig, LogFormat};
+use dreamnet_server::{App, Config, EdgeConfig, FileConfig, LogFormat};
 
 /// The DreamNet example server: trace ids, kill switches, rate limits, circuit breakers,
 /// idempotency and two-phase billing on real endpoints.
@@ -14,8 +14,10 @@ use dreamnet_server::{App, Config, FileConfig, LogFormat};
 #[command(
     name = "dreamnet-server",
     version,
-    after_help = "Environment:\n  DREAMNET_ADMIN_TOKEN  Bearer token for /api/control and /api/billable. \
-                  When unset, a random token is generated and printed once at start.\n  \
+    after_help = "Environment:\n  DREAMNET_ADMIN_TOKEN  Bearer token for /api/control and /api/billable, \
+                  at least 16 characters (shorter: the server refuses to start). \
+                  When unset, a random token is generated and printed once at start. \
+                  10 failed attempts in 60 s from one address get 429 until the window ends.\n  \
                   RUST_LOG              Log filter (default: info), e.g. RUST_LOG=debug."
 )]
 struct Cli {
@@ -50,9 +52,37 @@ struct Cli {
     #[arg(long, env = "DREAMNET_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
 
-    /// Seconds in-flight requests may take to finish after SIGINT / SIGTERM.
+    /// Seconds in-flight requests may take to finish after SIGINT / SIGTERM (idle and
+    /// half-sent connections are closed at once).
     #[arg(long, env = "DREAMNET_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     shutdown_timeout: u64,
+
+    /// Seconds a client has to send a complete request head: from connecting, or from the
+    /// first byte of the next request on a keep-alive connection. Cuts slowloris clients.
+    #[arg(long, env = "DREAMNET_HEADER_READ_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    header_read_timeout: u64,
+
+    /// Seconds a keep-alive connection may sit idle between requests.
+    #[arg(long, env = "DREAMNET_IDLE_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+
+    /// Seconds a whole request may take (head in to response head out); past it the
+    /// answer is 503 problem+json.
+    #[arg(long, env = "DREAMNET_REQUEST_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout: u64,
+
+    /// Seconds a request body may take to arrive in full.
+    #[arg(long, env = "DREAMNET_BODY_READ_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    body_read_timeout: u64,
+
+    /// Connections open at once; over it new connections are closed at once (counted in
+    /// /metrics) while the open ones keep being served. Keep it under `ulimit -n`.
+    #[arg(long, env = "DREAMNET_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+
+    /// The largest request body of any route, in bytes (413 problem+json above).
+    #[arg(long, env = "DREAMNET_MAX_BODY_BYTES", default_value_t = dreamnet_server::MAX_BODY_BYTES as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_body_bytes: u64,
 }
 
 #[tokio::main]
@@ -88,9 +118,18 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             .filter(|t| !t.is_empty()),
         file,
         shutdown_grace: Duration::from_secs(cli.shutdown_timeout),
+        edge: EdgeConfig {
+            header_read_timeout: Duration::from_secs(cli.header_read_timeout),
+            idle_timeout: Duration::from_secs(cli.idle_timeout),
+            request_timeout: Duration::from_secs(cli.request_timeout),
+            body_read_timeout: Duration::from_secs(cli.body_read_timeout),
+            max_connections: usize::try_from(cli.max_connections).unwrap_or(usize::MAX),
+            max_body_bytes: usize::try_from(cli.max_body_bytes).unwrap_or(usize::MAX),
+        },
     };
     let addr = config.addr;
     let grace = config.shutdown_grace;
+    let edge = config.edge.clone();
     let app = App::build(config).await?;
     if app.token_generated() {
         // Printed once, to the terminal only: never through the log pipeline.
@@ -104,7 +143,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(addr = %local, "dreamnet-server listening");
     eprintln!("dreamnet-server listening on http://{local}");
     let router = app.router();
-    let outcome = dreamnet_server::serve(listener, router, dreamnet_server::signal(), grace).await;
+    let signal = dreamnet_server::signal();
+    let outcome =
+        dreamnet_server::serve_with(listener, router, signal, grace, &edge, app.edge_metrics())
+            .await;
     app.shutdown().await;
     outcome?;
     Ok(())

@@ -73,6 +73,32 @@ pub(crate) async fn count(
     response
 }
 
+/// Writes the admin authentication counters (this replica's, since start).
+pub(crate) fn render_admin(out: &mut String, throttle: &dreamnet_admin::AuthThrottle) {
+    family(
+        out,
+        "dreamnet_admin_auth_failures_total",
+        "counter",
+        "Admin requests refused for a missing or wrong bearer token.",
+    );
+    let _ = writeln!(
+        out,
+        "dreamnet_admin_auth_failures_total {}",
+        throttle.failures_total()
+    );
+    family(
+        out,
+        "dreamnet_admin_auth_throttled_total",
+        "counter",
+        "Admin requests answered 429 because their address failed too often.",
+    );
+    let _ = writeln!(
+        out,
+        "dreamnet_admin_auth_throttled_total {}",
+        throttle.throttled_total()
+    );
+}
+
 /// Writes the control plane's counters (this replica's, since start).
 pub(crate) fn render_control(out: &mut String, snapshot: &MetricsSnapshot) {
     family(

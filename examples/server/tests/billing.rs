@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Stores, TestServer};
-use dreamnet_server::{Config, FileConfig};
+use dreamnet_server::Config;
 
 const MINT: &str = r#"{"dreamId": "dream-123", "wallet": "0xabc"}"#;
 
@@ -123,21 +123,14 @@ async fn mint_charges_once_and_replays(stores: Stores) {
 }
 
 async fn credit_lines_refuse_overspending_with_402(stores: Stores) {
-    let file = FileConfig::from_toml(
+    let Some(server) = TestServer::on_file_config(
+        stores,
         r#"
         [billing.prices]
         mint-dream = 300
         [billing.accounts.acme]
         credit = 500
         "#,
-    )
-    .unwrap();
-    let Some(server) = TestServer::on(
-        stores,
-        Config {
-            file,
-            ..Config::default()
-        },
     )
     .await
     else {

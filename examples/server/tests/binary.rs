@@ -149,6 +149,13 @@ async fn help_explains_every_flag() {
         "DREAMNET_DATABASE_URL",
         "DREAMNET_CONFIG",
         "DREAMNET_ADMIN_TOKEN",
+        "--header-read-timeout",
+        "--idle-timeout",
+        "--request-timeout",
+        "--body-read-timeout",
+        "--max-connections",
+        "--max-body-bytes",
+        "DREAMNET_MAX_CONNECTIONS",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

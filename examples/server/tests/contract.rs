@@ -77,23 +77,13 @@ async fn trace_id_is_kept_when_valid_and_replaced_when_not(stores: Stores) {
     let http = &server.http;
 
     let kept = http
-        .send(
-            Method::GET,
-            "/api/wolf-pack/echo",
-            &[("x-trace-id", "trace-456")],
-            Bytes::new(),
-        )
+        .get_with_headers("/api/wolf-pack/echo", &[("x-trace-id", "trace-456")])
         .await;
     assert_eq!(kept.header("x-trace-id"), Some("trace-456"));
     assert_eq!(kept.json()["traceId"], "trace-456");
 
     let replaced = http
-        .send(
-            Method::GET,
-            "/api/wolf-pack/echo",
-            &[("x-trace-id", "bad trace id!")],
-            Bytes::new(),
-        )
+        .get_with_headers("/api/wolf-pack/echo", &[("x-trace-id", "bad trace id!")])
         .await;
     let id = replaced.header("x-trace-id").unwrap();
     assert_ne!(id, "bad trace id!");
@@ -193,12 +183,7 @@ async fn admin_routes_need_the_bearer_token(stores: Stores) {
             .unwrap()
             .starts_with("Bearer"));
         let wrong = http
-            .send(
-                Method::GET,
-                path,
-                &[("authorization", "Bearer nope")],
-                Bytes::new(),
-            )
+            .get_with_headers(path, &[("authorization", "Bearer nope")])
             .await;
         wrong.assert_problem(401);
         assert!(wrong
@@ -206,12 +191,7 @@ async fn admin_routes_need_the_bearer_token(stores: Stores) {
             .unwrap()
             .starts_with("Bearer"));
         let basic = http
-            .send(
-                Method::GET,
-                path,
-                &[("authorization", &format!("Basic {TOKEN}"))],
-                Bytes::new(),
-            )
+            .get_with_headers(path, &[("authorization", &format!("Basic {TOKEN}"))])
             .await;
         basic.assert_problem(401);
         let ok = http.admin_get(path).await;

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Stores, TestServer};
-use dreamnet_server::{Config, FileConfig};
+use dreamnet_server::Config;
 
 const MINT: &str = r#"{"dreamId": "dream-1", "wallet": "0x1"}"#;
 
@@ -200,7 +200,8 @@ async fn rate_limit_admits_exactly_the_limit_and_reports_headers(stores: Stores)
 }
 
 async fn breaker_opens_on_failures_and_resets_by_hand(stores: Stores) {
-    let file = FileConfig::from_toml(
+    let Some(server) = TestServer::on_file_config(
+        stores,
         r#"
         [control.breaker]
         window_size = 4
@@ -208,14 +209,6 @@ async fn breaker_opens_on_failures_and_resets_by_hand(stores: Stores) {
         failure_rate_threshold = 50.0
         wait_in_open_ms = 60000
         "#,
-    )
-    .unwrap();
-    let Some(server) = TestServer::on(
-        stores,
-        Config {
-            file,
-            ..Config::default()
-        },
     )
     .await
     else {

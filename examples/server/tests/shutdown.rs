@@ -56,7 +56,7 @@ async fn in_flight_request_finishes_after_the_signal() {
 #[tokio::test]
 async fn grace_period_bounds_the_wait() {
     let config = Config {
-        admin_token: Some("t".to_owned()),
+        admin_token: Some("shutdown-test-token".to_owned()),
         ..Config::default()
     };
     let app = App::build(config).await.unwrap();

@@ -279,3 +279,29 @@ pub async fn a_key_racing_on_two_accounts_holds_once<L: LedgerAdmin + ?Sized>(f:
         "one action per round"
     );
 }
+
+/// A settle moves the hold to charged in one step (a partial one releases the rest), and
+/// stats count it as charged.
+pub async fn settle_moves_the_hold_to_charged<L: LedgerAdmin + ?Sized>(f: &Fixture<L>) {
+    let ledger = &*f.ledger;
+    let acct = account("settle-bal");
+    ledger.add_credit(&acct, 100, "USD").await.unwrap();
+    let id = reserved(ledger, &acct, "k1", 70).await;
+    assert_eq!(balance(ledger, &acct).await, (Some(100), 70, 0));
+    ledger.settle(&id, response("{}"), Some(60)).await.unwrap();
+    assert_eq!(balance(ledger, &acct).await, (Some(100), 0, 60));
+    assert_eq!(state_of(ledger, &id).await, ActionState::Charged);
+    let last = reserved(ledger, &acct, "k2", 40).await;
+    ledger.settle(&last, response("{}"), None).await.unwrap();
+    assert_eq!(balance(ledger, &acct).await, (Some(100), 0, 100));
+    assert!(matches!(
+        ledger
+            .reserve(reserve_request(&acct, "k3", 1))
+            .await
+            .unwrap(),
+        Reservation::InsufficientFunds { available: 0, .. }
+    ));
+    let stats = ledger.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.confirmed, stats.charged), (0, 0, 2));
+    assert_eq!(stats.amounts["USD"].charged, 100);
+}

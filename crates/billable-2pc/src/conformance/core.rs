@@ -244,3 +244,89 @@ pub async fn expired_reservations_give_way<L: Ledger + ?Sized>(f: &Fixture<L>) {
 pub async fn one_key_racing_on_two_accounts_reserves_once<L: Ledger + ?Sized>(f: &Fixture<L>) {
     race_one_key_on_two_accounts(&*f.ledger, 20).await;
 }
+
+/// `settle` stores the response and posts the charge in one step, `pending -> charged`,
+/// with confirm's rules: a partial amount, refused amounts, expiry, exclusive transitions.
+pub async fn settle_stores_and_charges_in_one_step<L: Ledger + ?Sized>(f: &Fixture<L>) {
+    let ledger = &*f.ledger;
+    let acct = account("settle");
+    let scope = scope_of(&acct);
+    let id = reserved(ledger, &acct, "k", 70).await;
+    let charged = ledger.settle(&id, response("kept"), None).await.unwrap();
+    assert_eq!(
+        (charged.state, charged.amount, charged.reserved),
+        (ActionState::Charged, 70, 70)
+    );
+    assert_eq!(charged.response.as_deref(), Some(&b"kept"[..]));
+    let live = ledger.find(&scope, "k").await.unwrap().unwrap();
+    assert_eq!(
+        (live.state, live.response.as_deref()),
+        (ActionState::Charged, Some(&b"kept"[..]))
+    );
+    assert!(matches!(
+        ledger.settle(&id, response("again"), None).await,
+        Err(LedgerError::AlreadyCharged(_))
+    ));
+    assert!(matches!(
+        ledger.void(&id).await,
+        Err(LedgerError::AlreadyCharged(_))
+    ));
+    assert!(matches!(
+        ledger.charge(&id).await,
+        Err(LedgerError::AlreadyCharged(_))
+    ));
+
+    let partial = reserved(ledger, &acct, "partial", 100).await;
+    assert!(matches!(
+        ledger.settle(&partial, response("{}"), Some(101)).await,
+        Err(LedgerError::ExceedsReservation {
+            reserved: 100,
+            actual: 101
+        })
+    ));
+    assert!(matches!(
+        ledger.settle(&partial, response("{}"), Some(-1)).await,
+        Err(LedgerError::InvalidAmount(-1))
+    ));
+    let posted = ledger
+        .settle(&partial, response("{}"), Some(40))
+        .await
+        .unwrap();
+    assert_eq!(
+        (posted.state, posted.amount, posted.reserved),
+        (ActionState::Charged, 40, 100)
+    );
+
+    let voided = reserved(ledger, &acct, "voided", 5).await;
+    ledger.void(&voided).await.unwrap();
+    assert!(matches!(
+        ledger.settle(&voided, response("{}"), None).await,
+        Err(LedgerError::AlreadyVoided(_))
+    ));
+    let confirmed = reserved(ledger, &acct, "confirmed", 5).await;
+    ledger
+        .confirm(&confirmed, response("{}"), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        ledger.settle(&confirmed, response("{}"), None).await,
+        Err(LedgerError::AlreadyConfirmed(_))
+    ));
+    assert!(matches!(
+        ledger
+            .settle(&ActionId::new("act_missing"), response("{}"), None)
+            .await,
+        Err(LedgerError::NotFound(_))
+    ));
+
+    let late = reserved(ledger, &acct, "late", 5).await;
+    f.clock.advance(TIMEOUT);
+    assert!(matches!(
+        ledger.settle(&late, response("{}"), None).await,
+        Err(LedgerError::Expired(_))
+    ));
+    assert!(
+        ledger.find(&scope, "late").await.unwrap().is_none(),
+        "voided, key freed"
+    );
+}

@@ -126,6 +126,7 @@ macro_rules! ledger_conformance {
             partial_confirm_and_refused_amounts,
             expired_reservations_give_way,
             one_key_racing_on_two_accounts_reserves_once,
+            settle_stores_and_charges_in_one_step,
         );
     };
     (admin: $make:path) => {
@@ -135,6 +136,7 @@ macro_rules! ledger_conformance {
             stats_count_and_sum_per_state_and_currency,
             due_for_recovery_lists_expired_and_confirmed_oldest_first,
             a_key_racing_on_two_accounts_holds_once,
+            settle_moves_the_hold_to_charged,
         );
     };
     (@tests $make:path; $suite:ident; $($name:ident),* $(,)?) => {$(

@@ -54,6 +54,11 @@ pub enum LedgerError {
         /// The currency asked for.
         requested: String,
     },
+    /// The backend did not answer within the ledger's deadline (a hung or unreachable
+    /// server, a pool with no free connection). The outcome of a write is unknown: a retry
+    /// with the same idempotency key replays it or runs it, never both.
+    #[error("the ledger backend did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     /// The backend failed (connection, query, corrupt row); a retry may succeed.
     #[error("ledger backend error: {source}")]
     Backend {
@@ -71,9 +76,10 @@ impl LedgerError {
         }
     }
 
-    /// Whether the error is the backend's (a retry may succeed), not a state conflict.
+    /// Whether the error is the backend's (a failure or a timeout: a retry may succeed),
+    /// not a state conflict.
     pub fn is_backend(&self) -> bool {
-        matches!(self, Self::Backend { .. })
+        matches!(self, Self::Backend { .. } | Self::Timeout(_))
     }
 }
 

@@ -281,11 +281,14 @@ impl MemoryLedger {
         Ok(Reservation::Reserved(action))
     }
 
-    fn confirm_now(
+    /// Stores the response and moves a pending action `to` confirmed (confirm) or charged
+    /// (settle), under one lock.
+    fn store_now(
         &self,
         id: &ActionId,
         response: Bytes,
         actual: Option<Amount>,
+        to: ActionState,
     ) -> LedgerResult<Action> {
         let now = self.now();
         let mut state = self.inner.state.lock();
@@ -315,7 +318,7 @@ impl MemoryLedger {
             return Err(LedgerError::Expired(id.clone()));
         }
         state.actions.get_mut(id).expect("checked above").response = Some(response);
-        Ok(state.transition(id, ActionState::Confirmed, amount, now))
+        Ok(state.transition(id, to, amount, now))
     }
 
     fn charge_now(&self, id: &ActionId) -> LedgerResult<Action> {
@@ -397,7 +400,16 @@ impl Ledger for MemoryLedger {
         response: Bytes,
         actual: Option<Amount>,
     ) -> BoxFuture<'a, LedgerResult<Action>> {
-        ready(self.confirm_now(id, response, actual))
+        ready(self.store_now(id, response, actual, ActionState::Confirmed))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        id: &'a ActionId,
+        response: Bytes,
+        actual: Option<Amount>,
+    ) -> BoxFuture<'a, LedgerResult<Action>> {
+        ready(self.store_now(id, response, actual, ActionState::Charged))
     }
 
     fn charge<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Action>> {

@@ -5,11 +5,17 @@
 //! transfers and Stripe's manual capture:
 //!
 //! ```text
-//!             confirm (response stored)          charge
-//!   pending ───────────────────────────▶ confirmed ───────▶ charged
+//!             settle (response stored and charge posted, one transaction)
+//!   pending ─────────────────────────────────────────────────────────▶ charged
+//!      │  \                                                              ▲
+//!      │   └── confirm (response stored) ──▶ confirmed ─── charge ──────┘
 //!      │
 //!      └── void (handler failed, timeout, crash) ──▶ failed
 //! ```
+//!
+//! The layer uses `settle`, so a mint costs two durable steps (reserve, settle). `confirm`
+//! and `charge` stay for a backend or caller that needs a separate capture, and for
+//! recovery, which charges an action left `confirmed` exactly once.
 //!
 //! Every transition is exclusive: a second `charge` is [`LedgerError::AlreadyCharged`], a
 //! `void` of a confirmed action is [`LedgerError::AlreadyConfirmed`], so a sweeper and a
@@ -20,7 +26,8 @@
 //!
 //! # Writing a backend
 //!
-//! Implement [`Ledger`] (five methods) to put a [`BillableLayer`](crate::BillableLayer) on
+//! Implement [`Ledger`] (five required methods; [`Ledger::settle`] has a default that
+//! confirms then charges, which a backend overrides to do it in one transaction) to put a [`BillableLayer`](crate::BillableLayer) on
 //! it; implement [`LedgerAdmin`] as well to serve the admin API, run [`crate::recover`] and
 //! the [`Sweeper`](crate::Sweeper), and export stats. Both traits return boxed futures so
 //! `Arc<dyn LedgerAdmin>` can pick a backend at run time. With the `conformance` feature,
@@ -67,6 +74,33 @@ pub trait Ledger: Send + Sync + 'static {
         response: Bytes,
         actual: Option<Amount>,
     ) -> BoxFuture<'a, LedgerResult<Action>>;
+
+    /// Stores the response and posts the charge in one atomic step, `pending -> charged`:
+    /// the second (and last) durable step of a billable request. `actual` and the errors
+    /// are [`confirm`](Self::confirm)'s (past its timeout the reservation is voided,
+    /// [`LedgerError::Expired`]; a resolved action is its `Already*` error).
+    ///
+    /// The default confirms, then charges: correct (a crash between the two leaves a
+    /// `confirmed` action that recovery charges) but two steps; the shipped ledgers do it
+    /// in one transaction.
+    fn settle<'a>(
+        &'a self,
+        id: &'a ActionId,
+        response: Bytes,
+        actual: Option<Amount>,
+    ) -> BoxFuture<'a, LedgerResult<Action>> {
+        Box::pin(async move {
+            let confirmed = self.confirm(id, response, actual).await?;
+            match self.charge(id).await {
+                // A replay posted it meanwhile: charged, once.
+                Err(LedgerError::AlreadyCharged(_)) => Ok(Action {
+                    state: ActionState::Charged,
+                    ..confirmed
+                }),
+                other => other,
+            }
+        })
+    }
 
     /// Phase 2: posts the charge, `confirmed -> charged`. Exclusive: a second charge is
     /// [`LedgerError::AlreadyCharged`].
@@ -140,6 +174,14 @@ macro_rules! forward_ledger {
                 actual: Option<Amount>,
             ) -> BoxFuture<'a, LedgerResult<Action>> {
                 (**self).confirm(id, response, actual)
+            }
+            fn settle<'a>(
+                &'a self,
+                id: &'a ActionId,
+                response: Bytes,
+                actual: Option<Amount>,
+            ) -> BoxFuture<'a, LedgerResult<Action>> {
+                (**self).settle(id, response, actual)
             }
             fn charge<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Action>> {
                 (**self).charge(id)

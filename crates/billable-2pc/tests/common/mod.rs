@@ -42,22 +42,41 @@ pub async fn memory() -> Option<Fixture> {
 /// skip.
 #[cfg(feature = "postgres")]
 pub async fn postgres() -> Option<Fixture> {
+    postgres_with(|builder| builder).await
+}
+
+#[cfg(feature = "postgres")]
+type Configure = fn(
+    dreamnet_billable::ledger::postgres::PostgresLedgerBuilder,
+) -> dreamnet_billable::ledger::postgres::PostgresLedgerBuilder;
+
+/// [`postgres`] with the builder configured by `configure` (batching, deadline).
+#[cfg(feature = "postgres")]
+pub async fn postgres_with(configure: Configure) -> Option<Fixture> {
+    Some(postgres_in_schema(configure).await?.0)
+}
+
+/// [`postgres_with`], and the schema of the ledger.
+#[cfg(feature = "postgres")]
+pub async fn postgres_in_schema(configure: Configure) -> Option<(Fixture, String)> {
     use dreamnet_billable::PostgresLedger;
     use futures_util::FutureExt;
 
     let pool = dreamnet_test_support::pg_pool().await?;
     let schema = dreamnet_test_support::unique_schema("bill");
     let clock = ManualClock::new(1_800_000_000_000);
-    let ledger = PostgresLedger::builder(pool.clone())
-        .schema(schema.clone())
-        .clock(Arc::new(clock.clone()))
-        .build()
-        .await
-        .expect("tables created");
-    Some(
-        Fixture::new(Arc::new(ledger), clock)
-            .on_cleanup(move || async move { drop_schema(&pool, &schema).await }.boxed()),
+    let ledger = configure(
+        PostgresLedger::builder(pool.clone())
+            .schema(schema.clone())
+            .clock(Arc::new(clock.clone())),
     )
+    .build()
+    .await
+    .expect("tables created");
+    let named = schema.clone();
+    let fixture = Fixture::new(Arc::new(ledger), clock)
+        .on_cleanup(move || async move { drop_schema(&pool, &schema).await }.boxed());
+    Some((fixture, named))
 }
 
 #[cfg(feature = "postgres")]
@@ -102,9 +121,9 @@ pub type Svc =
     tower::util::BoxCloneService<Request<Full<Bytes>>, Response<ResponseBody<Full<Bytes>>>, String>;
 
 /// How the test handler behaves, from the `x-behave` request header.
-pub async fn handler(
+pub async fn handler<B>(
     runs: Arc<AtomicUsize>,
-    request: Request<Full<Bytes>>,
+    request: Request<B>,
 ) -> Result<Response<Full<Bytes>>, String> {
     let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
     let action = request

@@ -1,6 +1,7 @@
 //! The admission check: kill switch, cluster, breaker, rate limit, in that order, decided
 //! synchronously when the counter store answers at once (memory) and in one future
-//! otherwise (a shared store: one round trip, and a reload when its epoch moved).
+//! otherwise (a shared store: one round trip, and a reload when its epoch moved). The
+//! checks before the limiter never touch the counter store.
 
 use std::{
     future::Future,
@@ -26,7 +27,10 @@ pub(crate) enum Admission {
 
 impl Inner {
     /// Counts and logs a rejection. Outside the rate limiter (whose caller sets the figures
-    /// itself), the rejection carries the cluster's policy when its limit is enforced.
+    /// itself), the rejection carries the cluster's policy when its limit is enforced, but
+    /// no counts: a 503 that is not about the quota reports `RateLimit-Policy` only, since
+    /// `RateLimit: r=59` beside a refusal reads as "59 more may go now" (README, "Honest
+    /// 503s"). That also keeps these rejections off the store: no round trip.
     fn reject(
         &self,
         rt: &ClusterRuntime,
@@ -73,77 +77,22 @@ impl Inner {
         None
     }
 
-    /// Completes a rejection made before the limiter (kill switch, disabled cluster, open
-    /// breaker) with the cluster's counts read without taking anything: synchronously on
-    /// memory, with one read-only round trip on a shared store. When the store cannot be
-    /// read the counts are left out (and the error counted).
-    fn with_counts(
-        self: &Arc<Self>,
-        rt: &ClusterRuntime,
-        mut rejection: Rejection,
-        now: u64,
-    ) -> Admission {
-        let limits = rt.limits();
-        if !limits.enforced() {
-            return Admission::Ready(Decision::Deny(rejection));
-        }
-        let peek = self
-            .counter_store
-            .count(&rt.id, &limits.windows, now, Count::Peek);
-        match peek.into_ready() {
-            Ok(peeked) => {
-                self.add_counts(&mut rejection, &limits, peeked);
-                Admission::Ready(Decision::Deny(rejection))
-            }
-            Err(pending) => {
-                let plane = Arc::clone(self);
-                Admission::Pending(Box::pin(async move {
-                    plane.add_counts(&mut rejection, &limits, pending.await);
-                    Decision::Deny(rejection)
-                }))
-            }
-        }
-    }
-
-    fn add_counts(
-        &self,
-        rejection: &mut Rejection,
-        limits: &Arc<Limits>,
-        counts: Result<Taken, StoreError>,
-    ) {
-        match counts {
-            Ok(taken) => {
-                let verdict = Verdict::read(&taken, &limits.windows);
-                rejection.rate_limit = Some(RateLimitStatus::new(Arc::clone(limits), verdict));
-            }
-            Err(error) => self.store_failed(&error),
-        }
-    }
-
     /// Returns the unit an admitted take spent, for a request refused after it (a kill
     /// switch or disable noticed through the epoch), so the refusal consumes nothing like
     /// every other rejection. One more round trip, only on this rare path; until it lands,
     /// a concurrent request may see that unit as used. If it fails the unit stays spent
-    /// (counted in `store_errors`). Answers the counts as they are afterwards.
-    async fn give_back(&self, rt: &ClusterRuntime, limits: &Limits, taken: &Taken) -> Taken {
-        let mut left = Taken {
-            admitted: false,
-            ..taken.clone()
-        };
-        if taken.admitted {
-            match self
-                .counter_store
-                .give_back(&rt.id, &limits.windows, taken)
-                .await
-            {
-                Ok(()) => left
-                    .counts
-                    .iter_mut()
-                    .for_each(|c| *c = c.saturating_sub(1)),
-                Err(error) => self.store_failed(&error),
-            }
+    /// (counted in `store_errors`).
+    async fn give_back(&self, rt: &ClusterRuntime, limits: &Limits, taken: &Taken) {
+        if !taken.admitted {
+            return;
         }
-        left
+        if let Err(error) = self
+            .counter_store
+            .give_back(&rt.id, &limits.windows, taken)
+            .await
+        {
+            self.store_failed(&error);
+        }
     }
 
     pub(crate) fn admit(
@@ -153,7 +102,7 @@ impl Inner {
     ) -> Admission {
         let now = self.clock.now_millis();
         if let Some(rejection) = self.switched_off(rt, now, trace_id) {
-            return self.with_counts(rt, rejection, now);
+            return Admission::Ready(Decision::Deny(rejection));
         }
         let acquired = rt.breaker.lock().try_acquire(now);
         let ticket = match acquired {
@@ -162,7 +111,7 @@ impl Inner {
                 let detail = format!("the circuit breaker of cluster {} is open", rt.id);
                 let reason = RejectReason::CircuitOpen;
                 let rejection = self.reject(rt, reason, detail, retry_after, trace_id);
-                return self.with_counts(rt, rejection, now);
+                return Admission::Ready(Decision::Deny(rejection));
             }
         };
         let permit = Permit {
@@ -215,10 +164,9 @@ impl Inner {
                 let _ = self.refresh(true).await;
                 let now = self.clock.now_millis();
                 let cluster = Arc::clone(&permit.cluster);
-                if let Some(mut rejection) = self.switched_off(&cluster, now, trace_id.as_deref()) {
+                if let Some(rejection) = self.switched_off(&cluster, now, trace_id.as_deref()) {
                     drop(permit); // a refused request keeps no half-open probe permit
-                    let left = self.give_back(&cluster, &limits, spent).await;
-                    self.add_counts(&mut rejection, &limits, Ok(left));
+                    self.give_back(&cluster, &limits, spent).await;
                     return Decision::Deny(rejection);
                 }
             }

@@ -6,7 +6,7 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use super::runtime::{ClusterRuntime, Inner, Limits};
 use crate::{
-    breaker::{Outcome, Ticket},
+    breaker::{Classification, Outcome, Ticket},
     config::WindowConfig,
     window::Verdict,
 };
@@ -188,10 +188,18 @@ impl Permit {
         self.rate_limit.take()
     }
 
-    /// Records the outcome in the cluster's breaker (classified by the plane's classifier).
+    /// Records the outcome in the cluster's breaker (classified by the plane's classifier;
+    /// an ignored outcome records nothing and gives a half-open probe permit back).
     pub fn finish(mut self, outcome: Outcome) {
         if let Some(ticket) = self.ticket.take() {
-            let failed = self.plane.classifier.is_failure(outcome);
+            let failed = match self.plane.classifier.classify(outcome) {
+                Classification::Ignored => {
+                    self.cluster.breaker.lock().release(ticket);
+                    return;
+                }
+                Classification::Failure => true,
+                Classification::Success => false,
+            };
             let now = self.plane.clock.now_millis();
             let took = now.saturating_sub(self.started);
             self.cluster

@@ -271,8 +271,12 @@ impl RedisStore {
         if let Some(at) = at {
             invocation.arg(at);
         }
-        let mut conn = self.conn.clone();
-        let reply: Vec<i64> = self.timed(invocation.invoke_async(&mut conn)).await?;
+        let invocation = &invocation;
+        let reply: Vec<i64> = self
+            .timed(Retry::IfUnsent, move |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
         if reply.len() != 3 + windows.len() {
             return Err(corrupt("rate-limit script answered the wrong shape"));
         }
@@ -304,8 +308,12 @@ impl RedisStore {
         if let Some(at) = at {
             invocation.arg(at);
         }
-        let mut conn = self.conn.clone();
-        let reply: Vec<i64> = self.timed(invocation.invoke_async(&mut conn)).await?;
+        let invocation = &invocation;
+        let reply: Vec<i64> = self
+            .timed(Retry::IfConnectionLost, move |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
         if reply.len() != 1 + windows.len() {
             return Err(corrupt("rate-limit peek script answered the wrong shape"));
         }
@@ -336,17 +344,59 @@ impl RedisStore {
         )
     }
 
-    async fn timed<T>(
-        &self,
-        op: impl std::future::Future<Output = Result<T, redis::RedisError>>,
-    ) -> Result<T, StoreError> {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.timeout, op).await {
+    /// Runs `op` on a clone of the connection within the store's time limit, and once more
+    /// (within the same limit) after an error `retry` allows. Why: after Redis was down,
+    /// `ConnectionManager` still holds the failed connection attempt and answers the next
+    /// command with that stale `Connection refused` while it reconnects in the background;
+    /// the retry waits for that reconnection, so the first request after Redis is back
+    /// succeeds.
+    async fn timed<T, F, Fut>(&self, retry: Retry, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+    {
+        let attempts = async {
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
+            match op(self.conn.clone()).await {
+                Err(error) if retry.allows(&error) => {
+                    tracing::debug!(%error, "redis: connection-level error; retrying once");
+                    self.round_trips.fetch_add(1, Ordering::Relaxed);
+                    op(self.conn.clone()).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.timeout, attempts).await {
             Ok(result) => result.map_err(unavailable),
             Err(_) => Err(StoreError::unavailable(format!(
                 "no answer within {} ms",
                 self.timeout.as_millis()
             ))),
+        }
+    }
+}
+
+/// After which errors an operation is sent once more.
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    /// Not idempotent (a take, a give-back, the state compare-and-swap): only when the
+    /// command provably never reached Redis, i.e. the connection was refused.
+    IfUnsent,
+    /// Reads and idempotent writes (an epoch bump only causes one more reload): after
+    /// any connection-level error.
+    IfConnectionLost,
+}
+
+impl Retry {
+    fn allows(self, error: &redis::RedisError) -> bool {
+        match self {
+            Self::IfUnsent => error.is_connection_refusal(),
+            Self::IfConnectionLost => {
+                error.is_connection_refusal()
+                    || error.is_connection_dropped()
+                    || error.is_io_error()
+                    || error.is_timeout()
+            }
         }
     }
 }
@@ -391,10 +441,12 @@ impl CounterStore for RedisStore {
                     .key(self.counter_key(cluster, window))
                     .arg(crate::window::window_start(window, taken.now_millis));
             }
-            let mut conn = self.conn.clone();
-            self.timed(invocation.invoke_async::<i64>(&mut conn))
-                .await
-                .map(drop)
+            let invocation = &invocation;
+            self.timed(Retry::IfUnsent, move |mut conn| async move {
+                invocation.invoke_async::<i64>(&mut conn).await
+            })
+            .await
+            .map(drop)
         })
     }
 }
@@ -402,10 +454,12 @@ impl CounterStore for RedisStore {
 impl StateStore for RedisStore {
     fn load(&self) -> StoreFuture<'_, Result<Option<Versioned>, StoreError>> {
         StoreFuture::new(async move {
-            let mut conn = self.conn.clone();
-            let keys = [self.state_key("version"), self.state_key("doc")];
-            let (version, doc): (Option<u64>, Option<String>) =
-                self.timed(conn.mget(&keys)).await?;
+            let keys = &[self.state_key("version"), self.state_key("doc")];
+            let (version, doc): (Option<u64>, Option<String>) = self
+                .timed(Retry::IfConnectionLost, move |mut conn| async move {
+                    conn.mget(keys).await
+                })
+                .await?;
             match (version.unwrap_or(0), doc) {
                 (0, _) => Ok(None),
                 (_, None) => Err(StoreError::corrupt("state version without a document")),
@@ -420,8 +474,12 @@ impl StateStore for RedisStore {
 
     fn version(&self) -> StoreFuture<'_, Result<u64, StoreError>> {
         StoreFuture::new(async move {
-            let mut conn = self.conn.clone();
-            let version: Option<u64> = self.timed(conn.get(self.state_key("version"))).await?;
+            let key = &self.state_key("version");
+            let version: Option<u64> = self
+                .timed(Retry::IfConnectionLost, move |mut conn| async move {
+                    conn.get(key).await
+                })
+                .await?;
             Ok(version.unwrap_or(0))
         })
     }
@@ -437,7 +495,6 @@ impl StateStore for RedisStore {
             let mut entry = audit.clone();
             entry.version = expected + 1;
             let entry = serde_json::to_string(&entry).map_err(StoreError::corrupt)?;
-            let mut conn = self.conn.clone();
             let mut invocation = self.cas.key(self.state_key("version"));
             invocation
                 .key(self.state_key("doc"))
@@ -446,7 +503,12 @@ impl StateStore for RedisStore {
                 .arg(doc)
                 .arg(entry)
                 .arg(AUDIT_CAPACITY);
-            let version: i64 = self.timed(invocation.invoke_async(&mut conn)).await?;
+            let invocation = &invocation;
+            let version: i64 = self
+                .timed(Retry::IfUnsent, move |mut conn| async move {
+                    invocation.invoke_async(&mut conn).await
+                })
+                .await?;
             Ok(u64::try_from(version).ok())
         })
     }
@@ -456,10 +518,12 @@ impl StateStore for RedisStore {
             if limit == 0 {
                 return Ok(Vec::new());
             }
-            let mut conn = self.conn.clone();
             let stop = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
+            let key = &self.state_key("audit");
             let raw: Vec<String> = self
-                .timed(conn.lrange(self.state_key("audit"), 0, stop))
+                .timed(Retry::IfConnectionLost, move |mut conn| async move {
+                    conn.lrange(key, 0, stop).await
+                })
                 .await?;
             raw.iter()
                 .map(|s| serde_json::from_str(s).map_err(StoreError::corrupt))
@@ -477,8 +541,11 @@ impl StateStore for RedisStore {
             for cluster in clusters {
                 pipe.incr(self.epoch_key(cluster), 1).ignore();
             }
-            let mut conn = self.conn.clone();
-            self.timed(pipe.query_async::<()>(&mut conn)).await
+            let pipe = &pipe;
+            self.timed(Retry::IfConnectionLost, move |mut conn| async move {
+                pipe.query_async::<()>(&mut conn).await
+            })
+            .await
         })
     }
 

@@ -1,81 +1,119 @@
-//! The calls behind the trait methods: one server-side function call per state change,
-//! one query per read.
+//! The calls behind the trait methods: one server-side function call per state change (or
+//! per batch of them), one query per read, each bounded by the ledger's deadline.
 
+use std::future::Future;
+
+use bytes::Bytes;
 use deadpool_postgres::{GenericClient, Transaction};
 use dreamnet_common::AccountId;
-use tokio_postgres::{error::SqlState, types::ToSql};
+use tokio_postgres::{types::ToSql, Row};
 
 use super::{
-    rows::{account_from, action_from, backend, unmillis, KEY_WENT_LIVE},
-    Account, Action, ActionId, ActionState, Amount, LedgerError, LedgerResult, PostgresLedger,
-    Reservation, ReserveRequest, Stats,
+    rows::{account_from, action_from, backend, millis, unmillis},
+    Account, Action, ActionId, ActionState, Amount, Core, LedgerError, LedgerResult, Reservation,
+    ReserveRequest, Stats,
 };
 
-impl PostgresLedger {
-    pub(super) async fn reserve_call(&self, request: ReserveRequest) -> LedgerResult<Reservation> {
-        if request.amount < 0 {
-            return Err(LedgerError::InvalidAmount(request.amount));
-        }
-        let sql = &self.inner.sql;
+/// One settle of a batch: store the response and post the charge.
+pub(super) struct Settle {
+    pub(super) id: ActionId,
+    pub(super) response: Bytes,
+    pub(super) actual: Option<Amount>,
+}
+
+impl Core {
+    fn now(&self) -> i64 {
+        millis(self.clock.now_millis())
+    }
+
+    /// `call`, or [`LedgerError::Timeout`] past the deadline. A dropped call's connection
+    /// goes back to the pool (tokio-postgres discards the late answer; an open transaction
+    /// is rolled back), so a hung server holds no caller past the deadline.
+    pub(super) async fn timed<T>(
+        &self,
+        call: impl Future<Output = LedgerResult<T>>,
+    ) -> LedgerResult<T> {
+        tokio::time::timeout(self.deadline, call)
+            .await
+            .unwrap_or(Err(LedgerError::Timeout(self.deadline)))
+    }
+
+    pub(super) async fn migrate(&self) -> LedgerResult<()> {
+        let mut client = self.pool.get().await.map_err(backend)?;
+        let tx = client.transaction().await.map_err(backend)?;
+        // Concurrent `CREATE ... IF NOT EXISTS` can still collide; the migration takes an
+        // advisory lock first.
+        tx.batch_execute(&self.sql.migrate).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    /// One transaction for the whole batch (`dreamnet_billable_reserve_batch`); the outcome
+    /// of each request, in order.
+    pub(super) async fn reserve_batch(
+        &self,
+        batch: Vec<(ActionId, ReserveRequest)>,
+    ) -> LedgerResult<Vec<LedgerResult<Reservation>>> {
         let now = self.now();
-        let id = ActionId::random();
-        let expires_at =
-            now.saturating_add(i64::try_from(request.timeout.as_millis()).unwrap_or(i64::MAX));
-        let client = self.inner.pool.get().await.map_err(backend)?;
-        let st = client.prepare_cached(&sql.reserve).await.map_err(backend)?;
-        let result = client
-            .query_one(
-                &st,
-                &[
-                    &id.as_str(),
-                    &request.scope,
-                    &request.idempotency_key,
-                    &request.fingerprint,
-                    &request.action,
-                    &request.account.as_str(),
-                    &request.amount,
-                    &request.currency,
-                    &request.trace_id,
-                    &now,
-                    &expires_at,
-                    &self.inner.default_credit,
-                ],
-            )
-            .await;
-        let row = match result {
-            Ok(row) => row,
-            Err(err) if err.code().map(SqlState::code) == Some(KEY_WENT_LIVE) => {
-                // Everything rolled back; the key's live action (another account's) answers.
-                let st = client
-                    .prepare_cached(&sql.live_action)
-                    .await
-                    .map_err(backend)?;
-                let row = client
-                    .query_opt(&st, &[&request.scope, &request.idempotency_key])
-                    .await
-                    .map_err(backend)?
-                    .ok_or_else(|| backend("the key's live action vanished; retry"))?;
-                return Ok(Reservation::Existing(action_from(&row)?));
-            }
-            Err(err) => return Err(backend(err)),
+        let column = |f: fn(&ReserveRequest) -> &str| -> Vec<&str> {
+            batch.iter().map(|(_, r)| f(r)).collect()
         };
-        let outcome: String = row.try_get("outcome").map_err(backend)?;
-        match outcome.as_str() {
-            "reserved" => Ok(Reservation::Reserved(action_from(&row)?)),
-            "existing" => Ok(Reservation::Existing(action_from(&row)?)),
-            "insufficient_funds" => Ok(Reservation::InsufficientFunds {
-                account: request.account,
-                available: row.try_get("available").map_err(backend)?,
-                required: request.amount,
-                currency: request.currency,
-            }),
-            "currency_mismatch" => Err(LedgerError::CurrencyMismatch {
-                account: request.account,
-                account_currency: row.try_get("account_currency").map_err(backend)?,
-                requested: request.currency,
-            }),
-            other => Err(backend(format!("unknown reserve outcome {other:?}"))),
-        }
+        let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
+        let scopes = column(|r| &r.scope);
+        let keys = column(|r| &r.idempotency_key);
+        let fingerprints = column(|r| &r.fingerprint);
+        let actions = column(|r| &r.action);
+        let accounts = column(|r| r.account.as_str());
+        let currencies = column(|r| &r.currency);
+        let amounts: Vec<i64> = batch.iter().map(|(_, r)| r.amount).collect();
+        let traces: Vec<Option<&str>> = batch.iter().map(|(_, r)| r.trace_id.as_deref()).collect();
+        let expires: Vec<i64> = batch
+            .iter()
+            .map(|(_, r)| {
+                now.saturating_add(i64::try_from(r.timeout.as_millis()).unwrap_or(i64::MAX))
+            })
+            .collect();
+        let params: [&(dyn ToSql + Sync); 12] = [
+            &ids,
+            &scopes,
+            &keys,
+            &fingerprints,
+            &actions,
+            &accounts,
+            &amounts,
+            &currencies,
+            &traces,
+            &now,
+            &expires,
+            &self.default_credit,
+        ];
+        let rows = self.query(&self.sql.reserve_batch, &params).await?;
+        let mut outcomes = in_order(batch.len(), rows)?;
+        Ok(batch
+            .into_iter()
+            .map(|(_, request)| reservation_from(outcomes.next().flatten(), request))
+            .collect())
+    }
+
+    /// One transaction for the whole batch of settles (`dreamnet_billable_resolve_batch`).
+    pub(super) async fn resolve_batch(
+        &self,
+        batch: Vec<Settle>,
+    ) -> LedgerResult<Vec<LedgerResult<Action>>> {
+        let now = self.now();
+        let ids: Vec<&str> = batch.iter().map(|s| s.id.as_str()).collect();
+        let tos: Vec<&str> = vec![ActionState::Charged.as_str(); batch.len()];
+        let actuals: Vec<Option<i64>> = batch.iter().map(|s| s.actual).collect();
+        let responses: Vec<&[u8]> = batch.iter().map(|s| &s.response[..]).collect();
+        let params: [&(dyn ToSql + Sync); 5] = [&ids, &tos, &actuals, &responses, &now];
+        let rows = self.query(&self.sql.resolve_batch, &params).await?;
+        let mut outcomes = in_order(batch.len(), rows)?;
+        Ok(batch
+            .iter()
+            .map(|s| match outcomes.next().flatten() {
+                Some(row) => resolved_from(&row, &s.id, ActionState::Charged, s.actual),
+                None => Err(backend("a settle of the batch had no outcome")),
+            })
+            .collect())
     }
 
     /// Confirm (`to` = confirmed), charge or void, in one call of `dreamnet_billable_resolve`.
@@ -87,37 +125,19 @@ impl PostgresLedger {
         response: Option<&[u8]>,
     ) -> LedgerResult<Action> {
         let now = self.now();
-        let client = self.inner.pool.get().await.map_err(backend)?;
-        let st = client
-            .prepare_cached(&self.inner.sql.resolve)
-            .await
-            .map_err(backend)?;
         let (id_str, to_str) = (id.as_str(), to.as_str());
         let params: [&(dyn ToSql + Sync); 5] = [&id_str, &to_str, &actual, &response, &now];
-        let row = client.query_one(&st, &params).await.map_err(backend)?;
-        let outcome: String = row.try_get("outcome").map_err(backend)?;
-        if outcome == "not_found" {
-            return Err(LedgerError::NotFound(id.clone()));
-        }
-        let action = action_from(&row)?;
-        match outcome.as_str() {
-            "done" => Ok(action),
-            "expired" => Err(LedgerError::Expired(id.clone())),
-            "invalid_amount" => Err(LedgerError::InvalidAmount(
-                actual.unwrap_or(action.reserved),
-            )),
-            "exceeds" => Err(LedgerError::ExceedsReservation {
-                reserved: action.reserved,
-                actual: actual.unwrap_or(action.reserved),
-            }),
-            "refused" => Err(match (action.state, to) {
-                (ActionState::Pending, _) => LedgerError::NotConfirmed(id.clone()),
-                (ActionState::Confirmed, _) => LedgerError::AlreadyConfirmed(id.clone()),
-                (ActionState::Charged, _) => LedgerError::AlreadyCharged(id.clone()),
-                (ActionState::Failed, _) => LedgerError::AlreadyVoided(id.clone()),
-            }),
-            other => Err(backend(format!("unknown resolve outcome {other:?}"))),
-        }
+        let rows = self.query(&self.sql.resolve, &params).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| backend("dreamnet_billable_resolve returned no row"))?;
+        resolved_from(row, id, to, actual)
+    }
+
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> LedgerResult<Vec<Row>> {
+        let client = self.pool.get().await.map_err(backend)?;
+        let st = client.prepare_cached(sql).await.map_err(backend)?;
+        client.query(&st, params).await.map_err(backend)
     }
 
     pub(super) async fn credit_tx(
@@ -126,15 +146,16 @@ impl PostgresLedger {
         currency: &str,
         update: impl FnOnce(Option<Amount>) -> LedgerResult<Option<Amount>>,
     ) -> LedgerResult<Account> {
-        let sql = &self.inner.sql;
+        let sql = &self.sql;
         let now = self.now();
-        let mut client = self.inner.pool.get().await.map_err(backend)?;
+        let mut client = self.pool.get().await.map_err(backend)?;
         let tx = client.transaction().await.map_err(backend)?;
         let (upsert, lock) = prepare2(&tx, &sql.upsert_account, &sql.lock_account).await?;
         let no_credit: Option<Amount> = None;
         let account_id = account.as_str();
         let upsert_params: [&(dyn ToSql + Sync); 4] = [&account_id, &currency, &no_credit, &now];
         let lock_params: [&(dyn ToSql + Sync); 1] = [&account_id];
+        // The lock folds the account's slots into its row: the check below sees exact totals.
         let (_, row) = tokio::try_join!(
             tx.execute(&upsert, &upsert_params),
             tx.query_one(&lock, &lock_params),
@@ -168,25 +189,16 @@ impl PostgresLedger {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> LedgerResult<Option<Action>> {
-        let client = self.inner.pool.get().await.map_err(backend)?;
-        let st = client.prepare_cached(sql).await.map_err(backend)?;
-        client
-            .query_opt(&st, params)
-            .await
-            .map_err(backend)?
-            .as_ref()
+        self.query(sql, params)
+            .await?
+            .first()
             .map(action_from)
             .transpose()
     }
 
     pub(super) async fn stats_query(&self) -> LedgerResult<Stats> {
-        let client = self.inner.pool.get().await.map_err(backend)?;
-        let st = client
-            .prepare_cached(&self.inner.sql.stats)
-            .await
-            .map_err(backend)?;
         let mut stats = Stats::default();
-        for row in client.query(&st, &[]).await.map_err(backend)? {
+        for row in self.query(&self.sql.stats, &[]).await? {
             let state: String = row.try_get(0).map_err(backend)?;
             let currency: String = row.try_get(1).map_err(backend)?;
             let count: i64 = row.try_get(2).map_err(backend)?;
@@ -199,34 +211,89 @@ impl PostgresLedger {
     }
 
     pub(super) async fn account_query(&self, account: &AccountId) -> LedgerResult<Option<Account>> {
-        let client = self.inner.pool.get().await.map_err(backend)?;
-        let st = client
-            .prepare_cached(&self.inner.sql.get_account)
-            .await
-            .map_err(backend)?;
-        client
-            .query_opt(&st, &[&account.as_str()])
-            .await
-            .map_err(backend)?
-            .as_ref()
+        self.query(&self.sql.get_account, &[&account.as_str()])
+            .await?
+            .first()
             .map(account_from)
             .transpose()
     }
 
     pub(super) async fn due_query(&self, limit: usize) -> LedgerResult<Vec<Action>> {
-        let client = self.inner.pool.get().await.map_err(backend)?;
-        let st = client
-            .prepare_cached(&self.inner.sql.due)
-            .await
-            .map_err(backend)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        client
-            .query(&st, &[&self.now(), &limit])
-            .await
-            .map_err(backend)?
+        self.query(&self.sql.due, &[&self.now(), &limit])
+            .await?
             .iter()
             .map(action_from)
             .collect()
+    }
+}
+
+/// The rows of a batch function by request (`ord`, 1-based): one per request.
+fn in_order(len: usize, rows: Vec<Row>) -> LedgerResult<impl Iterator<Item = Option<Row>>> {
+    let mut slots: Vec<Option<Row>> = (0..len).map(|_| None).collect();
+    for row in rows {
+        let ord: i32 = row.try_get("ord").map_err(backend)?;
+        let slot = usize::try_from(ord)
+            .ok()
+            .and_then(|ord| ord.checked_sub(1))
+            .and_then(|i| slots.get_mut(i))
+            .ok_or_else(|| backend(format!("a batch answered for request {ord}")))?;
+        *slot = Some(row);
+    }
+    Ok(slots.into_iter())
+}
+
+fn reservation_from(row: Option<Row>, request: ReserveRequest) -> LedgerResult<Reservation> {
+    // No row: the key went live under another account's lock and that action was resolved
+    // before it could be read; a retry sees it.
+    let row = row.ok_or_else(|| backend("the key's live action changed meanwhile; retry"))?;
+    let outcome: String = row.try_get("outcome").map_err(backend)?;
+    match outcome.as_str() {
+        "reserved" => Ok(Reservation::Reserved(action_from(&row)?)),
+        "existing" => Ok(Reservation::Existing(action_from(&row)?)),
+        "insufficient_funds" => Ok(Reservation::InsufficientFunds {
+            account: request.account,
+            available: row.try_get("available").map_err(backend)?,
+            required: request.amount,
+            currency: request.currency,
+        }),
+        "currency_mismatch" => Err(LedgerError::CurrencyMismatch {
+            account: request.account,
+            account_currency: row.try_get("account_currency").map_err(backend)?,
+            requested: request.currency,
+        }),
+        other => Err(backend(format!("unknown reserve outcome {other:?}"))),
+    }
+}
+
+fn resolved_from(
+    row: &Row,
+    id: &ActionId,
+    to: ActionState,
+    actual: Option<Amount>,
+) -> LedgerResult<Action> {
+    let outcome: String = row.try_get("outcome").map_err(backend)?;
+    if outcome == "not_found" {
+        return Err(LedgerError::NotFound(id.clone()));
+    }
+    let action = action_from(row)?;
+    match outcome.as_str() {
+        "done" => Ok(action),
+        "expired" => Err(LedgerError::Expired(id.clone())),
+        "invalid_amount" => Err(LedgerError::InvalidAmount(
+            actual.unwrap_or(action.reserved),
+        )),
+        "exceeds" => Err(LedgerError::ExceedsReservation {
+            reserved: action.reserved,
+            actual: actual.unwrap_or(action.reserved),
+        }),
+        "refused" => Err(match (action.state, to) {
+            (ActionState::Pending, _) => LedgerError::NotConfirmed(id.clone()),
+            (ActionState::Confirmed, _) => LedgerError::AlreadyConfirmed(id.clone()),
+            (ActionState::Charged, _) => LedgerError::AlreadyCharged(id.clone()),
+            (ActionState::Failed, _) => LedgerError::AlreadyVoided(id.clone()),
+        }),
+        other => Err(backend(format!("unknown resolve outcome {other:?}"))),
     }
 }
 

@@ -1,18 +1,33 @@
 //! The PostgreSQL ledger (feature `postgres`): durable, shared by every replica.
 //!
-//! Two tables in a configurable schema, created by [`PostgresLedgerBuilder::build`]:
+//! Three tables in a configurable schema, created by [`PostgresLedgerBuilder::build`]:
 //! `dreamnet_billable_accounts` (one row per account: currency, credit line, pending and
-//! charged sums) and `dreamnet_billable_actions` (one row per attempt, with a partial unique
+//! charged sums), `dreamnet_billable_account_slots` (deltas of those sums, summed on read)
+//! and `dreamnet_billable_actions` (one row per attempt, with a partial unique
 //! index on (scope, idempotency key) over live, i.e. not failed, rows).
 //!
-//! Every state change is one call of a server-side plpgsql function the builder creates
-//! (`dreamnet_billable_reserve`, `dreamnet_billable_resolve`), so one statement, one implicit
-//! transaction and one round trip. Each function locks the account row first
-//! (`SELECT ... FOR UPDATE`) and the action row second. One lock order everywhere means no
-//! deadlocks between live requests and sweepers, and the account lock serializes the
-//! "available >= amount" check with the hold, so concurrent reservations never overspend
-//! (TigerBeetle's `debits_must_not_exceed_credits`; a `CHECK` constraint enforces it again).
-//! Transitions are decided on the locked row, so they stay exclusive.
+//! Every state change is one call of a server-side plpgsql function the builder creates, so
+//! one statement, one implicit transaction and one round trip; and concurrent reserves (and,
+//! separately, concurrent settles) are **batched**: one writer task per kind gathers the
+//! calls that queue while the previous batch commits and sends them as one function call,
+//! one transaction, one commit (group commit; [`PostgresLedgerBuilder::max_batch`],
+//! [`PostgresLedgerBuilder::max_wait`]). A lone call is sent at once.
+//!
+//! Each function locks the account row first and the action row second; a batch takes its
+//! requests in account order, so one lock order everywhere means no deadlocks between
+//! batches, live requests and sweepers. A reservation on a credit-limited account locks the
+//! row `FOR UPDATE` and checks "available >= amount" on exact totals, in request order
+//! within a batch, so concurrent reservations never overspend (TigerBeetle's
+//! `debits_must_not_exceed_credits`; a `CHECK` constraint enforces it again); one the credit
+//! cannot cover is refused (402) and the rest of its batch goes on. Unlimited accounts and
+//! every transition share the row (`FOR SHARE`) and move the sums in per-connection slot
+//! rows, so an unlimited account is no hot row. Transitions are decided on the locked
+//! action row, so they stay exclusive.
+//!
+//! Every call has a deadline (default [`DEFAULT_DEADLINE`], 5 s,
+//! [`PostgresLedgerBuilder::deadline`]): past it the call is [`LedgerError::Timeout`] (a
+//! 503 with `Retry-After` from the layer). [`pool_for`] / [`pool_with_deadline`] build pools with the same deadline
+//! on pool waits, connects and recycles, and as the server's `statement_timeout`.
 //!
 //! Timestamps are Unix milliseconds from the ledger's [`Clock`](dreamnet_common::Clock),
 //! passed in as parameters, so timeouts are testable with a fake clock; replicas should run
@@ -22,24 +37,23 @@
 //!
 //! | call | round trips |
 //! |---|---|
-//! | `reserve` | 1: `dreamnet_billable_reserve` (upsert + lock the account, lock the key's live action, void it if expired, check funds, insert, hold) |
-//! | `confirm` | 1: `dreamnet_billable_resolve` (lock account, lock action, check, move both) |
-//! | `charge`, `void` | 1: same function |
-//! | replay (same key) | 1 (the `reserve` that finds the existing action with a plain, lock-free read first; it writes nothing, so its commit needs no WAL flush) |
+//! | `reserve` | 1 per batch: `dreamnet_billable_reserve_batch` (per request: upsert + lock the account, lock the key's live action, void it if expired, check funds, insert, hold) |
+//! | `settle` | 1 per batch: `dreamnet_billable_resolve_batch` (per request: lock account, lock action, check, store the response and post the charge) |
+//! | `confirm`, `charge`, `void` | 1: `dreamnet_billable_resolve` |
+//! | replay (same key) | a `reserve` that finds the existing action with a plain, lock-free read first; it writes nothing |
 //!
-//! A successful billable request therefore costs 3 round trips (plus a pool checkout). In
-//! the rare race where the key goes live under another account's lock between the lookup
-//! and the insert, the function rolls everything back (SQLSTATE `DB409`) and one more
-//! `SELECT` reads the winner's action.
+//! A successful billable request therefore takes part in 2 transactions, each shared with
+//! the requests batched with it: under load, well under one commit per request.
 //!
 //! The functions return the action table's columns positionally (`a.*`): a migration that
 //! adds a column must `DROP` and recreate them (`CREATE OR REPLACE` cannot change a
-//! function's result type).
+//! function's result type). The migration is idempotent and runs at every build: a schema
+//! made by 0.2 migrates in place (a slot table and new functions are added).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use deadpool_postgres::{Config, Pool, Runtime};
+use deadpool_postgres::{Config, Pool, PoolConfig, Runtime, Timeouts};
 use dreamnet_common::{clock, AccountId, SharedClock};
 use futures_util::future::{BoxFuture, FutureExt};
 use tokio_postgres::NoTls;
@@ -51,12 +65,20 @@ use super::{
     Reservation, ReserveRequest, Stats,
 };
 
+mod batch;
 mod calls;
+mod functions;
 mod rows;
 mod sql;
 
-use rows::{backend, millis};
+use batch::{BatchConfig, Batcher};
+pub use batch::{DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT};
+use calls::Settle;
+use rows::backend;
 use sql::Sql;
+
+/// The deadline of every ledger call by default (5 s).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The PostgreSQL [`Ledger`] and [`LedgerAdmin`]. Cheap to clone (an `Arc` inside).
 #[derive(Clone)]
@@ -67,16 +89,24 @@ pub struct PostgresLedger {
 impl std::fmt::Debug for PostgresLedger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresLedger")
-            .field("schema", &self.inner.schema)
+            .field("schema", &self.inner.core.schema)
             .finish_non_exhaustive()
     }
 }
 
 struct Inner {
+    core: Arc<Core>,
+    reserves: Batcher<(ActionId, ReserveRequest), Reservation>,
+    settles: Batcher<Settle, Action>,
+}
+
+/// What the calls and the batch writers share.
+struct Core {
     pool: Pool,
     schema: String,
     clock: SharedClock,
     default_credit: Option<Amount>,
+    deadline: Duration,
     sql: Sql,
 }
 
@@ -87,6 +117,8 @@ pub struct PostgresLedgerBuilder {
     schema: String,
     clock: SharedClock,
     default_credit: Option<Amount>,
+    deadline: Duration,
+    batch: BatchConfig,
 }
 
 impl std::fmt::Debug for PostgresLedgerBuilder {
@@ -94,13 +126,15 @@ impl std::fmt::Debug for PostgresLedgerBuilder {
         f.debug_struct("PostgresLedgerBuilder")
             .field("schema", &self.schema)
             .field("default_credit", &self.default_credit)
+            .field("deadline", &self.deadline)
+            .field("batch", &self.batch)
             .finish_non_exhaustive()
     }
 }
 
 impl PostgresLedger {
-    /// Connects a pool to `url` (e.g. `postgres://postgres@127.0.0.1:5432/test`) and
-    /// creates the tables in schema `public` if missing.
+    /// Connects a pool to `url` (e.g. `postgres://postgres@127.0.0.1:5432/test`, see
+    /// [`pool_for`]) and creates the tables in schema `public` if missing.
     ///
     /// # Errors
     /// When the pool cannot be created or the tables cannot be created.
@@ -108,38 +142,70 @@ impl PostgresLedger {
         Self::builder(pool_for(url)?).build().await
     }
 
-    /// A builder over an existing deadpool pool.
+    /// A builder over an existing deadpool pool (give it timeouts: [`pool_for`] does).
     pub fn builder(pool: Pool) -> PostgresLedgerBuilder {
         PostgresLedgerBuilder {
             pool,
             schema: "public".to_owned(),
             clock: clock::system(),
             default_credit: None,
+            deadline: DEFAULT_DEADLINE,
+            batch: BatchConfig {
+                max_batch: DEFAULT_MAX_BATCH,
+                max_wait: DEFAULT_MAX_WAIT,
+            },
         }
     }
 
     /// The schema the tables live in.
     pub fn schema(&self) -> &str {
-        &self.inner.schema
+        &self.inner.core.schema
     }
 
     /// The pool.
     pub fn pool(&self) -> &Pool {
-        &self.inner.pool
+        &self.inner.core.pool
     }
 
-    fn now(&self) -> i64 {
-        millis(self.inner.clock.now_millis())
+    /// Bounds a batched call by the deadline.
+    async fn batched<T>(
+        &self,
+        call: impl std::future::Future<Output = LedgerResult<T>>,
+    ) -> LedgerResult<T> {
+        self.inner.core.timed(call).await
     }
 }
 
-/// A deadpool pool for `url`, with the tokio runtime and no TLS.
+/// A deadpool pool for `url`, with the tokio runtime and no TLS, and the
+/// [`DEFAULT_DEADLINE`] (see [`pool_with_deadline`]).
 ///
 /// # Errors
 /// When the URL is invalid.
 pub fn pool_for(url: &str) -> LedgerResult<Pool> {
+    pool_with_deadline(url, DEFAULT_DEADLINE)
+}
+
+/// A deadpool pool for `url`, with the tokio runtime and no TLS, whose waits for a
+/// connection, connects and recycles are bounded by `deadline`, and whose connections run
+/// with `statement_timeout` = `deadline` (so a statement stuck on a lock ends server-side too).
+///
+/// # Errors
+/// When the URL is invalid.
+pub fn pool_with_deadline(url: &str, deadline: Duration) -> LedgerResult<Pool> {
     let config = Config {
         url: Some(url.to_owned()),
+        options: Some(format!(
+            "-c statement_timeout={}",
+            deadline.as_millis().max(1)
+        )),
+        pool: Some(PoolConfig {
+            timeouts: Timeouts {
+                wait: Some(deadline),
+                create: Some(deadline),
+                recycle: Some(deadline),
+            },
+            ..PoolConfig::default()
+        }),
         ..Config::default()
     };
     config
@@ -168,7 +234,31 @@ impl PostgresLedgerBuilder {
         self
     }
 
-    /// Creates the schema, tables and indexes if missing, and returns the ledger.
+    /// The longest any ledger call may take, pool checkout included (default 5 s); past it
+    /// the call is [`LedgerError::Timeout`].
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The most reserves (or settles) one transaction carries (default
+    /// [`DEFAULT_MAX_BATCH`], 256; 1 turns batching off).
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.batch.max_batch = max_batch.max(1);
+        self
+    }
+
+    /// How long a batch waits to fill once its first call is queued (default zero: it is
+    /// sent as soon as the queue is empty, so a lone call never waits; batches still form
+    /// from the calls that queue while the previous one commits).
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.batch.max_wait = max_wait;
+        self
+    }
+
+    /// Creates (or migrates in place) the schema, tables, indexes and functions, starts the
+    /// two batch writers (tasks on the current tokio runtime, ending with the last clone of
+    /// the ledger), and returns the ledger.
     ///
     /// # Errors
     /// An invalid schema name, or a database error.
@@ -186,19 +276,34 @@ impl PostgresLedgerBuilder {
                 self.schema
             )));
         }
-        let sql = Sql::new(&self.schema);
-        let mut client = self.pool.get().await.map_err(backend)?;
-        let tx = client.transaction().await.map_err(backend)?;
-        // Concurrent `CREATE ... IF NOT EXISTS` can still collide; serialize them.
-        tx.batch_execute(&sql.migrate).await.map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        let core = Arc::new(Core {
+            sql: Sql::new(&self.schema),
+            pool: self.pool,
+            schema: self.schema,
+            clock: self.clock,
+            default_credit: self.default_credit,
+            deadline: self.deadline,
+        });
+        core.timed(core.migrate()).await?;
+        let reserves = {
+            let core = core.clone();
+            Batcher::spawn(self.batch, move |batch| {
+                let core = core.clone();
+                async move { core.timed(core.reserve_batch(batch)).await }
+            })
+        };
+        let settles = {
+            let core = core.clone();
+            Batcher::spawn(self.batch, move |batch| {
+                let core = core.clone();
+                async move { core.timed(core.resolve_batch(batch)).await }
+            })
+        };
         Ok(PostgresLedger {
             inner: Arc::new(Inner {
-                pool: self.pool,
-                schema: self.schema,
-                clock: self.clock,
-                default_credit: self.default_credit,
-                sql,
+                core,
+                reserves,
+                settles,
             }),
         })
     }
@@ -208,7 +313,12 @@ impl Ledger for PostgresLedger {
     fn reserve(&self, request: ReserveRequest) -> BoxFuture<'_, LedgerResult<Reservation>> {
         let logged = logs::Logged::of(&request);
         async move {
-            let outcome = self.reserve_call(request).await;
+            let outcome = if request.amount < 0 {
+                Err(LedgerError::InvalidAmount(request.amount))
+            } else {
+                self.batched(self.inner.reserves.call((ActionId::random(), request)))
+                    .await
+            };
             logged.emit(&outcome);
             outcome
         }
@@ -221,20 +331,37 @@ impl Ledger for PostgresLedger {
         response: Bytes,
         actual: Option<Amount>,
     ) -> BoxFuture<'a, LedgerResult<Action>> {
+        let core = &self.inner.core;
         async move {
-            self.resolve_call(id, ActionState::Confirmed, actual, Some(&response))
+            core.timed(core.resolve_call(id, ActionState::Confirmed, actual, Some(&response)))
                 .await
         }
         .boxed()
     }
 
+    fn settle<'a>(
+        &'a self,
+        id: &'a ActionId,
+        response: Bytes,
+        actual: Option<Amount>,
+    ) -> BoxFuture<'a, LedgerResult<Action>> {
+        let settle = Settle {
+            id: id.clone(),
+            response,
+            actual,
+        };
+        self.batched(self.inner.settles.call(settle)).boxed()
+    }
+
     fn charge<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Action>> {
-        self.resolve_call(id, ActionState::Charged, None, None)
+        let core = &self.inner.core;
+        core.timed(core.resolve_call(id, ActionState::Charged, None, None))
             .boxed()
     }
 
     fn void<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Action>> {
-        self.resolve_call(id, ActionState::Failed, None, None)
+        let core = &self.inner.core;
+        core.timed(core.resolve_call(id, ActionState::Failed, None, None))
             .boxed()
     }
 
@@ -243,8 +370,9 @@ impl Ledger for PostgresLedger {
         scope: &'a str,
         idempotency_key: &'a str,
     ) -> BoxFuture<'a, LedgerResult<Option<Action>>> {
+        let core = &self.inner.core;
         async move {
-            self.query_action(&self.inner.sql.live_action, &[&scope, &idempotency_key])
+            core.timed(core.query_action(&core.sql.live_action, &[&scope, &idempotency_key]))
                 .await
         }
         .boxed()
@@ -253,22 +381,25 @@ impl Ledger for PostgresLedger {
 
 impl LedgerAdmin for PostgresLedger {
     fn action<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Option<Action>>> {
+        let core = &self.inner.core;
         async move {
-            self.query_action(&self.inner.sql.get_action, &[&id.as_str()])
+            core.timed(core.query_action(&core.sql.get_action, &[&id.as_str()]))
                 .await
         }
         .boxed()
     }
 
     fn stats(&self) -> BoxFuture<'_, LedgerResult<Stats>> {
-        self.stats_query().boxed()
+        let core = &self.inner.core;
+        core.timed(core.stats_query()).boxed()
     }
 
     fn account<'a>(
         &'a self,
         account: &'a AccountId,
     ) -> BoxFuture<'a, LedgerResult<Option<Account>>> {
-        self.account_query(account).boxed()
+        let core = &self.inner.core;
+        core.timed(core.account_query(account)).boxed()
     }
 
     fn add_credit<'a>(
@@ -277,18 +408,19 @@ impl LedgerAdmin for PostgresLedger {
         amount: Amount,
         currency: &'a str,
     ) -> BoxFuture<'a, LedgerResult<Account>> {
+        let core = &self.inner.core;
         async move {
             if amount <= 0 {
                 return Err(LedgerError::InvalidAmount(amount));
             }
-            self.credit_tx(account, currency, |credit| {
+            let update = |credit: Option<Amount>| {
                 credit
                     .unwrap_or(0)
                     .checked_add(amount)
                     .map(Some)
                     .ok_or(LedgerError::InvalidAmount(amount))
-            })
-            .await
+            };
+            core.timed(core.credit_tx(account, currency, update)).await
         }
         .boxed()
     }
@@ -299,16 +431,19 @@ impl LedgerAdmin for PostgresLedger {
         credit: Option<Amount>,
         currency: &'a str,
     ) -> BoxFuture<'a, LedgerResult<Account>> {
+        let core = &self.inner.core;
         async move {
             if let Some(c) = credit.filter(|c| *c < 0) {
                 return Err(LedgerError::InvalidAmount(c));
             }
-            self.credit_tx(account, currency, |_| Ok(credit)).await
+            core.timed(core.credit_tx(account, currency, |_| Ok(credit)))
+                .await
         }
         .boxed()
     }
 
     fn due_for_recovery(&self, limit: usize) -> BoxFuture<'_, LedgerResult<Vec<Action>>> {
-        self.due_query(limit).boxed()
+        let core = &self.inner.core;
+        core.timed(core.due_query(limit)).boxed()
     }
 }

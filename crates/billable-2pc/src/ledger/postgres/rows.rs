@@ -52,9 +52,6 @@ pub(super) fn account_from(row: &Row) -> LedgerResult<Account> {
     })
 }
 
-/// The SQLSTATE `dreamnet_billable_reserve` raises when the key went live meanwhile.
-pub(super) const KEY_WENT_LIVE: &str = "DB409";
-
 /// The row's `account` column; an id breaking the rule is a corrupt row.
 fn account_id(row: &Row) -> LedgerResult<AccountId> {
     let id: String = row.try_get("account").map_err(backend)?;

@@ -1,5 +1,5 @@
 //! The SQL of the PostgreSQL ledger: the migration (schema, tables, indexes, the plpgsql
-//! functions every state change calls) and the statements, per schema.
+//! functions of [`functions`](super::functions)) and the statements, per schema.
 
 use std::fmt::Write as _;
 
@@ -7,13 +7,18 @@ pub(super) const ACTION_COLUMNS: &str =
     "id, scope, idem_key, fingerprint, action, account, reserved, \
      amount, currency, state, trace_id, created_at, updated_at, expires_at, response";
 
+/// An account's exact totals: its row plus its slot rows (see [`super::functions`]).
+const ACCOUNT_TOTALS: &str = "a.account, a.currency, a.credit,
+     a.pending + COALESCE(s.pending, 0) AS pending, a.charged + COALESCE(s.charged, 0) AS charged";
+
 pub(super) struct Sql {
     pub(super) migrate: String,
     pub(super) upsert_account: String,
     pub(super) lock_account: String,
     pub(super) live_action: String,
-    pub(super) reserve: String,
+    pub(super) reserve_batch: String,
     pub(super) resolve: String,
+    pub(super) resolve_batch: String,
     pub(super) set_credit: String,
     pub(super) get_action: String,
     pub(super) get_account: String,
@@ -26,7 +31,10 @@ impl Sql {
         let s = format!("\"{schema}\"");
         let acc = format!("{s}.dreamnet_billable_accounts");
         let act = format!("{s}.dreamnet_billable_actions");
+        let slots = format!("{s}.dreamnet_billable_account_slots");
         let mut migrate = String::new();
+        // Every statement is idempotent, so a restart, a second replica or a schema made by
+        // an earlier version migrates in place (the advisory lock serializes concurrent runs).
         let _ = write!(
             migrate,
             "SELECT pg_advisory_xact_lock(7244913351);
@@ -64,28 +72,43 @@ impl Sql {
              CREATE UNIQUE INDEX IF NOT EXISTS dreamnet_billable_actions_live_key
                  ON {act} (scope, idem_key) WHERE state <> 'failed';
              CREATE INDEX IF NOT EXISTS dreamnet_billable_actions_open
-                 ON {act} (created_at) WHERE state IN ('pending', 'confirmed');"
+                 ON {act} (created_at) WHERE state IN ('pending', 'confirmed');
+             -- Deltas of an account's pending and charged sums, summed with its row on read
+             -- (0.3: so unlimited accounts do not serialize on their row). Either may be
+             -- negative; the row plus its slots is exact.
+             CREATE TABLE IF NOT EXISTS {slots} (
+                 account TEXT NOT NULL,
+                 slot    INT NOT NULL,
+                 pending BIGINT NOT NULL DEFAULT 0,
+                 charged BIGINT NOT NULL DEFAULT 0,
+                 PRIMARY KEY (account, slot)
+             );"
         );
-        migrate.push_str(&functions(&s, &acc, &act));
+        migrate.push_str(&super::functions::functions(&s, &acc, &act, &slots));
+        let totals = format!(
+            "{acc} AS a LEFT JOIN (SELECT sum(pending)::BIGINT AS pending, sum(charged)::BIGINT AS charged
+                 FROM {slots} WHERE account = $1) AS s ON TRUE"
+        );
         Self {
             migrate,
             upsert_account: format!(
                 "INSERT INTO {acc} (account, currency, credit, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, $4) ON CONFLICT (account) DO NOTHING"
             ),
+            // The account locked, its slots folded into its row: exact totals to check.
             lock_account: format!(
-                "SELECT account, currency, credit, pending, charged FROM {acc}
-                 WHERE account = $1 FOR UPDATE"
+                "SELECT account, currency, credit, pending, charged
+                 FROM {s}.dreamnet_billable_fold($1)"
             ),
             live_action: format!(
                 "SELECT {ACTION_COLUMNS} FROM {act}
                  WHERE scope = $1 AND idem_key = $2 AND state <> 'failed'"
             ),
-            reserve: format!(
-                "SELECT o_outcome AS outcome, o_account_currency AS account_currency,
+            reserve_batch: format!(
+                "SELECT o_ord AS ord, o_outcome AS outcome, o_account_currency AS account_currency,
                      o_available AS available, {returned}
-                 FROM {s}.dreamnet_billable_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                     $11, $12)",
+                 FROM {s}.dreamnet_billable_reserve_batch($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                     $10, $11, $12)",
                 returned = returned_action_columns()
             ),
             resolve: format!(
@@ -93,14 +116,17 @@ impl Sql {
                  FROM {s}.dreamnet_billable_resolve($1, $2, $3, $4, $5)",
                 returned = returned_action_columns()
             ),
+            resolve_batch: format!(
+                "SELECT o_ord AS ord, o_outcome AS outcome, {returned}
+                 FROM {s}.dreamnet_billable_resolve_batch($1, $2, $3, $4, $5)",
+                returned = returned_action_columns()
+            ),
             set_credit: format!(
                 "UPDATE {acc} SET credit = $2, updated_at = $3 WHERE account = $1
                  RETURNING account, currency, credit, pending, charged"
             ),
             get_action: format!("SELECT {ACTION_COLUMNS} FROM {act} WHERE id = $1"),
-            get_account: format!(
-                "SELECT account, currency, credit, pending, charged FROM {acc} WHERE account = $1"
-            ),
+            get_account: format!("SELECT {ACCOUNT_TOTALS} FROM {totals} WHERE a.account = $1"),
             stats: format!(
                 "SELECT state, currency, count(*)::BIGINT, COALESCE(sum(amount), 0)::BIGINT
                  FROM {act} GROUP BY state, currency"
@@ -123,153 +149,4 @@ fn returned_action_columns() -> String {
         .map(|column| format!("o_{column} AS {column}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The server-side functions: each state change is one call, i.e. one round trip and one
-/// (implicit) transaction. Both lock the account row before the action row.
-fn functions(s: &str, acc: &str, act: &str) -> String {
-    let out = "o_id TEXT, o_scope TEXT, o_idem_key TEXT, o_fingerprint TEXT, o_action TEXT,
-         o_account TEXT, o_reserved BIGINT, o_amount BIGINT, o_currency TEXT, o_state TEXT,
-         o_trace_id TEXT, o_created_at BIGINT, o_updated_at BIGINT, o_expires_at BIGINT,
-         o_response BYTEA";
-    // A row of NULL action columns, for outcomes without an action.
-    let no_action = format!("FROM (SELECT 1) AS one LEFT JOIN {act} AS a ON FALSE");
-    format!(
-        "
-         -- Moves an action (locked by the caller, with its account) to p_to with p_amount,
-         -- moving the held and charged sums of its account.
-         CREATE OR REPLACE FUNCTION {s}.dreamnet_billable_transition(
-             p_id TEXT, p_account TEXT, p_from TEXT, p_from_amount BIGINT, p_to TEXT,
-             p_amount BIGINT, p_response BYTEA, p_now BIGINT
-         ) RETURNS VOID LANGUAGE plpgsql AS $fn$
-         BEGIN
-             UPDATE {act} SET state = p_to, amount = p_amount,
-                 response = COALESCE(p_response, response), updated_at = p_now
-             WHERE id = p_id;
-             UPDATE {acc} SET
-                 pending = pending
-                     - CASE WHEN p_from IN ('pending', 'confirmed') THEN p_from_amount ELSE 0 END
-                     + CASE WHEN p_to IN ('pending', 'confirmed') THEN p_amount ELSE 0 END,
-                 charged = charged + CASE WHEN p_to = 'charged' THEN p_amount ELSE 0 END,
-                 updated_at = p_now
-             WHERE account = p_account;
-         END $fn$;
-
-         -- Reserve: upsert + lock the account, lock the key's live action; an unexpired one
-         -- is 'existing' (nothing written); else currency and funds checks, the expired one
-         -- voided, the new action inserted and its amount held. SQLSTATE DB409 (all rolled
-         -- back): the key went live meanwhile under another account's lock.
-         CREATE OR REPLACE FUNCTION {s}.dreamnet_billable_reserve(
-             p_id TEXT, p_scope TEXT, p_key TEXT, p_fingerprint TEXT, p_action TEXT,
-             p_account TEXT, p_amount BIGINT, p_currency TEXT, p_trace TEXT, p_now BIGINT,
-             p_expires BIGINT, p_default_credit BIGINT
-         ) RETURNS TABLE (o_outcome TEXT, o_account_currency TEXT, o_available BIGINT, {out})
-         LANGUAGE plpgsql AS $fn$
-         DECLARE
-             v_acc {acc}%ROWTYPE;
-             v_live {act}%ROWTYPE;
-             v_found BOOLEAN;
-             v_available BIGINT;
-         BEGIN
-             -- A replay first: read without locking, so it writes nothing (no row lock, no
-             -- transaction id, no WAL flush at commit). The locked path below re-checks.
-             SELECT * INTO v_live FROM {act}
-                 WHERE scope = p_scope AND idem_key = p_key AND state <> 'failed';
-             IF FOUND AND NOT (v_live.state = 'pending' AND p_now >= v_live.expires_at) THEN
-                 RETURN QUERY SELECT 'existing'::TEXT, NULL::TEXT, NULL::BIGINT, v_live.*;
-                 RETURN;
-             END IF;
-             INSERT INTO {acc} (account, currency, credit, created_at, updated_at)
-                 VALUES (p_account, p_currency, p_default_credit, p_now, p_now)
-                 ON CONFLICT (account) DO NOTHING;
-             SELECT * INTO v_acc FROM {acc} WHERE account = p_account FOR UPDATE;
-             SELECT * INTO v_live FROM {act}
-                 WHERE scope = p_scope AND idem_key = p_key AND state <> 'failed' FOR UPDATE;
-             v_found := FOUND;
-             IF v_found AND NOT (v_live.state = 'pending' AND p_now >= v_live.expires_at) THEN
-                 RETURN QUERY SELECT 'existing'::TEXT, NULL::TEXT, NULL::BIGINT, a.*
-                     FROM {act} AS a WHERE a.id = v_live.id;
-                 RETURN;
-             END IF;
-             IF v_acc.currency <> p_currency THEN
-                 RETURN QUERY SELECT 'currency_mismatch'::TEXT, v_acc.currency, NULL::BIGINT, a.*
-                     {no_action};
-                 RETURN;
-             END IF;
-             IF v_found THEN
-                 -- A crashed attempt past its timeout: void it so this retry can run.
-                 PERFORM {s}.dreamnet_billable_transition(v_live.id, v_live.account,
-                     v_live.state, v_live.amount, 'failed', v_live.amount, NULL, p_now);
-                 IF v_live.account = p_account THEN
-                     v_acc.pending := v_acc.pending - v_live.amount;
-                 END IF;
-             END IF;
-             IF v_acc.credit IS NOT NULL THEN
-                 v_available := v_acc.credit - v_acc.pending - v_acc.charged;
-                 IF v_available < p_amount THEN
-                     RETURN QUERY SELECT 'insufficient_funds'::TEXT, v_acc.currency, v_available,
-                         a.* {no_action};
-                     RETURN;
-                 END IF;
-             END IF;
-             INSERT INTO {act} (id, scope, idem_key, fingerprint, action, account, reserved,
-                 amount, currency, state, trace_id, created_at, updated_at, expires_at)
-             VALUES (p_id, p_scope, p_key, p_fingerprint, p_action, p_account, p_amount,
-                 p_amount, p_currency, 'pending', p_trace, p_now, p_now, p_expires)
-             ON CONFLICT (scope, idem_key) WHERE state <> 'failed' DO NOTHING;
-             IF NOT FOUND THEN
-                 RAISE EXCEPTION 'idempotency key went live meanwhile' USING ERRCODE = 'DB409';
-             END IF;
-             UPDATE {acc} SET pending = pending + p_amount, updated_at = p_now
-                 WHERE account = p_account;
-             RETURN QUERY SELECT 'reserved'::TEXT, NULL::TEXT, NULL::BIGINT, a.*
-                 FROM {act} AS a WHERE a.id = p_id;
-         END $fn$;
-
-         -- Confirm (p_to 'confirmed', with p_actual and p_response), charge ('charged') or
-         -- void ('failed'): lock the account, then the action; exclusive transitions. Outcomes:
-         -- 'done' (the new row), 'refused' (the current row: wrong state), 'not_found',
-         -- 'invalid_amount', 'exceeds', 'expired' (confirm too late: voided, committed).
-         CREATE OR REPLACE FUNCTION {s}.dreamnet_billable_resolve(
-             p_id TEXT, p_to TEXT, p_actual BIGINT, p_response BYTEA, p_now BIGINT
-         ) RETURNS TABLE (o_outcome TEXT, {out})
-         LANGUAGE plpgsql AS $fn$
-         DECLARE
-             v_act {act}%ROWTYPE;
-             v_amount BIGINT;
-             v_outcome TEXT := 'done';
-         BEGIN
-             PERFORM 1 FROM {acc}
-                 WHERE account = (SELECT account FROM {act} WHERE id = p_id) FOR UPDATE;
-             SELECT * INTO v_act FROM {act} WHERE id = p_id FOR UPDATE;
-             IF NOT FOUND THEN
-                 RETURN QUERY SELECT 'not_found'::TEXT, a.* {no_action};
-                 RETURN;
-             END IF;
-             IF p_to = 'confirmed' THEN
-                 v_amount := COALESCE(p_actual, v_act.reserved);
-                 IF v_act.state <> 'pending' THEN
-                     v_outcome := 'refused';
-                 ELSIF v_amount < 0 THEN
-                     v_outcome := 'invalid_amount';
-                 ELSIF v_amount > v_act.reserved THEN
-                     v_outcome := 'exceeds';
-                 ELSIF p_now >= v_act.expires_at THEN
-                     PERFORM {s}.dreamnet_billable_transition(p_id, v_act.account, v_act.state,
-                         v_act.amount, 'failed', v_act.amount, NULL, p_now);
-                     v_outcome := 'expired';
-                 ELSE
-                     PERFORM {s}.dreamnet_billable_transition(p_id, v_act.account, v_act.state,
-                         v_act.amount, 'confirmed', v_amount, p_response, p_now);
-                 END IF;
-             ELSIF (v_act.state = 'confirmed' AND p_to = 'charged')
-                 OR (v_act.state = 'pending' AND p_to = 'failed') THEN
-                 PERFORM {s}.dreamnet_billable_transition(p_id, v_act.account, v_act.state,
-                     v_act.amount, p_to, v_act.amount, NULL, p_now);
-             ELSE
-                 v_outcome := 'refused';
-             END IF;
-             RETURN QUERY SELECT v_outcome, a.* FROM {act} AS a WHERE a.id = p_id;
-         END $fn$;"
-    )
 }

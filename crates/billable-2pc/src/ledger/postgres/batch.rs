@@ -1,0 +1,136 @@
+//! Group commit at the application level: calls of one kind (reserves, settles) queue up
+//! for a single writer task per ledger, which sends whatever has queued as one function
+//! call, i.e. one round trip and one commit for the whole batch (TigerBeetle's batching,
+//! PostgreSQL's own group commit one level up).
+//!
+//! A lone call never waits for company: the writer flushes as soon as the queue is empty
+//! (or the batch is full, or, with a `max_wait`, when that passes). Batches form by
+//! themselves under load from the calls that arrive while the previous batch commits.
+//! Each caller waits for its own batch's commit, so its reservation is durable before its
+//! handler runs. A batch that fails gives every caller in it the error, and nothing of it
+//! is applied (one transaction).
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{rows::backend, LedgerError, LedgerResult};
+
+/// The most calls one batch carries by default.
+pub const DEFAULT_MAX_BATCH: usize = 256;
+
+/// How long the writer waits to fill a batch by default: not at all (flush when the queue
+/// is empty).
+pub const DEFAULT_MAX_WAIT: Duration = Duration::ZERO;
+
+/// How batches are cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct BatchConfig {
+    pub(super) max_batch: usize,
+    pub(super) max_wait: Duration,
+}
+
+struct Job<Req, Out> {
+    request: Req,
+    reply: oneshot::Sender<LedgerResult<Out>>,
+}
+
+/// The queue in front of one writer task. Dropping the last handle stops the task once the
+/// queue is drained.
+pub(super) struct Batcher<Req, Out> {
+    queue: mpsc::Sender<Job<Req, Out>>,
+}
+
+impl<Req: Send + 'static, Out: Send + 'static> Batcher<Req, Out> {
+    /// Spawns the writer: `run` executes one batch as one transaction and answers each
+    /// request, in order, or fails as a whole.
+    pub(super) fn spawn<F, Fut>(config: BatchConfig, run: F) -> Self
+    where
+        F: Fn(Vec<Req>) -> Fut + Send + 'static,
+        Fut: Future<Output = LedgerResult<Vec<LedgerResult<Out>>>> + Send,
+    {
+        let max_batch = config.max_batch.max(1);
+        let (queue, mut rx) = mpsc::channel::<Job<Req, Out>>(max_batch.saturating_mul(4));
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut jobs = vec![first];
+                fill(&mut rx, &mut jobs, max_batch, config.max_wait).await;
+                let (requests, replies): (Vec<_>, Vec<_>) =
+                    jobs.into_iter().map(|j| (j.request, j.reply)).unzip();
+                let count = requests.len();
+                match run(requests).await {
+                    Ok(outcomes) if outcomes.len() == count => {
+                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                            // A caller gone (cancelled, timed out) leaves its outcome to
+                            // recovery, as a reply lost after any commit would.
+                            let _ = reply.send(outcome);
+                        }
+                    }
+                    Ok(outcomes) => {
+                        let err = Arc::new(backend(format!(
+                            "a batch of {count} answered {} outcomes",
+                            outcomes.len()
+                        )));
+                        answer_all(replies, &err);
+                    }
+                    Err(err) => answer_all(replies, &Arc::new(err)),
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    /// Queues `request` and waits for its batch's outcome.
+    pub(super) async fn call(&self, request: Req) -> LedgerResult<Out> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job { request, reply })
+            .await
+            .map_err(|_| backend("the ledger's batch writer stopped"))?;
+        answer
+            .await
+            .map_err(|_| backend("the ledger's batch writer dropped the call"))?
+    }
+}
+
+/// Takes what is queued into `jobs`, up to `max_batch`; with a `max_wait`, waits that long
+/// (from now) for more.
+async fn fill<J>(
+    rx: &mut mpsc::Receiver<J>,
+    jobs: &mut Vec<J>,
+    max_batch: usize,
+    max_wait: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + max_wait;
+    let mut yielded = false;
+    while jobs.len() < max_batch {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+            Err(mpsc::error::TryRecvError::Empty) if !yielded => {
+                // Let callers woken by the last commit, already runnable, queue first: a
+                // batch a scheduler tick later is much fuller, and costs no waiting.
+                yielded = true;
+                tokio::task::yield_now().await;
+            }
+            Err(mpsc::error::TryRecvError::Empty) if max_wait.is_zero() => return,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(job)) => jobs.push(job),
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Every caller of a failed batch gets the failure (a timeout stays a timeout).
+fn answer_all<Out>(replies: Vec<oneshot::Sender<LedgerResult<Out>>>, err: &Arc<LedgerError>) {
+    for reply in replies {
+        let each = match **err {
+            LedgerError::Timeout(after) => LedgerError::Timeout(after),
+            _ => LedgerError::backend(err.clone()),
+        };
+        let _ = reply.send(Err(each));
+    }
+}

@@ -1,0 +1,125 @@
+//! Redis stopped and restarted under a plane (a redis-server of the test's own on a free
+//! loopback port, started and stopped by this test; the shared 6379 is never touched):
+//! guarded calls fail open while it is down, the breaker stays closed, and the first call
+//! after it returns is counted by Redis again (no stale `Connection refused`).
+
+use std::{collections::BTreeMap, convert::Infallible, time::Duration};
+
+use bytes::Bytes;
+use dreamnet_control_core::{BreakerState, ClusterConfig, ControlConfig, ControlPlane, RedisStore};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tokio::process::{Child, Command};
+use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `redis-server` on `port` (no persistence) and waits until it answers.
+async fn start_redis(port: u16) -> Option<Child> {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let Ok(child) = child else {
+        if dreamnet_test_support::backends::backends_required() {
+            panic!("redis-server is not installed");
+        }
+        eprintln!("SKIPPED: redis-server is not installed");
+        return None;
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    dreamnet_test_support::eventually("redis-server answers", Duration::from_secs(10), || {
+        let url = url.clone();
+        async move { RedisStore::connect(&url).await.ok().map(drop) }
+    })
+    .await;
+    Some(child)
+}
+
+async fn stop(mut child: Child) {
+    child.kill().await.expect("stop redis-server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_fails_open_keeps_the_breaker_closed_and_recovers_at_once() {
+    let port = free_port();
+    let Some(redis) = start_redis(port).await else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut clusters = BTreeMap::new();
+    clusters.insert(
+        "alpha".to_owned(),
+        ClusterConfig::per_minute_hour_day(1000, 10_000, 100_000),
+    );
+    let config = ControlConfig {
+        clusters,
+        ..ControlConfig::default()
+    };
+    let store = RedisStore::connect(&url).await.unwrap();
+    let plane = ControlPlane::builder().config(config).store(store).build();
+    let svc = ServiceBuilder::new()
+        .layer(plane.layer("alpha"))
+        .service(service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        }));
+    let call = || async {
+        let response = svc
+            .clone()
+            .oneshot(Request::new(Full::default()))
+            .await
+            .unwrap();
+        (
+            response.status(),
+            response.headers().contains_key("ratelimit"),
+        )
+    };
+    assert_eq!(call().await, (StatusCode::OK, true), "counted by Redis");
+
+    stop(redis).await;
+    for _ in 0..20 {
+        assert_eq!(
+            call().await,
+            (StatusCode::OK, false),
+            "fails open, no usage known"
+        );
+    }
+    assert_eq!(plane.breaker("alpha").unwrap().state, BreakerState::Closed);
+    assert!(plane.metrics().fail_open_admissions >= 20);
+    // Redis stays down a while with no traffic (not a wait for state): the connection
+    // manager's background reconnect gives up, so it holds a failed attempt when Redis
+    // returns, the case that used to fail the first call with a stale `Connection refused`.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let redis = start_redis(port).await.expect("restarted");
+    let errors_before = plane.metrics().store_errors;
+    // The very first call after Redis returns is counted by Redis again.
+    assert_eq!(
+        call().await,
+        (StatusCode::OK, true),
+        "first call after the restart"
+    );
+    assert_eq!(
+        plane.metrics().store_errors,
+        errors_before,
+        "no stale error"
+    );
+    assert_eq!(plane.breaker("alpha").unwrap().state, BreakerState::Closed);
+    stop(redis).await;
+}
