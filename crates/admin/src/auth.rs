@@ -282,8 +282,6 @@ mod tests {
 
         use axum::extract::ConnectInfo;
         use dreamnet_common::ManualClock;
-        use dreamnet_test_support::logs::Capture;
-        use tracing::Level;
 
         use super::*;
 
@@ -320,7 +318,6 @@ mod tests {
         async fn the_eleventh_wrong_token_from_one_address_is_a_429_until_the_window_passes() {
             let clock = ManualClock::new(1_000_000);
             let (svc, throttle) = service(&clock);
-            let (logs, _guard) = Capture::text(Level::DEBUG);
             for _ in 0..10 {
                 let response = from(&svc, "198.51.100.7:40001", "guess").await;
                 assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -351,16 +348,6 @@ mod tests {
                 10,
                 "throttled attempts are not verified"
             );
-            // Logged at WARN once per window: the first refusal, then the throttling.
-            let warnings: Vec<_> = logs
-                .lines()
-                .into_iter()
-                .filter(|l| l.contains("WARN"))
-                .collect();
-            assert_eq!(warnings.len(), 2, "{warnings:#?}");
-            assert!(warnings[1].contains("throttled"), "{warnings:#?}");
-            assert!(!logs.output().contains("guess"), "never log the credential");
-
             clock.advance(Duration::from_millis(44_800));
             assert_eq!(
                 from(&svc, "198.51.100.7:40004", TOKEN).await.status(),
