@@ -287,25 +287,21 @@ where
         amount: action.amount,
         currency: action.currency.clone(),
     });
-    let mut response = match protocol::run(
-        inner,
-        Request::from_parts(parts, RequestBody::buffered(body)),
-    )
-    .await
-    {
-        Ran::Response(response) => response,
-        Ran::Error(err) => {
-            void(ledger, action, trace, "handler error").await;
-            return Err(err);
-        }
-        Ran::Panic(_) => {
-            void(ledger, action, trace, "handler panicked").await;
-            return Ok(reject(problems::handler_failed(
-                "the handler panicked",
-                trace,
-            )));
-        }
-    };
+    let mut response =
+        match protocol::run(inner, Request::from_parts(parts, RequestBody::full(body))).await {
+            Ran::Response(response) => response,
+            Ran::Error(err) => {
+                void(ledger, action, trace, "handler error").await;
+                return Err(err);
+            }
+            Ran::Panic(_) => {
+                void(ledger, action, trace, "handler panicked").await;
+                return Ok(reject(problems::handler_failed(
+                    "the handler panicked",
+                    trace,
+                )));
+            }
+        };
     if !response.status().is_success() {
         void(ledger, action, trace, "non-2xx response").await;
         return Ok(ResponseBody::from_inner_response(response));

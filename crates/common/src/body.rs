@@ -14,7 +14,9 @@ use pin_project_lite::pin_project;
 
 pin_project! {
     /// The response body of a DreamNet layer: the inner service's body, or a buffered body the
-    /// layer produced itself (a problem+json rejection or a replayed response).
+    /// layer produced itself (a problem+json rejection or a replayed response). The guarding
+    /// layers hand their inner service the same either-body as its request body
+    /// (`dreamnet_idempotency::RequestBody`): the incoming body, or the bytes they buffered.
     ///
     /// Keeping the inner body as a variant (rather than boxing it) keeps layers generic over
     /// response bodies at no allocation cost on the pass-through path.
@@ -223,6 +225,18 @@ mod tests {
         assert_eq!(body.collect().await.unwrap().to_bytes(), "in");
         let body: ResponseBody<Full<Bytes>> = ResponseBody::full("out");
         assert_eq!(body.collect().await.unwrap().to_bytes(), "out");
+    }
+
+    #[tokio::test]
+    async fn streams_either_variant_with_its_size() {
+        let inner: ResponseBody<Full<Bytes>> = ResponseBody::inner(Full::new(Bytes::from("in")));
+        assert_eq!(inner.size_hint().exact(), Some(2));
+        assert_eq!(inner.collect().await.unwrap().to_bytes(), "in");
+        let buffered: ResponseBody<Full<Bytes>> = ResponseBody::full(Bytes::from("abc"));
+        assert_eq!(buffered.size_hint().exact(), Some(3));
+        assert!(!buffered.is_end_stream());
+        assert_eq!(buffered.collect().await.unwrap().to_bytes(), "abc");
+        assert!(ResponseBody::<Full<Bytes>>::default().is_end_stream());
     }
 
     fn futures_stream<T>(items: Vec<T>) -> futures_util::stream::Iter<std::vec::IntoIter<T>> {

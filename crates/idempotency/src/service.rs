@@ -133,22 +133,18 @@ where
         ..
     } = prepared;
     let settlement = Settlement::new(Arc::clone(&config.store), scope, key, token, trace_id);
-    let response = match protocol::run(
-        inner,
-        Request::from_parts(parts, RequestBody::buffered(body)),
-    )
-    .await
-    {
-        Ran::Response(response) => response,
-        Ran::Error(err) => {
-            settlement.release("handler error").await;
-            return Err(err);
-        }
-        Ran::Panic(panic) => {
-            settlement.release("handler panicked").await;
-            std::panic::resume_unwind(panic);
-        }
-    };
+    let response =
+        match protocol::run(inner, Request::from_parts(parts, RequestBody::full(body))).await {
+            Ran::Response(response) => response,
+            Ran::Error(err) => {
+                settlement.release("handler error").await;
+                return Err(err);
+            }
+            Ran::Panic(panic) => {
+                settlement.release("handler panicked").await;
+                std::panic::resume_unwind(panic);
+            }
+        };
     if !(config.store_status)(response.status()) {
         settlement.release("status not stored").await;
         return Ok(ResponseBody::from_inner_response(response));
