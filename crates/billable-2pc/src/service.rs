@@ -216,7 +216,9 @@ async fn reserve<L: Ledger + ?Sized>(
         ))),
         Err(err) => {
             tracing::warn!(trace_id = trace, error = %err, "billable: reserve failed; request refused");
-            Err(refuse(idem::store_unavailable(trace)))
+            Err(refuse(
+                idem::store_unavailable(trace).store_fault("billing"),
+            ))
         }
     }
 }
@@ -379,7 +381,7 @@ async fn settle<L: Ledger + ?Sized>(
             tracing::warn!(trace_id = trace, action_id = %action.id, error = %err,
                 "billable: settle failed");
             void(ledger, action, trace, "settle failed").await;
-            Err(idem::store_unavailable(trace))
+            Err(idem::store_unavailable(trace).store_fault("billing"))
         }
     }
 }

@@ -8,6 +8,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 
+use crate::StoreFault;
+
 /// The media type of problem details.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -30,6 +32,10 @@ pub struct Problem {
     /// Extra response headers (e.g. `Retry-After`, `WWW-Authenticate`); not serialized.
     #[serde(skip)]
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// Set when the rejection is ours because our own store failed; the response then
+    /// carries the [`StoreFault`] marker (so an outer breaker ignores it). Not serialized.
+    #[serde(skip)]
+    pub fault: Option<StoreFault>,
 }
 
 impl Problem {
@@ -42,6 +48,7 @@ impl Problem {
             detail: None,
             trace_id: None,
             headers: Vec::new(),
+            fault: None,
         }
     }
 
@@ -93,6 +100,15 @@ impl Problem {
         self.header(header::RETRY_AFTER, HeaderValue::from(secs))
     }
 
+    /// Marks the response as a rejection caused by our own `store` being unavailable
+    /// (see [`StoreFault`]): a circuit breaker around it does not count it as the
+    /// upstream's failure.
+    #[must_use]
+    pub fn store_fault(mut self, store: &'static str) -> Self {
+        self.fault = Some(StoreFault::new(store));
+        self
+    }
+
     /// The status as a [`StatusCode`].
     pub fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -114,6 +130,9 @@ impl Problem {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         for (name, value) in self.headers {
             headers.append(name, value);
+        }
+        if let Some(fault) = self.fault {
+            fault.mark(&mut response);
         }
         response
     }
@@ -146,6 +165,22 @@ mod tests {
         assert_eq!(json["status"], 503);
         assert_eq!(json["detail"], "kill switch engaged");
         assert_eq!(json["traceId"], "t-1");
+    }
+
+    #[tokio::test]
+    async fn a_store_fault_marks_the_response_and_stays_out_of_the_body() {
+        let plain = Problem::from_status(StatusCode::SERVICE_UNAVAILABLE).into_response();
+        assert!(StoreFault::of(&plain).is_none());
+        let marked = Problem::from_status(StatusCode::SERVICE_UNAVAILABLE)
+            .store_fault("idempotency")
+            .into_response();
+        assert_eq!(
+            StoreFault::of(&marked).map(StoreFault::store),
+            Some("idempotency")
+        );
+        let body = marked.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(json.get("fault").is_none(), "{json}");
     }
 
     #[test]

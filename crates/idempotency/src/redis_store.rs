@@ -234,14 +234,29 @@ impl RedisStore {
         }
     }
 
+    /// Runs `script` within the operation timeout, and once more (within the same limit)
+    /// when the connection was refused. Why: after Redis was down, `ConnectionManager`
+    /// still holds its failed connection attempt and answers the next command with that
+    /// stale `Connection refused` while it reconnects; the retry waits for the reconnection,
+    /// so the first request after Redis is back succeeds. Only a refusal is retried: it
+    /// proves the script never reached Redis, and a claim run twice would find its own
+    /// lease and answer 409.
     async fn run(&self, script: &Script, key: String, args: &[&[u8]]) -> Result<Value, StoreError> {
         let mut invocation = script.key(key);
         for arg in args {
             invocation.arg(*arg);
         }
-        let mut conn = self.inner.conn.clone();
-        match tokio::time::timeout(self.inner.op_timeout, invocation.invoke_async(&mut conn)).await
-        {
+        let attempts = async {
+            let mut conn = self.inner.conn.clone();
+            match invocation.invoke_async(&mut conn).await {
+                Err(error) if error.is_connection_refusal() => {
+                    tracing::debug!(%error, "redis: connection refused; retrying once");
+                    invocation.invoke_async(&mut conn).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.inner.op_timeout, attempts).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => Err(StoreError::unavailable(err)),
             Err(_) => Err(StoreError::unavailable("redis: operation timed out")),

@@ -51,9 +51,12 @@ pub fn body_too_large(limit: usize, trace_id: Option<&str>) -> Problem {
 }
 
 /// 503 with `Retry-After`: the idempotency store cannot be reached, so the request is
-/// refused rather than run unprotected (fail closed).
+/// refused rather than run unprotected (fail closed). Marked as a
+/// [`StoreFault`](dreamnet_common::StoreFault) of `idempotency`, so a circuit breaker
+/// around this layer does not count it as its upstream failing (the handler never ran).
 pub fn store_unavailable(trace_id: Option<&str>) -> Problem {
     Problem::from_status(StatusCode::SERVICE_UNAVAILABLE)
+        .store_fault("idempotency")
         .detail("the idempotency store is unavailable; the request was not processed")
         .maybe_trace_id(trace_id)
         .retry_after_millis(
@@ -96,5 +99,7 @@ mod tests {
         let down = store_unavailable(Some("t")).into_response();
         assert_eq!(down.status(), 503);
         assert_eq!(down.headers()[RETRY_AFTER], "1");
+        let fault = dreamnet_common::StoreFault::of(&down).map(dreamnet_common::StoreFault::store);
+        assert_eq!(fault, Some("idempotency"));
     }
 }
