@@ -7,62 +7,17 @@ use std::{collections::BTreeMap, convert::Infallible, time::Duration};
 
 use bytes::Bytes;
 use dreamnet_control_core::{BreakerState, ClusterConfig, ControlConfig, ControlPlane, RedisStore};
+use dreamnet_test_support::redis_server::OwnRedis;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use tokio::process::{Child, Command};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `redis-server` on `port` (no persistence) and waits until it answers.
-async fn start_redis(port: u16) -> Option<Child> {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn();
-    let Ok(child) = child else {
-        if dreamnet_test_support::backends::backends_required() {
-            panic!("redis-server is not installed");
-        }
-        eprintln!("SKIPPED: redis-server is not installed");
-        return None;
-    };
-    let url = format!("redis://127.0.0.1:{port}");
-    dreamnet_test_support::eventually("redis-server answers", Duration::from_secs(10), || {
-        let url = url.clone();
-        async move { RedisStore::connect(&url).await.ok().map(drop) }
-    })
-    .await;
-    Some(child)
-}
-
-async fn stop(mut child: Child) {
-    child.kill().await.expect("stop redis-server");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_fails_open_keeps_the_breaker_closed_and_recovers_at_once() {
-    let port = free_port();
-    let Some(redis) = start_redis(port).await else {
+    let Some(mut redis) = OwnRedis::start().await else {
         return;
     };
-    let url = format!("redis://127.0.0.1:{port}");
+    let url = redis.url();
     let mut clusters = BTreeMap::new();
     clusters.insert(
         "alpha".to_owned(),
@@ -92,7 +47,7 @@ async fn a_redis_restart_fails_open_keeps_the_breaker_closed_and_recovers_at_onc
     };
     assert_eq!(call().await, (StatusCode::OK, true), "counted by Redis");
 
-    stop(redis).await;
+    redis.stop().await;
     for _ in 0..20 {
         assert_eq!(
             call().await,
@@ -107,7 +62,7 @@ async fn a_redis_restart_fails_open_keeps_the_breaker_closed_and_recovers_at_onc
     // returns, the case that used to fail the first call with a stale `Connection refused`.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let redis = start_redis(port).await.expect("restarted");
+    redis.restart().await;
     let errors_before = plane.metrics().store_errors;
     // The very first call after Redis returns is counted by Redis again.
     assert_eq!(
@@ -121,5 +76,5 @@ async fn a_redis_restart_fails_open_keeps_the_breaker_closed_and_recovers_at_onc
         "no stale error"
     );
     assert_eq!(plane.breaker("alpha").unwrap().state, BreakerState::Closed);
-    stop(redis).await;
+    redis.stop().await;
 }

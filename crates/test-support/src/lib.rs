@@ -4,7 +4,8 @@
 //!   unreachable, or fail under `DREAMNET_REQUIRE_BACKENDS=1` (as `.ci/run` sets);
 //! - [`unique_prefix`] / [`unique_schema`]: names no other test (or test process) shares;
 //! - [`eventually`] / [`holds_within`]: poll a condition with a deadline instead of sleeping;
-//! - [`logs::Capture`]: the `tracing` output of a test, for assertions on log lines.
+//! - [`logs::Capture`]: the `tracing` output of a test, for assertions on log lines;
+//! - [`redis_server::OwnRedis`]: a redis-server of the test's own, to stop and restart.
 //!
 //! ```
 //! let a = dreamnet_test_support::unique_prefix("idem");
@@ -16,6 +17,7 @@
 pub mod backends;
 pub mod logs;
 mod poll;
+pub mod redis_server;
 mod unique;
 
 pub use backends::{database_url, pg_pool, redis_connection, redis_url, unavailable};
