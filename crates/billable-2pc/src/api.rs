@@ -61,6 +61,27 @@ use crate::{
     ledger::{ActionId, LedgerAdmin, LedgerError},
     views::{AccountView, ActionView, StatsView},
 };
+#[cfg(feature = "openapi")]
+use dreamnet_admin::api::openapi::{BadRequest, NotFound, TooLarge, Unavailable};
+
+/// The billable admin API's OpenAPI document (feature `openapi`), derived from the handlers
+/// and the view types; paths are relative to where [`BillableApi::into_router`] is mounted.
+///
+/// ```
+/// use utoipa::OpenApi;
+///
+/// let doc = dreamnet_billable::api::ApiDoc::openapi();
+/// assert!(doc.paths.paths.contains_key("/accounts/{id}/credit"));
+/// ```
+#[cfg(feature = "openapi")]
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "DreamNet billable API", description = "Ledger figures, actions and accounts."),
+    paths(stats, action, account, credit),
+    components(schemas(Problem)),
+    tags((name = "billable", description = "The billing ledger: stats, actions, accounts and credit"))
+)]
+pub struct ApiDoc;
 
 /// Builds the billable admin [`Router`] over a ledger.
 pub struct BillableApi<L: ?Sized> {
@@ -129,6 +150,11 @@ impl<L: LedgerAdmin + ?Sized> BillableApi<L> {
     }
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/stats", tag = "billable",
+    summary = "Counts and amounts of the ledger's actions per state",
+    responses((status = 200, description = "The ledger's figures", body = StatsView), Unavailable)
+))]
 async fn stats<L: LedgerAdmin + ?Sized>(
     State(api): State<BillableApi<L>>,
 ) -> Result<Response, ApiError> {
@@ -136,6 +162,12 @@ async fn stats<L: LedgerAdmin + ?Sized>(
     Ok(json(&StatsView::new(&stats, &api.currency)))
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/{action_id}", tag = "billable",
+    summary = "One billable action",
+    params(("action_id" = String, Path, description = "The action id (`actionId` of a mint)")),
+    responses((status = 200, description = "The action", body = ActionView), NotFound, Unavailable)
+))]
 async fn action<L: LedgerAdmin + ?Sized>(
     State(api): State<BillableApi<L>>,
     ApiPath(id): ApiPath<String>,
@@ -151,6 +183,12 @@ async fn action<L: LedgerAdmin + ?Sized>(
     }
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/accounts/{id}", tag = "billable",
+    summary = "An account's balance",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", description = "The account id")),
+    responses((status = 200, description = "The account", body = AccountView), BadRequest, NotFound, Unavailable)
+))]
 async fn account<L: LedgerAdmin + ?Sized>(
     State(api): State<BillableApi<L>>,
     ApiPath(id): ApiPath<AccountId>,
@@ -162,12 +200,30 @@ async fn account<L: LedgerAdmin + ?Sized>(
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 struct CreditBody {
+    /// The credit to add, in minor units (a positive integer).
+    #[cfg_attr(feature = "openapi", schema(required = true, minimum = 1))]
     amount: Option<i64>,
+    /// The currency of a new account (default: the API's); must match an existing one.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Z][A-Z0-9]{2,11}$"))]
     currency: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/accounts/{id}/credit", tag = "billable",
+    summary = "Add credit to an account (opens it when new)",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", description = "The account id")),
+    request_body = CreditBody,
+    responses(
+        (status = 200, description = "The account after the credit", body = AccountView),
+        BadRequest,
+        (status = 409, description = "The account keeps another currency; nothing was changed", body = Problem, content_type = "application/problem+json"),
+        TooLarge,
+        Unavailable,
+    )
+))]
 async fn credit<L: LedgerAdmin + ?Sized>(
     State(api): State<BillableApi<L>>,
     ApiPath(id): ApiPath<AccountId>,

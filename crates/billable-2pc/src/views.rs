@@ -20,6 +20,7 @@ use crate::ledger::{Account, Action, ActionState, Amount, StateAmounts, Stats};
 /// assert_eq!(view.amounts_by_currency["EUR"].charged, 90);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StatsView {
     /// Number of pending actions.
@@ -55,6 +56,7 @@ impl StatsView {
 
 /// One action, as served by `GET /{actionId}` (the stored response is not shown).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ActionView {
     /// The action id.
@@ -66,8 +68,10 @@ pub struct ActionView {
     /// The account charged.
     pub account: String,
     /// The amount (final once confirmed).
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub amount: Amount,
     /// The amount held at reservation.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub reserved: Amount,
     /// The currency.
     pub currency: String,
@@ -105,16 +109,21 @@ impl From<&Action> for ActionView {
 /// An account's balance, as served by `GET /accounts/{id}`; `credit` and `available` are
 /// `null` for an unlimited account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccountView {
     /// The account id.
     pub account: String,
     /// The credit line; `None` is unlimited.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub credit: Option<Amount>,
     /// Held by pending and confirmed actions.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub pending: Amount,
     /// Posted charges.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub charged: Amount,
     /// `credit - pending - charged`; `None` when unlimited.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub available: Option<Amount>,
     /// The account's currency.
     pub currency: String,

@@ -15,6 +15,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// An RFC 9457 problem details object: `{"type","title","status","detail","traceId"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// A URI reference that identifies the problem type (`about:blank` when generic).
     #[serde(rename = "type")]

@@ -19,6 +19,7 @@ use crate::config::{BreakerConfig, SlidingWindow};
 
 /// A breaker's state as reported by the API and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Calls pass; outcomes are recorded.

@@ -133,13 +133,17 @@ pub(crate) fn valid_id(id: &str) -> bool {
 
 /// One rate-limit window: at most `limit` requests per `seconds`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WindowConfig {
     /// The name in `RateLimit` headers (`minute`, `hour`, ...): 1..=32 chars of `[a-z0-9_-]`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9_-]{1,32}$"))]
     pub name: String,
     /// Requests admitted per window.
+    #[cfg_attr(feature = "openapi", schema(maximum = 1_000_000_000_000_u64))]
     pub limit: u64,
     /// Window length in seconds (>= 1).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 31_622_400))]
     pub seconds: u64,
 }
 
@@ -309,6 +313,7 @@ impl TryFrom<RawControlConfig> for ControlConfig {
 
 /// How the breaker's sliding window counts calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SlidingWindow {
     /// The last `window_size` calls.

@@ -18,6 +18,7 @@ use dreamnet_common::time::rfc3339;
 
 /// The global kill switch (`GET /api/control/kill-switch`). `enabled: true` = blocked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct KillSwitchView {
     /// Whether guarded traffic is blocked now.
@@ -47,6 +48,7 @@ impl KillSwitchView {
 
 /// A cluster's rate-limit settings (`GET /api/control/cluster/{id}/rate-limit`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitView {
     /// The `minute` window's limit, if there is one.
@@ -82,6 +84,7 @@ impl RateLimitView {
 
 /// One window's current usage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WindowUsage {
     /// Window name.
@@ -100,6 +103,7 @@ pub struct WindowUsage {
 
 /// Rejections by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Rejections {
     /// Global kill switch.
@@ -145,6 +149,7 @@ impl Rejections {
 
 /// This replica's request counters for a cluster, plus its window usage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct UsageView {
     /// Current windows (shared across replicas on a shared store).
@@ -157,6 +162,7 @@ pub struct UsageView {
 
 /// A cluster's breaker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BreakerView {
     /// `closed`, `open`, `half_open` or `forced_open`.
@@ -175,6 +181,7 @@ pub struct BreakerView {
 
 /// One cluster (`GET /api/control` → `clusters.{id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterView {
     /// Whether traffic is allowed (not disabled, or the disable expired).
@@ -197,6 +204,7 @@ pub struct ClusterView {
 
 /// `GET /api/control`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ControlView {
     /// The global kill switch.
@@ -207,6 +215,7 @@ pub struct ControlView {
 
 /// One cluster's counters in a [`MetricsSnapshot`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterMetrics {
     /// Cluster id.
@@ -223,6 +232,7 @@ pub struct ClusterMetrics {
 
 /// [`ControlPlane::metrics`](crate::ControlPlane::metrics): counters since this plane was built (this replica only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsSnapshot {
     /// Per cluster, sorted by id.

@@ -185,6 +185,9 @@ impl App {
         let router = Router::new()
             .merge(open_routes)
             .merge(crate::console::routes())
+            .merge(crate::openapi::routes(&crate::openapi::document(
+                plane.cluster_ids().iter().map(String::as_str),
+            )))
             .merge(admin_routes)
             .merge(mint_routes)
             .merge(cluster_routes)

@@ -138,21 +138,30 @@ pub(crate) async fn status(
 }
 
 /// The body of the mint endpoints.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MintRequest {
+    /// The dream to mint (not blank, at most 256 bytes).
+    #[schema(min_length = 1, max_length = 256, pattern = r"\S")]
     pub(crate) dream_id: String,
+    /// The wallet it goes to (not blank, at most 256 bytes).
+    #[schema(min_length = 1, max_length = 256, pattern = r"\S")]
     pub(crate) wallet: String,
 }
 
 /// The 201 body of the mint endpoints.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MintResponse {
+    /// The billable action (`GET /api/billable/{actionId}`).
     pub(crate) action_id: Option<String>,
+    /// As requested.
     pub(crate) dream_id: String,
+    /// As requested.
     pub(crate) wallet: String,
+    /// The minted token.
     pub(crate) token_id: String,
+    /// The request's trace id.
     pub(crate) trace_id: Option<String>,
 }
 

@@ -26,6 +26,7 @@ mod console;
 mod edge;
 mod handlers;
 mod metrics;
+mod openapi;
 mod problem;
 mod serve;
 mod telemetry;

@@ -84,9 +84,6 @@ async fn the_first_mint_after_postgres_drops_every_connection_succeeds() {
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
 
     let stats = http.admin_get("/api/billable/stats").await.json();
-    assert_eq!(
-        stats["charged"], 2,
-        "charged once per key: {stats}"
-    );
+    assert_eq!(stats["charged"], 2, "charged once per key: {stats}");
     server.stop().await;
 }

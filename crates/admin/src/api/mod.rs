@@ -5,6 +5,8 @@
 mod error;
 mod fallback;
 mod json;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 mod path;
 
 pub use error::ApiError;

@@ -31,14 +31,19 @@ impl Account {
 
 /// Counts and amounts of one currency per state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StateAmounts {
     /// Pending amount (holds of running requests).
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub pending: Amount,
     /// Confirmed amount (responses stored, charges not yet posted).
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub confirmed: Amount,
     /// Charged amount.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub charged: Amount,
     /// Voided amount (what failed actions had reserved).
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub failed: Amount,
 }
 

@@ -41,6 +41,7 @@ impl fmt::Display for ActionId {
 
 /// The state of a billable action. Every action is in exactly one state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ActionState {
     /// The amount is held on the account; the handler is running (or crashed).

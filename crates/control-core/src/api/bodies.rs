@@ -12,10 +12,19 @@ const MAX_TTL_SECONDS: u64 = 366 * 86_400;
 
 /// `{reason, disabledBy, ttlSeconds}`: engaging a switch.
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct SwitchBody {
+    /// Why (required, not blank).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(required = true, min_length = 1, pattern = r"\S")
+    )]
     reason: Option<String>,
+    /// Who (default `api`).
     disabled_by: Option<String>,
+    /// Ends by itself after this many seconds (1 s to a year); none = until released.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 31_622_400))]
     ttl_seconds: Option<u64>,
 }
 
@@ -44,9 +53,12 @@ impl SwitchBody {
 
 /// `{reason?, disabledBy?}`: releasing a switch, breaker actions.
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct NoteBody {
+    /// Why.
     pub(crate) reason: Option<String>,
+    /// Who (default `api`).
     disabled_by: Option<String>,
 }
 
@@ -64,15 +76,29 @@ fn actor(given: Option<&str>) -> &str {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct RateLimitBody {
+    /// The `second` window's limit.
+    #[cfg_attr(feature = "openapi", schema(maximum = 1_000_000_000_000_u64))]
     requests_per_second: Option<u64>,
+    /// The `minute` window's limit.
+    #[cfg_attr(feature = "openapi", schema(maximum = 1_000_000_000_000_u64))]
     requests_per_minute: Option<u64>,
+    /// The `hour` window's limit.
+    #[cfg_attr(feature = "openapi", schema(maximum = 1_000_000_000_000_u64))]
     requests_per_hour: Option<u64>,
+    /// The `day` window's limit.
+    #[cfg_attr(feature = "openapi", schema(maximum = 1_000_000_000_000_u64))]
     requests_per_day: Option<u64>,
+    /// Whether the limit is enforced.
     enabled: Option<bool>,
+    /// Every window at once (replaces them all; at most 16).
+    #[cfg_attr(feature = "openapi", schema(max_items = 16))]
     windows: Option<Vec<WindowConfig>>,
+    /// Why.
     reason: Option<String>,
+    /// Who (default `api`).
     disabled_by: Option<String>,
 }
 

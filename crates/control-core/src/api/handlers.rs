@@ -10,6 +10,15 @@ use http::StatusCode;
 
 use super::bodies::{AuditQuery, NoteBody, RateLimitBody, SwitchBody};
 use crate::{plane::ControlError, store::AUDIT_CAPACITY, ControlPlane};
+#[cfg(feature = "openapi")]
+use crate::{
+    store::AuditEntry,
+    views::{
+        BreakerView, ClusterView, ControlView, KillSwitchView, MetricsSnapshot, RateLimitView,
+    },
+};
+#[cfg(feature = "openapi")]
+use dreamnet_admin::api::openapi::{BadRequest, NotFound, TooLarge, Unavailable};
 use dreamnet_common::Problem;
 
 type Answer = Result<Response, ApiError>;
@@ -47,14 +56,30 @@ fn problem(error: ControlError) -> ApiError {
     }
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/", tag = "control",
+    summary = "The kill switch and every cluster",
+    responses((status = 200, description = "The whole control state", body = ControlView))
+))]
 pub(super) async fn overview(State(plane): State<ControlPlane>) -> Response {
     json(&plane.overview().await)
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/kill-switch", tag = "control",
+    summary = "The global kill switch",
+    responses((status = 200, description = "The kill switch", body = KillSwitchView))
+))]
 pub(super) async fn kill_switch(State(plane): State<ControlPlane>) -> Response {
     json(&plane.kill_switch())
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/kill-switch/enable", tag = "control",
+    summary = "Engage the global kill switch (every guarded route answers 503)",
+    request_body = SwitchBody,
+    responses((status = 200, description = "The engaged kill switch", body = KillSwitchView), BadRequest, TooLarge, Unavailable)
+))]
 pub(super) async fn engage_kill_switch(
     State(plane): State<ControlPlane>,
     JsonObject(body): JsonObject<SwitchBody>,
@@ -66,6 +91,12 @@ pub(super) async fn engage_kill_switch(
     Ok(json(&view))
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/kill-switch/disable", tag = "control",
+    summary = "Release the global kill switch",
+    request_body(content = Option<NoteBody>, description = "An optional note; the body may be empty"),
+    responses((status = 200, description = "The released kill switch", body = KillSwitchView), BadRequest, TooLarge, Unavailable)
+))]
 pub(super) async fn release_kill_switch(
     State(plane): State<ControlPlane>,
     body: Option<JsonObject<NoteBody>>,
@@ -86,10 +117,23 @@ async fn cluster_with_usage(plane: &ControlPlane, id: &str) -> Answer {
     Ok(json(&view))
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/cluster/{id}", tag = "control",
+    summary = "One cluster with its usage",
+    params(("id" = String, Path, description = "The cluster id")),
+    responses((status = 200, description = "The cluster", body = ClusterView), NotFound)
+))]
 pub(super) async fn cluster(State(plane): State<ControlPlane>, Cluster(id): Cluster) -> Answer {
     cluster_with_usage(&plane, &id).await
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/cluster/{id}/disable", tag = "control",
+    summary = "Disable a cluster (its routes answer 503)",
+    params(("id" = String, Path, description = "The cluster id")),
+    request_body = SwitchBody,
+    responses((status = 200, description = "The disabled cluster", body = ClusterView), BadRequest, NotFound, TooLarge, Unavailable)
+))]
 pub(super) async fn disable_cluster(
     State(plane): State<ControlPlane>,
     Cluster(id): Cluster,
@@ -102,6 +146,13 @@ pub(super) async fn disable_cluster(
     cluster_with_usage(&plane, &id).await
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/cluster/{id}/enable", tag = "control",
+    summary = "Enable a cluster",
+    params(("id" = String, Path, description = "The cluster id")),
+    request_body(content = Option<NoteBody>, description = "An optional note; the body may be empty"),
+    responses((status = 200, description = "The enabled cluster", body = ClusterView), BadRequest, NotFound, TooLarge, Unavailable)
+))]
 pub(super) async fn enable_cluster(
     State(plane): State<ControlPlane>,
     Cluster(id): Cluster,
@@ -115,10 +166,23 @@ pub(super) async fn enable_cluster(
     cluster_with_usage(&plane, &id).await
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/cluster/{id}/rate-limit", tag = "control",
+    summary = "A cluster's rate-limit settings",
+    params(("id" = String, Path, description = "The cluster id")),
+    responses((status = 200, description = "The rate limit", body = RateLimitView), NotFound)
+))]
 pub(super) async fn rate_limit(State(plane): State<ControlPlane>, Cluster(id): Cluster) -> Answer {
     Ok(json(&plane.rate_limit(&id).ok_or_else(|| unknown(&id))?))
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/cluster/{id}/rate-limit", tag = "control",
+    summary = "Change a cluster's rate limit (partial: only the fields given change)",
+    params(("id" = String, Path, description = "The cluster id")),
+    request_body = RateLimitBody,
+    responses((status = 200, description = "The new rate limit", body = RateLimitView), BadRequest, NotFound, TooLarge, Unavailable)
+))]
 pub(super) async fn set_rate_limit(
     State(plane): State<ControlPlane>,
     Cluster(id): Cluster,
@@ -132,10 +196,23 @@ pub(super) async fn set_rate_limit(
     Ok(json(&view))
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/cluster/{id}/circuit-breaker", tag = "control",
+    summary = "A cluster's circuit breaker",
+    params(("id" = String, Path, description = "The cluster id")),
+    responses((status = 200, description = "The breaker", body = BreakerView), NotFound)
+))]
 pub(super) async fn breaker(State(plane): State<ControlPlane>, Cluster(id): Cluster) -> Answer {
     Ok(json(&plane.breaker(&id).ok_or_else(|| unknown(&id))?))
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/cluster/{id}/circuit-breaker/trip", tag = "control",
+    summary = "Force a cluster's breaker open until a reset",
+    params(("id" = String, Path, description = "The cluster id")),
+    request_body(content = Option<NoteBody>, description = "An optional note; the body may be empty"),
+    responses((status = 200, description = "The tripped breaker", body = BreakerView), BadRequest, NotFound, TooLarge, Unavailable)
+))]
 pub(super) async fn trip_breaker(
     State(plane): State<ControlPlane>,
     Cluster(id): Cluster,
@@ -149,6 +226,13 @@ pub(super) async fn trip_breaker(
     Ok(json(&view))
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/cluster/{id}/circuit-breaker/reset", tag = "control",
+    summary = "Close a cluster's breaker and clear its window",
+    params(("id" = String, Path, description = "The cluster id")),
+    request_body(content = Option<NoteBody>, description = "An optional note; the body may be empty"),
+    responses((status = 200, description = "The reset breaker", body = BreakerView), BadRequest, NotFound, TooLarge, Unavailable)
+))]
 pub(super) async fn reset_breaker(
     State(plane): State<ControlPlane>,
     Cluster(id): Cluster,
@@ -162,6 +246,15 @@ pub(super) async fn reset_breaker(
     Ok(json(&view))
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/audit", tag = "control",
+    summary = "The audit trail, newest first",
+    params(
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "At most this many entries (default 100)"),
+        ("cluster" = Option<String>, Query, description = "Only this cluster's entries"),
+    ),
+    responses((status = 200, description = "The entries, newest first", body = Vec<AuditEntry>), BadRequest, Unavailable)
+))]
 pub(super) async fn audit(State(plane): State<ControlPlane>, RawQuery(query): RawQuery) -> Answer {
     let query = AuditQuery::parse(query.as_deref())?;
     // A cluster filter reads the whole trail, then keeps `limit` of that cluster's entries.
@@ -178,6 +271,11 @@ pub(super) async fn audit(State(plane): State<ControlPlane>, RawQuery(query): Ra
     Ok(json(&entries))
 }
 
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/metrics", tag = "control",
+    summary = "This replica's counters",
+    responses((status = 200, description = "Counters since start", body = MetricsSnapshot))
+))]
 pub(super) async fn metrics(State(plane): State<ControlPlane>) -> Response {
     json(&plane.metrics())
 }

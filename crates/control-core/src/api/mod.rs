@@ -40,6 +40,8 @@
 //! ```
 
 mod bodies;
+#[cfg(feature = "openapi")]
+mod doc;
 mod handlers;
 
 use axum::{
@@ -49,6 +51,8 @@ use axum::{
 use dreamnet_admin::api::with_problem_fallbacks;
 
 use crate::ControlPlane;
+#[cfg(feature = "openapi")]
+pub use doc::ApiDoc;
 
 /// The control API over `plane`, with routes relative to where it is mounted.
 pub fn router(plane: ControlPlane) -> Router {
