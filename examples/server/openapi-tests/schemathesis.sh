@@ -6,7 +6,8 @@
 #
 # Two runs on two fresh memory-store servers: the admin APIs (which engage kill switches and
 # disable clusters), then the public endpoints on a server nobody switched off, since a
-# documented 503 of an engaged kill switch is still a 5xx to schemathesis.
+# documented 503 of an engaged kill switch is still a 5xx to schemathesis. `/status/{code}` is
+# left out of the fuzzing: it answers the 5xx it is asked for, by design.
 #
 # Usage: examples/server/openapi-tests/schemathesis.sh [path to dreamnet-server]
 set -euo pipefail
@@ -45,4 +46,5 @@ fuzz() {
 }
 
 fuzz admin --exclude-tag public
-fuzz public --include-tag public
+# `/status/{code}` answers the 5xx it is asked for, by design (it exercises breakers).
+fuzz public --include-tag public --exclude-path '/api/{cluster}/status/{code}'

@@ -152,6 +152,22 @@ fn echo_get() {}
 fn echo_post() {}
 
 #[utoipa::path(
+    get, path = "/api/{cluster}/status/{code}", tag = "public",
+    summary = "Answer the status asked for (to exercise breakers), guarded by the cluster",
+    params(
+        ("cluster" = String, Path, description = "A configured cluster id"),
+        ("code" = u16, Path, minimum = 200, maximum = 599, description = "The status to answer"),
+    ),
+    responses(
+        (status = 200, description = "`{cluster, status, traceId}`, or no body for 204, 205, 304"),
+        (status = "default", description = "The status asked for; an error status as problem+json", body = Problem, content_type = "application/problem+json"),
+        BadRequest, NotFound, Guarded,
+    )
+)]
+#[allow(dead_code)]
+fn status() {}
+
+#[utoipa::path(
     post, path = "/api/mint-dream", tag = "public",
     summary = "Mint a dream: billable (charged once per Idempotency-Key), guarded by dream-state",
     params(
@@ -190,7 +206,7 @@ fn mint_dream_token() {}
         title = "DreamNet example server",
         description = "Every DreamNet layer on real endpoints: trace ids, Idempotency-Key, kill switches, rate limits, circuit breakers and two-phase billing."
     ),
-    paths(healthz, metrics, echo_get, echo_post, mint_dream, mint_dream_token),
+    paths(healthz, metrics, echo_get, echo_post, status, mint_dream, mint_dream_token),
     components(schemas(Problem)),
     tags((name = "public", description = "The guarded and billable endpoints"))
 )]

@@ -41,6 +41,7 @@ async fn the_document_describes_every_endpoint_and_its_refusals() {
         "GET /metrics",
         "GET /api/{cluster}/echo",
         "POST /api/{cluster}/echo",
+        "GET /api/{cluster}/status/{code}",
         "POST /api/mint-dream",
         "POST /api/mint-dream-token",
         "GET /api/control",
