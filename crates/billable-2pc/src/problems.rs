@@ -21,6 +21,13 @@ pub const HANDLER_FAILED: &str = "https://dreamnet.dev/problems/handler-failed";
 /// The problem type of a 500: the pricing policy produced a negative price.
 pub const INVALID_PRICE: &str = "https://dreamnet.dev/problems/invalid-price";
 
+/// The problem type of a 503: the in-memory ledger holds its cap of entries.
+pub const LEDGER_FULL: &str = "https://dreamnet.dev/problems/ledger-full";
+
+/// How long a client is told to wait before retrying a refused reservation on a full
+/// ledger (terminal actions are forgotten continuously, so room frees up soon).
+pub const LEDGER_FULL_RETRY_AFTER_MS: u64 = 1000;
+
 /// 402: the account cannot cover the action; nothing was held and the handler did not run.
 pub fn insufficient_funds(
     account: &AccountId,
@@ -109,4 +116,17 @@ pub fn invalid_price(amount: Amount, trace_id: Option<&str>) -> Problem {
             "the route's pricing produced {amount}; prices are non-negative minor units"
         ))
         .maybe_trace_id(trace_id)
+}
+
+/// 503: the ledger is at its cap of live entries; nothing was held and the handler did not
+/// run, so a retry with the same key runs normally once room frees up.
+pub fn ledger_full(limit: usize, trace_id: Option<&str>) -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Ledger Full")
+        .type_uri(LEDGER_FULL)
+        .detail(format!(
+            "the billing ledger holds its maximum of {limit} live entries; nothing was \
+             reserved and the request was not run, retry later with the same Idempotency-Key"
+        ))
+        .maybe_trace_id(trace_id)
+        .retry_after_millis(LEDGER_FULL_RETRY_AFTER_MS)
 }

@@ -214,6 +214,14 @@ async fn reserve<L: Ledger + ?Sized>(
             &requested,
             trace,
         ))),
+        Err(LedgerError::Full { limit }) => {
+            tracing::warn!(
+                trace_id = trace,
+                limit,
+                "billable: ledger full; request refused"
+            );
+            Err(refuse(problems::ledger_full(limit, trace)))
+        }
         Err(err) => {
             tracing::warn!(trace_id = trace, error = %err, "billable: reserve failed; request refused");
             Err(refuse(
