@@ -24,6 +24,14 @@ pub const INVALID_PRICE: &str = "https://dreamnet.dev/problems/invalid-price";
 /// The problem type of a 503: the in-memory ledger holds its cap of entries.
 pub const LEDGER_FULL: &str = "https://dreamnet.dev/problems/ledger-full";
 
+/// The problem type of a 503: the ledger's reply to the step that stores the response and
+/// posts the charge was lost (connection dropped, deadline passed), so whether it was
+/// charged is unknown here; a retry with the same key settles it.
+pub const OUTCOME_UNKNOWN: &str = "https://dreamnet.dev/problems/outcome-unknown";
+
+/// How long a client is told to wait before retrying after an unknown outcome.
+pub const OUTCOME_UNKNOWN_RETRY_AFTER_MS: u64 = 1000;
+
 /// How long a client is told to wait before retrying a refused reservation on a full
 /// ledger (terminal actions are forgotten continuously, so room frees up soon).
 pub const LEDGER_FULL_RETRY_AFTER_MS: u64 = 1000;
@@ -129,4 +137,23 @@ pub fn ledger_full(limit: usize, trace_id: Option<&str>) -> Problem {
         ))
         .maybe_trace_id(trace_id)
         .retry_after_millis(LEDGER_FULL_RETRY_AFTER_MS)
+}
+
+/// 503: the handler ran, but the ledger's reply to storing its response and posting the
+/// charge was lost, and the hold could not be released either, so this server does not
+/// know whether it was charged. A retry with the same Idempotency-Key answers it: it
+/// replays the kept response if the charge was posted, or runs the request once if not;
+/// never both, never a second charge.
+pub fn outcome_unknown(trace_id: Option<&str>) -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Outcome Unknown")
+        .type_uri(OUTCOME_UNKNOWN)
+        .detail(
+            "the billing ledger's confirmation was lost, so whether this request was \
+             charged is unknown; retry with the same Idempotency-Key: it replays the kept \
+             response if it was charged, or runs the request once if not, and never charges \
+             twice",
+        )
+        .maybe_trace_id(trace_id)
+        .retry_after_millis(OUTCOME_UNKNOWN_RETRY_AFTER_MS)
+        .store_fault("billing")
 }

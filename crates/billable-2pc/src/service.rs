@@ -384,12 +384,20 @@ async fn settle<L: Ledger + ?Sized>(
             Err(problems::reservation_expired(trace))
         }
         Err(err) => {
-            // Not kept (or unknown): the best we can do is release the hold now; if the
-            // settle did commit, this void fails and the key replays the kept response.
+            // Not kept, or kept with its reply lost (connection dropped after the commit
+            // was sent, deadline passed): release the hold if it is still held. A void
+            // that succeeds proves nothing was charged (a retry runs); one that fails
+            // leaves the outcome unknown here, and the key decides it on retry: a replay
+            // if the settle committed, a run once recovery voids the hold if not.
             tracing::warn!(trace_id = trace, action_id = %action.id, error = %err,
                 "billable: settle failed");
-            void(ledger, action, trace, "settle failed").await;
-            Err(idem::store_unavailable(trace).store_fault("billing"))
+            if void(ledger, action, trace, "settle failed").await {
+                Err(idem::store_unavailable(trace).store_fault("billing"))
+            } else {
+                tracing::warn!(trace_id = trace, action_id = %action.id,
+                    "billable: settle outcome unknown; the client is told to retry with its key");
+                Err(problems::outcome_unknown(trace))
+            }
         }
     }
 }
@@ -425,20 +433,32 @@ impl<L: Ledger + ?Sized> Drop for VoidOnDrop<L> {
     }
 }
 
-async fn void<L: Ledger + ?Sized>(ledger: &L, action: &Action, trace: Option<&str>, why: &str) {
+/// Voids the reservation; whether it did (so nothing is charged).
+async fn void<L: Ledger + ?Sized>(
+    ledger: &L,
+    action: &Action,
+    trace: Option<&str>,
+    why: &str,
+) -> bool {
     match ledger.void(&action.id).await {
-        Ok(_) => tracing::info!(
-            trace_id = trace,
-            action_id = %action.id,
-            reason = why,
-            "billable: reservation voided, nothing charged"
-        ),
-        Err(err) => tracing::warn!(
-            trace_id = trace,
-            action_id = %action.id,
-            reason = why,
-            error = %err,
-            "billable: void failed; recovery voids it after the timeout"
-        ),
+        Ok(_) => {
+            tracing::info!(
+                trace_id = trace,
+                action_id = %action.id,
+                reason = why,
+                "billable: reservation voided, nothing charged"
+            );
+            true
+        }
+        Err(err) => {
+            tracing::warn!(
+                trace_id = trace,
+                action_id = %action.id,
+                reason = why,
+                error = %err,
+                "billable: void failed; recovery voids it after the timeout"
+            );
+            false
+        }
     }
 }

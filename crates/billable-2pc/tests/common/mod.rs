@@ -12,6 +12,9 @@ use std::{
     time::Duration,
 };
 
+#[cfg(feature = "postgres")]
+pub mod reply_cutter;
+
 use bytes::Bytes;
 pub use dreamnet_billable::conformance::TIMEOUT;
 use dreamnet_billable::{
