@@ -71,6 +71,7 @@
 pub mod api;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod heartbeat;
 mod layer;
 pub mod ledger;
 mod logs;

@@ -26,6 +26,7 @@ use http_body_util::Full;
 use tower_service::Service;
 
 use crate::{
+    heartbeat,
     layer::{ActualCost, BillableLayer, ReservedAction},
     ledger::{Action, ActionId, ActionState, Ledger, LedgerError, Reservation, ReserveRequest},
     problems,
@@ -297,21 +298,22 @@ where
         amount: action.amount,
         currency: action.currency.clone(),
     });
-    let mut response =
-        match protocol::run(inner, Request::from_parts(parts, RequestBody::full(body))).await {
-            Ran::Response(response) => response,
-            Ran::Error(err) => {
-                void(ledger, action, trace, "handler error").await;
-                return Err(err);
-            }
-            Ran::Panic(_) => {
-                void(ledger, action, trace, "handler panicked").await;
-                return Ok(reject(problems::handler_failed(
-                    "the handler panicked",
-                    trace,
-                )));
-            }
-        };
+    let (timeout, beat) = (config.timeout, config.heartbeat);
+    let handled = protocol::run(inner, Request::from_parts(parts, RequestBody::full(body)));
+    let mut response = match heartbeat::beating(ledger, action, timeout, beat, handled).await {
+        Ran::Response(response) => response,
+        Ran::Error(err) => {
+            void(ledger, action, trace, "handler error").await;
+            return Err(err);
+        }
+        Ran::Panic(_) => {
+            void(ledger, action, trace, "handler panicked").await;
+            return Ok(reject(problems::handler_failed(
+                "the handler panicked",
+                trace,
+            )));
+        }
+    };
     if !response.status().is_success() {
         void(ledger, action, trace, "non-2xx response").await;
         return Ok(ResponseBody::from_inner_response(response));
@@ -320,7 +322,8 @@ where
         .extensions_mut()
         .remove::<ActualCost>()
         .map(|cost| cost.0);
-    match config.protocol.capture(response).await {
+    let captured = config.protocol.capture(response);
+    match heartbeat::beating(ledger, action, timeout, beat, captured).await {
         Captured::Kept { head, body, stored } => {
             match settle(ledger, action, &stored, actual, trace).await {
                 Ok(()) => Ok(Response::from_parts(head, ResponseBody::full(body))),

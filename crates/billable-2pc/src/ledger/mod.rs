@@ -34,7 +34,7 @@
 //! `dreamnet_billable::conformance` holds the behaviour suites every backend must pass
 //! (the memory and PostgreSQL ledgers run them).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use dreamnet_common::AccountId;
@@ -116,6 +116,24 @@ pub trait Ledger: Send + Sync + 'static {
         scope: &'a str,
         idempotency_key: &'a str,
     ) -> BoxFuture<'a, LedgerResult<Option<Action>>>;
+
+    /// The heartbeat of a running handler: moves a pending reservation's timeout to `by`
+    /// from now (never earlier than it was), so recovery and retries leave it alone while
+    /// its handler is alive. Only a pending action that has not expired is extended; an
+    /// expired one is [`LedgerError::Expired`] and a resolved one its `Already*` error,
+    /// with nothing changed (recovery or a retry voids an expired one, as before).
+    ///
+    /// The default is a backend error (the layer's heartbeat then stops, logging once, and
+    /// the reservation keeps its timeout); the shipped ledgers implement it in one atomic
+    /// step.
+    fn extend<'a>(&'a self, id: &'a ActionId, by: Duration) -> BoxFuture<'a, LedgerResult<Action>> {
+        let _ = (id, by);
+        Box::pin(async {
+            Err(LedgerError::backend(
+                "this ledger cannot extend a reservation",
+            ))
+        })
+    }
 }
 
 /// The optional abilities of a ledger: action lookup, accounts and credit lines, stats, and
@@ -195,6 +213,13 @@ macro_rules! forward_ledger {
                 idempotency_key: &'a str,
             ) -> BoxFuture<'a, LedgerResult<Option<Action>>> {
                 (**self).find(scope, idempotency_key)
+            }
+            fn extend<'a>(
+                &'a self,
+                id: &'a ActionId,
+                by: Duration,
+            ) -> BoxFuture<'a, LedgerResult<Action>> {
+                (**self).extend(id, by)
             }
         }
 

@@ -487,6 +487,24 @@ impl MemoryLedger {
         Ok(self.transition(&mut shard, id, to, amount, now))
     }
 
+    fn extend_now(&self, id: &ActionId, by: Duration) -> LedgerResult<Action> {
+        let now = self.now();
+        let mut shard = self.action_shard(id)?.lock();
+        let action = shard
+            .actions
+            .get_mut(id)
+            .ok_or_else(|| LedgerError::NotFound(id.clone()))?;
+        if action.state != ActionState::Pending {
+            return Err(wrong_state(action));
+        }
+        if action.is_expired(now) {
+            return Err(LedgerError::Expired(id.clone()));
+        }
+        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        action.expires_at_ms = action.expires_at_ms.max(now.saturating_add(by));
+        Ok(action.clone())
+    }
+
     fn credit_now(
         &self,
         account: &AccountId,
@@ -580,6 +598,10 @@ impl Ledger for MemoryLedger {
             .and_then(|id| shard.actions.get(id))
             .cloned();
         ready(Ok(found))
+    }
+
+    fn extend<'a>(&'a self, id: &'a ActionId, by: Duration) -> BoxFuture<'a, LedgerResult<Action>> {
+        ready(self.extend_now(id, by))
     }
 }
 

@@ -134,6 +134,34 @@ impl Core {
         resolved_from(row, id, to, actual)
     }
 
+    /// A heartbeat: one `UPDATE` of a pending, unexpired action's `expires_at` (locking the
+    /// action row only, so no lock-order cycle with the functions); when it matches nothing,
+    /// a read of the row says why.
+    pub(super) async fn extend_call(
+        &self,
+        id: &ActionId,
+        by: std::time::Duration,
+    ) -> LedgerResult<Action> {
+        let now = self.now();
+        let until = now.saturating_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX));
+        let id_str = id.as_str();
+        if let Some(action) = self
+            .query_action(&self.sql.extend, &[&id_str, &now, &until])
+            .await?
+        {
+            return Ok(action);
+        }
+        let Some(action) = self.query_action(&self.sql.get_action, &[&id_str]).await? else {
+            return Err(LedgerError::NotFound(id.clone()));
+        };
+        Err(match action.state {
+            ActionState::Pending => LedgerError::Expired(id.clone()),
+            ActionState::Confirmed => LedgerError::AlreadyConfirmed(id.clone()),
+            ActionState::Charged => LedgerError::AlreadyCharged(id.clone()),
+            ActionState::Failed => LedgerError::AlreadyVoided(id.clone()),
+        })
+    }
+
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> LedgerResult<Vec<Row>> {
         let client = self.pool.get().await.map_err(backend)?;
         let st = client.prepare_cached(sql).await.map_err(backend)?;

@@ -377,6 +377,11 @@ impl Ledger for PostgresLedger {
         }
         .boxed()
     }
+
+    fn extend<'a>(&'a self, id: &'a ActionId, by: Duration) -> BoxFuture<'a, LedgerResult<Action>> {
+        let core = &self.inner.core;
+        core.timed(core.extend_call(id, by)).boxed()
+    }
 }
 
 impl LedgerAdmin for PostgresLedger {

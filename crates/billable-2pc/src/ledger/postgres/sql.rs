@@ -24,6 +24,7 @@ pub(super) struct Sql {
     pub(super) get_account: String,
     pub(super) stats: String,
     pub(super) due: String,
+    pub(super) extend: String,
 }
 
 impl Sql {
@@ -130,6 +131,12 @@ impl Sql {
             stats: format!(
                 "SELECT state, currency, count(*)::BIGINT, COALESCE(sum(amount), 0)::BIGINT
                  FROM {act} GROUP BY state, currency"
+            ),
+            // The heartbeat of a running handler: never shortens, never revives an expired one.
+            extend: format!(
+                "UPDATE {act} SET expires_at = GREATEST(expires_at, $3)
+                 WHERE id = $1 AND state = 'pending' AND expires_at > $2
+                 RETURNING {ACTION_COLUMNS}"
             ),
             // SKIP LOCKED: rows a live request is resolving right now are left to it.
             due: format!(
