@@ -177,6 +177,18 @@ pub trait LedgerAdmin: Ledger {
     /// their timeout, and confirmed ones (charge not posted). Rows a live request holds
     /// locked right now may be skipped.
     fn due_for_recovery(&self, limit: usize) -> BoxFuture<'_, LedgerResult<Vec<Action>>>;
+
+    /// Forgets at most `limit` resolved (charged or failed) actions past the ledger's
+    /// retention, in one short step that skips anything locked; returns how many.
+    /// PostgreSQL takes the oldest first; the memory ledger goes shard by shard, oldest
+    /// first within each. Their keys no longer replay; stats and balances keep counting them. The
+    /// [`Sweeper`](crate::Sweeper) calls it in batches ([`crate::prune_resolved`]).
+    ///
+    /// The default forgets nothing (a ledger that bounds itself otherwise, or keeps all).
+    fn prune(&self, limit: usize) -> BoxFuture<'_, LedgerResult<u64>> {
+        let _ = limit;
+        Box::pin(async { Ok(0) })
+    }
 }
 
 macro_rules! forward_ledger {
@@ -254,6 +266,9 @@ macro_rules! forward_ledger {
             }
             fn due_for_recovery(&self, limit: usize) -> BoxFuture<'_, LedgerResult<Vec<Action>>> {
                 (**self).due_for_recovery(limit)
+            }
+            fn prune(&self, limit: usize) -> BoxFuture<'_, LedgerResult<u64>> {
+                (**self).prune(limit)
             }
         }
     )*};

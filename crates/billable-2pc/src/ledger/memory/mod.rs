@@ -4,7 +4,7 @@
 //! restart.
 //!
 //! **No global lock.** Actions live in 64 shards by (scope, idempotency key), balances in
-//! 64 shards by account (see [`shards`]), each behind its own mutex; a reserve takes its
+//! 64 shards by account, each behind its own mutex; a reserve takes its
 //! key's shard, then its account's shard, so requests on different keys and accounts run
 //! in parallel, and holds on one credit-limited account are still checked under one lock
 //! (never overdrawn). Stats are kept per shard and summed on read, O(shards x currencies).
@@ -12,8 +12,8 @@
 //! **Bounded.** A resolved (charged or failed) action is forgotten [`DEFAULT_RETENTION`]
 //! (24 h, Stripe's minimum key lifetime) after it was resolved, so its key no longer
 //! replays and a new request with it is a new action; every reserve forgets a few such
-//! actions of its shard (amortized, so no pause), and [`MemoryLedger::prune`] forgets them
-//! all. An unlimited account (no credit line) is dropped with its last forgotten action. Stats
+//! actions of its shard (amortized, so no pause), [`MemoryLedger::prune_all`] forgets them
+//! all, and [`LedgerAdmin::prune`] (the sweeper) a bounded batch. An unlimited account (no credit line) is dropped with its last forgotten action. Stats
 //! keep counting what was forgotten. Pending and confirmed actions are never forgotten. At
 //! most [`DEFAULT_MAX_ENTRIES`] entries (actions plus accounts, [`MemoryLedgerBuilder::max_entries`])
 //! are held: past that a reservation (or a new account) is [`LedgerError::Full`], a 503
@@ -128,7 +128,7 @@ impl MemoryLedger {
 
     /// Forgets every resolved action past its retention now, in every shard (one shard
     /// lock at a time); returns how many. Reserves also do this a little at a time.
-    pub fn prune(&self) -> usize {
+    pub fn prune_all(&self) -> usize {
         let now = self.now();
         (0..SHARDS)
             .map(|shard| self.prune_shard(&mut self.inner.actions[shard].lock(), now, usize::MAX))
@@ -338,7 +338,7 @@ impl MemoryLedger {
     fn reserve_now(&self, request: &ReserveRequest) -> LedgerResult<Reservation> {
         match self.try_reserve(request) {
             // Full: forget everything forgettable in every shard, then try once more.
-            Err(LedgerError::Full { .. }) if self.prune() > 0 => self.try_reserve(request),
+            Err(LedgerError::Full { .. }) if self.prune_all() > 0 => self.try_reserve(request),
             other => other,
         }
     }
@@ -692,6 +692,18 @@ impl LedgerAdmin for MemoryLedger {
         due.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
         due.truncate(limit);
         ready(Ok(due))
+    }
+
+    fn prune(&self, limit: usize) -> BoxFuture<'_, LedgerResult<u64>> {
+        let now = self.now();
+        let mut left = limit;
+        for shard in &*self.inner.actions {
+            if left == 0 {
+                break;
+            }
+            left -= self.prune_shard(&mut shard.lock(), now, left);
+        }
+        ready(Ok((limit - left) as u64))
     }
 }
 

@@ -99,9 +99,9 @@ fn prune_forgets_every_shard_at_once_and_nothing_open() {
     assert_eq!(ledger.entries(), 501);
     clock.advance(HOUR);
     let resolved = 250 + (1..500).filter(|i| i % 2 == 1 && i % 3 == 0).count();
-    assert_eq!(ledger.prune(), resolved);
+    assert_eq!(ledger.prune_all(), resolved);
     assert_eq!(ledger.entries(), 501 - resolved);
-    assert_eq!(ledger.prune(), 0);
+    assert_eq!(ledger.prune_all(), 0);
     // Pending ones are all still there and still due when they expire.
     let due = now(ledger.due_for_recovery(1000)).unwrap();
     assert_eq!(due.len(), 500 - resolved);
@@ -125,7 +125,7 @@ fn unlimited_accounts_without_actions_are_dropped_and_credit_lines_are_kept() {
     assert_eq!(ledger.entries(), 3 + 4);
 
     clock.advance(HOUR);
-    assert_eq!(ledger.prune(), 3);
+    assert_eq!(ledger.prune_all(), 3);
     let account = |name: &str| now(ledger.account(&name.parse().unwrap())).unwrap();
     assert!(
         account("unlimited").is_none(),

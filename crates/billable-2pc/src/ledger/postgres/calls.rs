@@ -246,6 +246,28 @@ impl Core {
             .transpose()
     }
 
+    /// Deletes at most `limit` resolved actions last changed before `now - retention`;
+    /// returns how many.
+    pub(super) async fn prune_batch(
+        &self,
+        retention: std::time::Duration,
+        limit: usize,
+    ) -> LedgerResult<u64> {
+        let retention = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = self.now().saturating_sub(retention);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.query(&self.sql.prune, &[&cutoff, &limit]).await?;
+        let gone: i64 = rows
+            .first()
+            .ok_or_else(|| backend("the prune returned no row"))?
+            .try_get(0)
+            .map_err(backend)?;
+        let gone = unmillis(gone);
+        self.pruned
+            .fetch_add(gone, std::sync::atomic::Ordering::Relaxed);
+        Ok(gone)
+    }
+
     pub(super) async fn due_query(&self, limit: usize) -> LedgerResult<Vec<Action>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.query(&self.sql.due, &[&self.now(), &limit])
