@@ -279,6 +279,7 @@ fn ledger_problem(err: LedgerError) -> ApiError {
             .detail(err.to_string())
             .into(),
         LedgerError::NotFound(_) => ApiError::not_found(err.to_string()),
+        LedgerError::Full { limit } => crate::problems::ledger_full(limit, None).into(),
         err => {
             tracing::warn!(error = %err, "billable api: ledger unavailable");
             Problem::from_status(StatusCode::SERVICE_UNAVAILABLE)

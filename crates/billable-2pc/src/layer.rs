@@ -140,6 +140,7 @@ pub struct BillableLayer<L: ?Sized> {
     pub(crate) timeout: Duration,
     pub(crate) in_flight_retry_after: Duration,
     pub(crate) void_on_drop: bool,
+    pub(crate) heartbeat: bool,
 }
 
 impl<L: ?Sized> Clone for BillableLayer<L> {
@@ -154,6 +155,7 @@ impl<L: ?Sized> Clone for BillableLayer<L> {
             timeout: self.timeout,
             in_flight_retry_after: self.in_flight_retry_after,
             void_on_drop: self.void_on_drop,
+            heartbeat: self.heartbeat,
         }
     }
 }
@@ -195,6 +197,7 @@ impl<L: Ledger + ?Sized> BillableLayer<L> {
             timeout: DEFAULT_RESERVATION_TIMEOUT,
             in_flight_retry_after: Duration::from_secs(1),
             void_on_drop: false,
+            heartbeat: true,
         }
     }
 }
@@ -236,8 +239,10 @@ impl<L: ?Sized> BillableLayer<L> {
     }
 
     /// How long a reservation stays pending before recovery voids it (default 5 min).
-    /// Handlers that may run longer need a longer timeout: a response that arrives after the
-    /// timeout is not kept and not charged.
+    /// While the handler runs, its heartbeat extends the reservation by this every third of
+    /// it ([`reservation_heartbeat`](Self::reservation_heartbeat)), so the timeout bounds
+    /// how long a crashed replica's reservation blocks its key, not how long a handler may
+    /// run.
     #[must_use]
     pub fn reservation_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -298,6 +303,18 @@ impl<L: ?Sized> BillableLayer<L> {
     #[must_use]
     pub fn void_on_drop(mut self, enabled: bool) -> Self {
         self.void_on_drop = enabled;
+        self
+    }
+
+    /// Whether a running handler's reservation is kept alive (default on): every third of
+    /// the reservation timeout it is extended by the timeout ([`Ledger::extend`]), from
+    /// inside the request's future, so the heartbeat stops when the request ends, is
+    /// dropped, or its process dies, and recovery then voids it after the timeout as
+    /// before. Off: a response that arrives after the timeout is not kept and not charged
+    /// (500 `reservation-expired`).
+    #[must_use]
+    pub fn reservation_heartbeat(mut self, enabled: bool) -> Self {
+        self.heartbeat = enabled;
         self
     }
 

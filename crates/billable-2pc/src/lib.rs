@@ -71,6 +71,7 @@
 pub mod api;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod heartbeat;
 mod layer;
 pub mod ledger;
 mod logs;
@@ -87,5 +88,8 @@ pub use ledger::memory::MemoryLedger;
 #[cfg(feature = "postgres")]
 pub use ledger::postgres::PostgresLedger;
 pub use ledger::{Ledger, LedgerAdmin};
-pub use recovery::{recover, RecoveryReport, Sweeper, DEFAULT_SWEEP_INTERVAL, RECOVERY_BATCH};
+pub use recovery::{
+    prune_resolved, recover, RecoveryReport, Sweeper, DEFAULT_SWEEP_INTERVAL, PRUNE_BATCH,
+    PRUNE_BATCHES_PER_PASS, RECOVERY_BATCH,
+};
 pub use service::{Billable, ResponseFuture};

@@ -21,6 +21,21 @@ pub const HANDLER_FAILED: &str = "https://dreamnet.dev/problems/handler-failed";
 /// The problem type of a 500: the pricing policy produced a negative price.
 pub const INVALID_PRICE: &str = "https://dreamnet.dev/problems/invalid-price";
 
+/// The problem type of a 503: the in-memory ledger holds its cap of entries.
+pub const LEDGER_FULL: &str = "https://dreamnet.dev/problems/ledger-full";
+
+/// The problem type of a 503: the ledger's reply to the step that stores the response and
+/// posts the charge was lost (connection dropped, deadline passed), so whether it was
+/// charged is unknown here; a retry with the same key settles it.
+pub const OUTCOME_UNKNOWN: &str = "https://dreamnet.dev/problems/outcome-unknown";
+
+/// How long a client is told to wait before retrying after an unknown outcome.
+pub const OUTCOME_UNKNOWN_RETRY_AFTER_MS: u64 = 1000;
+
+/// How long a client is told to wait before retrying a refused reservation on a full
+/// ledger (terminal actions are forgotten continuously, so room frees up soon).
+pub const LEDGER_FULL_RETRY_AFTER_MS: u64 = 1000;
+
 /// 402: the account cannot cover the action; nothing was held and the handler did not run.
 pub fn insufficient_funds(
     account: &AccountId,
@@ -109,4 +124,36 @@ pub fn invalid_price(amount: Amount, trace_id: Option<&str>) -> Problem {
             "the route's pricing produced {amount}; prices are non-negative minor units"
         ))
         .maybe_trace_id(trace_id)
+}
+
+/// 503: the ledger is at its cap of live entries; nothing was held and the handler did not
+/// run, so a retry with the same key runs normally once room frees up.
+pub fn ledger_full(limit: usize, trace_id: Option<&str>) -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Ledger Full")
+        .type_uri(LEDGER_FULL)
+        .detail(format!(
+            "the billing ledger holds its maximum of {limit} live entries; nothing was \
+             reserved and the request was not run, retry later with the same Idempotency-Key"
+        ))
+        .maybe_trace_id(trace_id)
+        .retry_after_millis(LEDGER_FULL_RETRY_AFTER_MS)
+}
+
+/// 503: the handler ran, but the ledger's reply to storing its response and posting the
+/// charge was lost, and the hold could not be released either, so this server does not
+/// know whether it was charged. A retry with the same Idempotency-Key answers it: it
+/// replays the kept response if the charge was posted, or runs the request once if not;
+/// never both, never a second charge.
+pub fn outcome_unknown(trace_id: Option<&str>) -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Outcome Unknown")
+        .type_uri(OUTCOME_UNKNOWN)
+        .detail(
+            "the billing ledger's confirmation was lost, so whether this request was \
+             charged is unknown; retry with the same Idempotency-Key: it replays the kept \
+             response if it was charged, or runs the request once if not, and never charges \
+             twice",
+        )
+        .maybe_trace_id(trace_id)
+        .retry_after_millis(OUTCOME_UNKNOWN_RETRY_AFTER_MS)
+        .store_fault("billing")
 }

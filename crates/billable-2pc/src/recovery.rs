@@ -67,7 +67,32 @@ pub async fn recover<L: LedgerAdmin + ?Sized>(ledger: &L) -> LedgerResult<Recove
     }
 }
 
-/// A background task that runs [`recover`] every `interval`.
+/// How many resolved actions one [`LedgerAdmin::prune`] call deletes at most.
+pub const PRUNE_BATCH: usize = 1_000;
+
+/// The most prune batches one [`prune_resolved`] pass runs, so a pass stays bounded even
+/// with a large backlog (the next pass goes on).
+pub const PRUNE_BATCHES_PER_PASS: usize = 100;
+
+/// Forgets resolved actions past the ledger's retention, [`PRUNE_BATCH`] at a time (each
+/// its own short transaction on PostgreSQL, skipping locked rows), until a batch comes back
+/// short or [`PRUNE_BATCHES_PER_PASS`] ran; returns how many were forgotten.
+///
+/// # Errors
+/// The ledger's backend error; batches already done stay done.
+pub async fn prune_resolved<L: LedgerAdmin + ?Sized>(ledger: &L) -> LedgerResult<u64> {
+    let mut total = 0;
+    for _ in 0..PRUNE_BATCHES_PER_PASS {
+        let gone = ledger.prune(PRUNE_BATCH).await?;
+        total += gone;
+        if gone < PRUNE_BATCH as u64 {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// A background task that runs [`recover`], then [`prune_resolved`], every `interval`.
 ///
 /// ```no_run
 /// use dreamnet_billable::{MemoryLedger, Sweeper};
@@ -105,7 +130,7 @@ impl<L: LedgerAdmin> Sweeper<L> {
         self
     }
 
-    /// One pass (what the task does each tick).
+    /// The recovery half of one pass (each tick the task also runs [`prune_resolved`]).
     ///
     /// # Errors
     /// The ledger's backend error.
@@ -130,6 +155,14 @@ impl<L: LedgerAdmin> Sweeper<L> {
                 }
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "billable sweeper: pass failed"),
+            }
+            match prune_resolved(&self.ledger).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(
+                    pruned,
+                    "billable sweeper: forgot resolved actions past their retention"
+                ),
+                Err(err) => tracing::warn!(error = %err, "billable sweeper: prune failed"),
             }
         }
     }

@@ -26,6 +26,7 @@ use http_body_util::Full;
 use tower_service::Service;
 
 use crate::{
+    heartbeat,
     layer::{ActualCost, BillableLayer, ReservedAction},
     ledger::{Action, ActionId, ActionState, Ledger, LedgerError, Reservation, ReserveRequest},
     problems,
@@ -214,6 +215,14 @@ async fn reserve<L: Ledger + ?Sized>(
             &requested,
             trace,
         ))),
+        Err(LedgerError::Full { limit }) => {
+            tracing::warn!(
+                trace_id = trace,
+                limit,
+                "billable: ledger full; request refused"
+            );
+            Err(refuse(problems::ledger_full(limit, trace)))
+        }
         Err(err) => {
             tracing::warn!(trace_id = trace, error = %err, "billable: reserve failed; request refused");
             Err(refuse(
@@ -289,21 +298,22 @@ where
         amount: action.amount,
         currency: action.currency.clone(),
     });
-    let mut response =
-        match protocol::run(inner, Request::from_parts(parts, RequestBody::full(body))).await {
-            Ran::Response(response) => response,
-            Ran::Error(err) => {
-                void(ledger, action, trace, "handler error").await;
-                return Err(err);
-            }
-            Ran::Panic(_) => {
-                void(ledger, action, trace, "handler panicked").await;
-                return Ok(reject(problems::handler_failed(
-                    "the handler panicked",
-                    trace,
-                )));
-            }
-        };
+    let (timeout, beat) = (config.timeout, config.heartbeat);
+    let handled = protocol::run(inner, Request::from_parts(parts, RequestBody::full(body)));
+    let mut response = match heartbeat::beating(ledger, action, timeout, beat, handled).await {
+        Ran::Response(response) => response,
+        Ran::Error(err) => {
+            void(ledger, action, trace, "handler error").await;
+            return Err(err);
+        }
+        Ran::Panic(_) => {
+            void(ledger, action, trace, "handler panicked").await;
+            return Ok(reject(problems::handler_failed(
+                "the handler panicked",
+                trace,
+            )));
+        }
+    };
     if !response.status().is_success() {
         void(ledger, action, trace, "non-2xx response").await;
         return Ok(ResponseBody::from_inner_response(response));
@@ -312,7 +322,8 @@ where
         .extensions_mut()
         .remove::<ActualCost>()
         .map(|cost| cost.0);
-    match config.protocol.capture(response).await {
+    let captured = config.protocol.capture(response);
+    match heartbeat::beating(ledger, action, timeout, beat, captured).await {
         Captured::Kept { head, body, stored } => {
             match settle(ledger, action, &stored, actual, trace).await {
                 Ok(()) => Ok(Response::from_parts(head, ResponseBody::full(body))),
@@ -376,12 +387,20 @@ async fn settle<L: Ledger + ?Sized>(
             Err(problems::reservation_expired(trace))
         }
         Err(err) => {
-            // Not kept (or unknown): the best we can do is release the hold now; if the
-            // settle did commit, this void fails and the key replays the kept response.
+            // Not kept, or kept with its reply lost (connection dropped after the commit
+            // was sent, deadline passed): release the hold if it is still held. A void
+            // that succeeds proves nothing was charged (a retry runs); one that fails
+            // leaves the outcome unknown here, and the key decides it on retry: a replay
+            // if the settle committed, a run once recovery voids the hold if not.
             tracing::warn!(trace_id = trace, action_id = %action.id, error = %err,
                 "billable: settle failed");
-            void(ledger, action, trace, "settle failed").await;
-            Err(idem::store_unavailable(trace).store_fault("billing"))
+            if void(ledger, action, trace, "settle failed").await {
+                Err(idem::store_unavailable(trace).store_fault("billing"))
+            } else {
+                tracing::warn!(trace_id = trace, action_id = %action.id,
+                    "billable: settle outcome unknown; the client is told to retry with its key");
+                Err(problems::outcome_unknown(trace))
+            }
         }
     }
 }
@@ -417,20 +436,32 @@ impl<L: Ledger + ?Sized> Drop for VoidOnDrop<L> {
     }
 }
 
-async fn void<L: Ledger + ?Sized>(ledger: &L, action: &Action, trace: Option<&str>, why: &str) {
+/// Voids the reservation; whether it did (so nothing is charged).
+async fn void<L: Ledger + ?Sized>(
+    ledger: &L,
+    action: &Action,
+    trace: Option<&str>,
+    why: &str,
+) -> bool {
     match ledger.void(&action.id).await {
-        Ok(_) => tracing::info!(
-            trace_id = trace,
-            action_id = %action.id,
-            reason = why,
-            "billable: reservation voided, nothing charged"
-        ),
-        Err(err) => tracing::warn!(
-            trace_id = trace,
-            action_id = %action.id,
-            reason = why,
-            error = %err,
-            "billable: void failed; recovery voids it after the timeout"
-        ),
+        Ok(_) => {
+            tracing::info!(
+                trace_id = trace,
+                action_id = %action.id,
+                reason = why,
+                "billable: reservation voided, nothing charged"
+            );
+            true
+        }
+        Err(err) => {
+            tracing::warn!(
+                trace_id = trace,
+                action_id = %action.id,
+                reason = why,
+                error = %err,
+                "billable: void failed; recovery voids it after the timeout"
+            );
+            false
+        }
     }
 }

@@ -54,6 +54,14 @@ pub enum LedgerError {
         /// The currency asked for.
         requested: String,
     },
+    /// The ledger holds its configured maximum of entries (actions and accounts kept in
+    /// memory) and none is old enough to forget: nothing was changed. Answered as a 503
+    /// `ledger-full`; a retry succeeds once retention frees room or a reservation resolves.
+    #[error("the ledger holds its maximum of {limit} entries; nothing was changed")]
+    Full {
+        /// The configured cap on live entries.
+        limit: usize,
+    },
     /// The backend did not answer within the ledger's deadline (a hung or unreachable
     /// server, a pool with no free connection). The outcome of a write is unknown: a retry
     /// with the same idempotency key replays it or runs it, never both.

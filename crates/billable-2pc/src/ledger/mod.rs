@@ -34,7 +34,7 @@
 //! `dreamnet_billable::conformance` holds the behaviour suites every backend must pass
 //! (the memory and PostgreSQL ledgers run them).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use dreamnet_common::AccountId;
@@ -116,6 +116,24 @@ pub trait Ledger: Send + Sync + 'static {
         scope: &'a str,
         idempotency_key: &'a str,
     ) -> BoxFuture<'a, LedgerResult<Option<Action>>>;
+
+    /// The heartbeat of a running handler: moves a pending reservation's timeout to `by`
+    /// from now (never earlier than it was), so recovery and retries leave it alone while
+    /// its handler is alive. Only a pending action that has not expired is extended; an
+    /// expired one is [`LedgerError::Expired`] and a resolved one its `Already*` error,
+    /// with nothing changed (recovery or a retry voids an expired one, as before).
+    ///
+    /// The default is a backend error (the layer's heartbeat then stops, logging once, and
+    /// the reservation keeps its timeout); the shipped ledgers implement it in one atomic
+    /// step.
+    fn extend<'a>(&'a self, id: &'a ActionId, by: Duration) -> BoxFuture<'a, LedgerResult<Action>> {
+        let _ = (id, by);
+        Box::pin(async {
+            Err(LedgerError::backend(
+                "this ledger cannot extend a reservation",
+            ))
+        })
+    }
 }
 
 /// The optional abilities of a ledger: action lookup, accounts and credit lines, stats, and
@@ -159,6 +177,18 @@ pub trait LedgerAdmin: Ledger {
     /// their timeout, and confirmed ones (charge not posted). Rows a live request holds
     /// locked right now may be skipped.
     fn due_for_recovery(&self, limit: usize) -> BoxFuture<'_, LedgerResult<Vec<Action>>>;
+
+    /// Forgets at most `limit` resolved (charged or failed) actions past the ledger's
+    /// retention, in one short step that skips anything locked; returns how many.
+    /// PostgreSQL takes the oldest first; the memory ledger goes shard by shard, oldest
+    /// first within each. Their keys no longer replay; stats and balances keep counting them. The
+    /// [`Sweeper`](crate::Sweeper) calls it in batches ([`crate::prune_resolved`]).
+    ///
+    /// The default forgets nothing (a ledger that bounds itself otherwise, or keeps all).
+    fn prune(&self, limit: usize) -> BoxFuture<'_, LedgerResult<u64>> {
+        let _ = limit;
+        Box::pin(async { Ok(0) })
+    }
 }
 
 macro_rules! forward_ledger {
@@ -196,6 +226,13 @@ macro_rules! forward_ledger {
             ) -> BoxFuture<'a, LedgerResult<Option<Action>>> {
                 (**self).find(scope, idempotency_key)
             }
+            fn extend<'a>(
+                &'a self,
+                id: &'a ActionId,
+                by: Duration,
+            ) -> BoxFuture<'a, LedgerResult<Action>> {
+                (**self).extend(id, by)
+            }
         }
 
         impl<L: LedgerAdmin + ?Sized> LedgerAdmin for $ty {
@@ -229,6 +266,9 @@ macro_rules! forward_ledger {
             }
             fn due_for_recovery(&self, limit: usize) -> BoxFuture<'_, LedgerResult<Vec<Action>>> {
                 (**self).due_for_recovery(limit)
+            }
+            fn prune(&self, limit: usize) -> BoxFuture<'_, LedgerResult<u64>> {
+                (**self).prune(limit)
             }
         }
     )*};

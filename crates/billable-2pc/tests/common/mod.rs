@@ -12,6 +12,9 @@ use std::{
     time::Duration,
 };
 
+#[cfg(feature = "postgres")]
+pub mod reply_cutter;
+
 use bytes::Bytes;
 pub use dreamnet_billable::conformance::TIMEOUT;
 use dreamnet_billable::{
@@ -148,6 +151,10 @@ pub async fn handler<B>(
         "error" => return Err("handler failed".to_owned()),
         "panic" => panic!("handler panicked on purpose"),
         "hang" => std::future::pending::<()>().await,
+        ms if ms.starts_with("sleep=") => {
+            let ms = ms["sleep=".len()..].parse().unwrap();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         cost if cost.starts_with("cost=") => {
             let cost = cost["cost=".len()..].parse().unwrap();
             response.extensions_mut().insert(ActualCost(cost));

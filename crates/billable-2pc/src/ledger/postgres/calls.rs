@@ -134,6 +134,34 @@ impl Core {
         resolved_from(row, id, to, actual)
     }
 
+    /// A heartbeat: one `UPDATE` of a pending, unexpired action's `expires_at` (locking the
+    /// action row only, so no lock-order cycle with the functions); when it matches nothing,
+    /// a read of the row says why.
+    pub(super) async fn extend_call(
+        &self,
+        id: &ActionId,
+        by: std::time::Duration,
+    ) -> LedgerResult<Action> {
+        let now = self.now();
+        let until = now.saturating_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX));
+        let id_str = id.as_str();
+        if let Some(action) = self
+            .query_action(&self.sql.extend, &[&id_str, &now, &until])
+            .await?
+        {
+            return Ok(action);
+        }
+        let Some(action) = self.query_action(&self.sql.get_action, &[&id_str]).await? else {
+            return Err(LedgerError::NotFound(id.clone()));
+        };
+        Err(match action.state {
+            ActionState::Pending => LedgerError::Expired(id.clone()),
+            ActionState::Confirmed => LedgerError::AlreadyConfirmed(id.clone()),
+            ActionState::Charged => LedgerError::AlreadyCharged(id.clone()),
+            ActionState::Failed => LedgerError::AlreadyVoided(id.clone()),
+        })
+    }
+
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> LedgerResult<Vec<Row>> {
         let client = self.pool.get().await.map_err(backend)?;
         let st = client.prepare_cached(sql).await.map_err(backend)?;
@@ -216,6 +244,28 @@ impl Core {
             .first()
             .map(account_from)
             .transpose()
+    }
+
+    /// Deletes at most `limit` resolved actions last changed before `now - retention`;
+    /// returns how many.
+    pub(super) async fn prune_batch(
+        &self,
+        retention: std::time::Duration,
+        limit: usize,
+    ) -> LedgerResult<u64> {
+        let retention = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = self.now().saturating_sub(retention);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.query(&self.sql.prune, &[&cutoff, &limit]).await?;
+        let gone: i64 = rows
+            .first()
+            .ok_or_else(|| backend("the prune returned no row"))?
+            .try_get(0)
+            .map_err(backend)?;
+        let gone = unmillis(gone);
+        self.pruned
+            .fetch_add(gone, std::sync::atomic::Ordering::Relaxed);
+        Ok(gone)
     }
 
     pub(super) async fn due_query(&self, limit: usize) -> LedgerResult<Vec<Action>> {

@@ -1,10 +1,13 @@
 //! The PostgreSQL ledger (feature `postgres`): durable, shared by every replica.
 //!
-//! Three tables in a configurable schema, created by [`PostgresLedgerBuilder::build`]:
+//! Four tables in a configurable schema, created by [`PostgresLedgerBuilder::build`]:
 //! `dreamnet_billable_accounts` (one row per account: currency, credit line, pending and
-//! charged sums), `dreamnet_billable_account_slots` (deltas of those sums, summed on read)
-//! and `dreamnet_billable_actions` (one row per attempt, with a partial unique
-//! index on (scope, idempotency key) over live, i.e. not failed, rows).
+//! charged sums), `dreamnet_billable_account_slots` (deltas of those sums, summed on read),
+//! `dreamnet_billable_actions` (one row per attempt, with a partial unique
+//! index on (scope, idempotency key) over live, i.e. not failed, rows) and
+//! `dreamnet_billable_pruned` (counts and amounts of the resolved actions deleted after
+//! [`PostgresLedgerBuilder::retention`] by [`LedgerAdmin::prune`], in bounded
+//! `FOR UPDATE SKIP LOCKED` batches, so stats keep counting them).
 //!
 //! Every state change is one call of a server-side plpgsql function the builder creates, so
 //! one statement, one implicit transaction and one round trip; and concurrent reserves (and,
@@ -50,7 +53,13 @@
 //! function's result type). The migration is idempotent and runs at every build: a schema
 //! made by 0.2 migrates in place (a slot table and new functions are added).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use deadpool_postgres::{Config, Pool, PoolConfig, Runtime, Timeouts};
@@ -76,6 +85,9 @@ pub use batch::{DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT};
 use calls::Settle;
 use rows::backend;
 use sql::Sql;
+
+/// How long a resolved action is kept by default (24 h, as in memory).
+pub const DEFAULT_RETENTION: Duration = super::memory::DEFAULT_RETENTION;
 
 /// The deadline of every ledger call by default (5 s).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
@@ -108,6 +120,10 @@ struct Core {
     default_credit: Option<Amount>,
     deadline: Duration,
     sql: Sql,
+    /// How long a resolved action is kept before [`LedgerAdmin::prune`] may delete it.
+    retention: Option<Duration>,
+    /// Resolved actions this process deleted after their retention.
+    pruned: AtomicU64,
 }
 
 /// Builds a [`PostgresLedger`].
@@ -119,6 +135,7 @@ pub struct PostgresLedgerBuilder {
     default_credit: Option<Amount>,
     deadline: Duration,
     batch: BatchConfig,
+    retention: Option<Duration>,
 }
 
 impl std::fmt::Debug for PostgresLedgerBuilder {
@@ -154,6 +171,7 @@ impl PostgresLedger {
                 max_batch: DEFAULT_MAX_BATCH,
                 max_wait: DEFAULT_MAX_WAIT,
             },
+            retention: Some(DEFAULT_RETENTION),
         }
     }
 
@@ -165,6 +183,12 @@ impl PostgresLedger {
     /// The pool.
     pub fn pool(&self) -> &Pool {
         &self.inner.core.pool
+    }
+
+    /// Resolved actions this process deleted after their retention ([`LedgerAdmin::prune`]),
+    /// since the ledger was built: the figure a server exports as a metric.
+    pub fn pruned_total(&self) -> u64 {
+        self.inner.core.pruned.load(Ordering::Relaxed)
     }
 
     /// Bounds a batched call by the deadline.
@@ -256,6 +280,15 @@ impl PostgresLedgerBuilder {
         self
     }
 
+    /// How long a charged or failed action is kept after its last change before
+    /// [`LedgerAdmin::prune`] (the [`Sweeper`](crate::Sweeper)) deletes it, in batches
+    /// (default 24 h; `None` keeps everything). Its key then no longer replays; stats keep
+    /// counting it.
+    pub fn retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
+        self
+    }
+
     /// Creates (or migrates in place) the schema, tables, indexes and functions, starts the
     /// two batch writers (tasks on the current tokio runtime, ending with the last clone of
     /// the ledger), and returns the ledger.
@@ -283,6 +316,8 @@ impl PostgresLedgerBuilder {
             clock: self.clock,
             default_credit: self.default_credit,
             deadline: self.deadline,
+            retention: self.retention,
+            pruned: AtomicU64::new(0),
         });
         core.timed(core.migrate()).await?;
         let reserves = {
@@ -377,6 +412,11 @@ impl Ledger for PostgresLedger {
         }
         .boxed()
     }
+
+    fn extend<'a>(&'a self, id: &'a ActionId, by: Duration) -> BoxFuture<'a, LedgerResult<Action>> {
+        let core = &self.inner.core;
+        core.timed(core.extend_call(id, by)).boxed()
+    }
 }
 
 impl LedgerAdmin for PostgresLedger {
@@ -445,5 +485,16 @@ impl LedgerAdmin for PostgresLedger {
     fn due_for_recovery(&self, limit: usize) -> BoxFuture<'_, LedgerResult<Vec<Action>>> {
         let core = &self.inner.core;
         core.timed(core.due_query(limit)).boxed()
+    }
+
+    fn prune(&self, limit: usize) -> BoxFuture<'_, LedgerResult<u64>> {
+        let core = &self.inner.core;
+        async move {
+            let Some(retention) = core.retention else {
+                return Ok(0);
+            };
+            core.timed(core.prune_batch(retention, limit)).await
+        }
+        .boxed()
     }
 }

@@ -24,6 +24,8 @@ pub(super) struct Sql {
     pub(super) get_account: String,
     pub(super) stats: String,
     pub(super) due: String,
+    pub(super) extend: String,
+    pub(super) prune: String,
 }
 
 impl Sql {
@@ -32,6 +34,7 @@ impl Sql {
         let acc = format!("{s}.dreamnet_billable_accounts");
         let act = format!("{s}.dreamnet_billable_actions");
         let slots = format!("{s}.dreamnet_billable_account_slots");
+        let pruned = format!("{s}.dreamnet_billable_pruned");
         let mut migrate = String::new();
         // Every statement is idempotent, so a restart, a second replica or a schema made by
         // an earlier version migrates in place (the advisory lock serializes concurrent runs).
@@ -82,7 +85,18 @@ impl Sql {
                  pending BIGINT NOT NULL DEFAULT 0,
                  charged BIGINT NOT NULL DEFAULT 0,
                  PRIMARY KEY (account, slot)
-             );"
+             );
+             -- 0.3: resolved actions past the retention are deleted in small batches; what
+             -- they counted is folded in here, so stats keep counting them.
+             CREATE TABLE IF NOT EXISTS {pruned} (
+                 state    TEXT NOT NULL,
+                 currency TEXT NOT NULL,
+                 n        BIGINT NOT NULL,
+                 amount   BIGINT NOT NULL,
+                 PRIMARY KEY (state, currency)
+             );
+             CREATE INDEX IF NOT EXISTS dreamnet_billable_actions_resolved
+                 ON {act} (updated_at) WHERE state IN ('charged', 'failed');"
         );
         migrate.push_str(&super::functions::functions(&s, &acc, &act, &slots));
         let totals = format!(
@@ -128,8 +142,38 @@ impl Sql {
             get_action: format!("SELECT {ACTION_COLUMNS} FROM {act} WHERE id = $1"),
             get_account: format!("SELECT {ACCOUNT_TOTALS} FROM {totals} WHERE a.account = $1"),
             stats: format!(
-                "SELECT state, currency, count(*)::BIGINT, COALESCE(sum(amount), 0)::BIGINT
-                 FROM {act} GROUP BY state, currency"
+                "SELECT state, currency, sum(n)::BIGINT, sum(amount)::BIGINT FROM (
+                     SELECT state, currency, count(*) AS n, COALESCE(sum(amount), 0) AS amount
+                     FROM {act} GROUP BY state, currency
+                     UNION ALL
+                     SELECT state, currency, n, amount FROM {pruned}
+                 ) AS t GROUP BY state, currency"
+            ),
+            // One bounded batch: the oldest resolved actions past the cutoff, skipping rows
+            // anyone holds locked (no waiting, no long locks), deleted and folded into the
+            // pruned totals in the same statement, so stats never dip.
+            prune: format!(
+                "WITH gone AS (
+                     DELETE FROM {act} WHERE id IN (
+                         SELECT id FROM {act}
+                         WHERE state IN ('charged', 'failed') AND updated_at <= $1
+                         ORDER BY updated_at LIMIT $2
+                         FOR UPDATE SKIP LOCKED)
+                     RETURNING state, currency, amount
+                 ), folded AS (
+                     INSERT INTO {pruned} AS p (state, currency, n, amount)
+                     SELECT state, currency, count(*), sum(amount) FROM gone
+                     GROUP BY state, currency
+                     ON CONFLICT (state, currency) DO UPDATE
+                         SET n = p.n + EXCLUDED.n, amount = p.amount + EXCLUDED.amount
+                 )
+                 SELECT count(*)::BIGINT FROM gone"
+            ),
+            // The heartbeat of a running handler: never shortens, never revives an expired one.
+            extend: format!(
+                "UPDATE {act} SET expires_at = GREATEST(expires_at, $3)
+                 WHERE id = $1 AND state = 'pending' AND expires_at > $2
+                 RETURNING {ACTION_COLUMNS}"
             ),
             // SKIP LOCKED: rows a live request is resolving right now are left to it.
             due: format!(
