@@ -28,7 +28,9 @@ use crate::{
     config::{redact_url, Config},
     handlers::{self, MintKind},
     metrics::{self, HttpMetrics},
-    problem, telemetry,
+    problem,
+    readiness::{Probe, Readiness},
+    telemetry,
 };
 
 /// Why the application could not be built.
@@ -87,7 +89,7 @@ impl App {
         let token = AdminToken::strong(&admin_token).map_err(BuildError::AdminToken)?;
         let admin_throttle = AuthThrottle::default();
 
-        let ledger = ledger(&config).await?;
+        let (ledger, ledger_probe) = ledger(&config).await?;
         let billing = BillingState {
             ledger: ledger.clone(),
             config: Arc::new(config.file.billing.clone()),
@@ -177,8 +179,24 @@ impl App {
             // the auth too, so an unauthenticated probe learns nothing about the routes.
             .layer(AdminAuthLayer::new(token).with_throttle(admin_throttle));
 
+        let redis_probe =
+            match config.redis_url.as_deref() {
+                Some(url) => Probe::Redis(redis::Client::open(url).map_err(|e| {
+                    BuildError::Control(format!("Redis URL {}: {e}", redact_url(url)))
+                })?),
+                None => Probe::Memory,
+            };
+        let readiness = Readiness::default()
+            .store("idempotency", redis_probe.clone())
+            .store("control", redis_probe)
+            .store("ledger", ledger_probe);
+
         let open_routes = Router::new()
             .route("/healthz", get(handlers::healthz))
+            .route(
+                "/readyz",
+                get(crate::readiness::readyz).with_state(readiness),
+            )
             .route("/metrics", get(render_metrics))
             .with_state(shared.clone());
 
@@ -192,7 +210,7 @@ impl App {
             .method_not_allowed_fallback(problem::method_not_allowed)
             .layer(crate::edge::request_limits(&config.edge))
             .layer(middleware::from_fn(problem::problem_errors))
-            .layer(middleware::from_fn(telemetry::access_log))
+            .layer(telemetry::access_log())
             .layer(middleware::from_fn_with_state(
                 shared.http.clone(),
                 metrics::count,
@@ -240,10 +258,11 @@ impl App {
     }
 }
 
-async fn ledger(config: &Config) -> Result<SharedLedger, BuildError> {
+/// The ledger and how `/readyz` probes it.
+async fn ledger(config: &Config) -> Result<(SharedLedger, Probe), BuildError> {
     let Some(url) = config.database_url.as_deref() else {
         tracing::info!("billing ledger: memory (not shared between replicas, lost on exit)");
-        return Ok(Arc::new(MemoryLedger::new()));
+        return Ok((Arc::new(MemoryLedger::new()), Probe::Memory));
     };
     let pool = pool_for(url).map_err(|e| BuildError::Ledger(e.to_string()))?;
     let mut builder = PostgresLedger::builder(pool);
@@ -255,7 +274,8 @@ async fn ledger(config: &Config) -> Result<SharedLedger, BuildError> {
         .await
         .map_err(|e| BuildError::Ledger(e.to_string()))?;
     tracing::info!(schema = ledger.schema(), "billing ledger: PostgreSQL");
-    Ok(Arc::new(ledger))
+    let probe = Probe::Postgres(ledger.pool().clone());
+    Ok((Arc::new(ledger), probe))
 }
 
 async fn control_plane(config: &Config) -> Result<ControlPlane, BuildError> {
