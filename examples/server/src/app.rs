@@ -5,19 +5,20 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     extract::{Request, State},
     middleware,
-    response::{IntoResponse, Response},
+    response::Response,
     routing::{any, get, post},
     Router,
 };
 use dreamnet_billable::{
     api::BillableApi, ledger::postgres::pool_for, MemoryLedger, PostgresLedger, Sweeper,
 };
+use dreamnet_control_core::MemoryStore;
 use dreamnet_control_core::{
     api as control_api, ControlConfig, ControlLayer, ControlPlane, PathSegment, RedisStore,
 };
-use dreamnet_idempotency::{DefaultScope, IdempotencyLayer, IdempotencyStore, MemoryStore};
+use dreamnet_idempotency::{DefaultScope, IdempotencyLayer, IdempotencyStore};
 use dreamnet_trace_id::TraceIdLayer;
-use http::{header, Extensions, HeaderValue};
+use http::{Extensions, HeaderMap};
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
@@ -27,8 +28,14 @@ use crate::{
     billing::{self, BillingState, SharedLedger},
     config::{redact_url, Config},
     handlers::{self, MintKind},
-    metrics::{self, HttpMetrics},
-    problem, telemetry,
+    metrics::{
+        self,
+        stores::{TimedControl, TimedIdempotency, TimedLedger},
+        HttpMetrics, Scrape, StoreMetrics,
+    },
+    problem,
+    readiness::{Probe, Readiness},
+    telemetry,
 };
 
 /// Why the application could not be built.
@@ -68,6 +75,7 @@ impl std::fmt::Debug for App {
 #[derive(Clone)]
 struct Shared {
     http: HttpMetrics,
+    stores: StoreMetrics,
     ledger: SharedLedger,
     plane: ControlPlane,
     admin_throttle: AuthThrottle,
@@ -87,7 +95,8 @@ impl App {
         let token = AdminToken::strong(&admin_token).map_err(BuildError::AdminToken)?;
         let admin_throttle = AuthThrottle::default();
 
-        let ledger = ledger(&config).await?;
+        let stores = StoreMetrics::default();
+        let (ledger, ledger_probe) = ledger(&config, &stores).await?;
         let billing = BillingState {
             ledger: ledger.clone(),
             config: Arc::new(config.file.billing.clone()),
@@ -110,16 +119,17 @@ impl App {
             .interval(Duration::from_secs(billing.config.sweep_interval_seconds))
             .spawn();
 
-        let idempotency_store = idempotency_store(&config).await?;
+        let idempotency_store = idempotency_store(&config, &stores).await?;
         let idempotency = IdempotencyLayer::builder()
             .shared_store(idempotency_store)
             .scope(DefaultScope)
             .max_request_body(handlers::MAX_BODY_BYTES)
             .build();
 
-        let plane = control_plane(&config).await?;
+        let plane = control_plane(&config, &stores).await?;
         let shared = Shared {
-            http: HttpMetrics::default(),
+            http: HttpMetrics::default().with_routes(ROUTES.iter().copied()),
+            stores,
             ledger: ledger.clone(),
             plane: plane.clone(),
             admin_throttle: admin_throttle.clone(),
@@ -177,8 +187,24 @@ impl App {
             // the auth too, so an unauthenticated probe learns nothing about the routes.
             .layer(AdminAuthLayer::new(token).with_throttle(admin_throttle));
 
+        let redis_probe =
+            match config.redis_url.as_deref() {
+                Some(url) => Probe::Redis(redis::Client::open(url).map_err(|e| {
+                    BuildError::Control(format!("Redis URL {}: {e}", redact_url(url)))
+                })?),
+                None => Probe::Memory,
+            };
+        let readiness = Readiness::default()
+            .store("idempotency", redis_probe.clone())
+            .store("control", redis_probe)
+            .store("ledger", ledger_probe);
+
         let open_routes = Router::new()
             .route("/healthz", get(handlers::healthz))
+            .route(
+                "/readyz",
+                get(crate::readiness::readyz).with_state(readiness),
+            )
             .route("/metrics", get(render_metrics))
             .with_state(shared.clone());
 
@@ -191,14 +217,17 @@ impl App {
             .merge(admin_routes)
             .merge(mint_routes)
             .merge(cluster_routes)
+            // After every merge, so it wraps every route (the nested admin APIs' too):
+            // the matched template travels out to the metrics layer in the response.
+            .route_layer(middleware::from_fn(metrics::tag_route))
             .fallback(problem::not_found)
             .method_not_allowed_fallback(problem::method_not_allowed)
             .layer(crate::edge::request_limits(&config.edge))
             .layer(middleware::from_fn(problem::problem_errors))
-            .layer(middleware::from_fn(telemetry::access_log))
+            .layer(telemetry::access_log())
             .layer(middleware::from_fn_with_state(
                 shared.http.clone(),
-                metrics::count,
+                metrics::observe,
             ))
             .layer(TraceIdLayer::new());
 
@@ -243,10 +272,15 @@ impl App {
     }
 }
 
-async fn ledger(config: &Config) -> Result<SharedLedger, BuildError> {
+/// The ledger and how `/readyz` probes it.
+async fn ledger(
+    config: &Config,
+    stores: &StoreMetrics,
+) -> Result<(SharedLedger, Probe), BuildError> {
     let Some(url) = config.database_url.as_deref() else {
         tracing::info!("billing ledger: memory (not shared between replicas, lost on exit)");
-        return Ok(Arc::new(MemoryLedger::new()));
+        let ledger = TimedLedger::new(Arc::new(MemoryLedger::new()), "memory", stores);
+        return Ok((Arc::new(ledger), Probe::Memory));
     };
     let pool = pool_for(url).map_err(|e| BuildError::Ledger(e.to_string()))?;
     let mut builder = PostgresLedger::builder(pool);
@@ -258,10 +292,12 @@ async fn ledger(config: &Config) -> Result<SharedLedger, BuildError> {
         .await
         .map_err(|e| BuildError::Ledger(e.to_string()))?;
     tracing::info!(schema = ledger.schema(), "billing ledger: PostgreSQL");
-    Ok(Arc::new(ledger))
+    let probe = Probe::Postgres(ledger.pool().clone());
+    let ledger = TimedLedger::new(Arc::new(ledger), "postgres", stores);
+    Ok((Arc::new(ledger), probe))
 }
 
-async fn control_plane(config: &Config) -> Result<ControlPlane, BuildError> {
+async fn control_plane(config: &Config, stores: &StoreMetrics) -> Result<ControlPlane, BuildError> {
     let control = match &config.file.control {
         Some(value) => value
             .clone()
@@ -275,13 +311,16 @@ async fn control_plane(config: &Config) -> Result<ControlPlane, BuildError> {
     let builder = ControlPlane::builder().config(control);
     let Some(url) = config.redis_url.as_deref() else {
         tracing::info!("control plane: memory (not shared between replicas)");
-        return Ok(builder.build());
+        let store = TimedControl::new(MemoryStore::new(), "memory", stores);
+        return Ok(builder.store(store).build());
     };
     let store = RedisStore::connect(url)
         .await
         .map_err(|e| BuildError::Control(format!("Redis at {}: {e}", redact_url(url))))?
         .prefix(&config.redis_prefix);
-    let plane = builder.store(store).build();
+    let plane = builder
+        .store(TimedControl::new(store, "redis", stores))
+        .build();
     // Load the shared state (kill switches, limits set by other replicas) before serving.
     plane
         .sync()
@@ -291,10 +330,14 @@ async fn control_plane(config: &Config) -> Result<ControlPlane, BuildError> {
     Ok(plane)
 }
 
-async fn idempotency_store(config: &Config) -> Result<Arc<dyn IdempotencyStore>, BuildError> {
+async fn idempotency_store(
+    config: &Config,
+    stores: &StoreMetrics,
+) -> Result<Arc<dyn IdempotencyStore>, BuildError> {
     let Some(url) = config.redis_url.as_deref() else {
         tracing::info!("idempotency records: memory (not shared between replicas)");
-        return Ok(Arc::new(MemoryStore::new()));
+        let store = Arc::new(dreamnet_idempotency::MemoryStore::new());
+        return Ok(Arc::new(TimedIdempotency::new(store, "memory", stores)));
     };
     let store = dreamnet_idempotency::RedisStore::builder(url)
         .prefix(config.redis_prefix.clone())
@@ -302,7 +345,11 @@ async fn idempotency_store(config: &Config) -> Result<Arc<dyn IdempotencyStore>,
         .await
         .map_err(|e| BuildError::Idempotency(format!("Redis at {}: {e}", redact_url(url))))?;
     tracing::info!(prefix = %config.redis_prefix, "idempotency records: Redis");
-    Ok(Arc::new(store))
+    Ok(Arc::new(TimedIdempotency::new(
+        Arc::new(store),
+        "redis",
+        stores,
+    )))
 }
 
 /// The action id the billable layer attached to the request, if any.
@@ -310,19 +357,28 @@ pub(crate) fn action_id(extensions: &Extensions) -> Option<String> {
     billing::action_id(extensions)
 }
 
-async fn render_metrics(State(shared): State<Shared>) -> Response {
-    let mut out = String::with_capacity(4096);
-    shared.http.render(&mut out);
-    metrics::render_control(&mut out, &shared.plane.metrics());
-    metrics::render_admin(&mut out, &shared.admin_throttle);
-    shared.edge.render(&mut out);
-    metrics::render_billing(&mut out, shared.ledger.as_ref()).await;
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        out,
-    )
-        .into_response()
+/// The route templates whose latency series exist from the start (the rest appear on their
+/// first request): the ones a dashboard of this server plots.
+const ROUTES: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/api/{cluster}/echo",
+    "/api/{cluster}/status/{code}",
+    "/api/mint-dream",
+    "/api/mint-dream-token",
+    crate::metrics::UNMATCHED,
+];
+
+async fn render_metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    Scrape {
+        http: &shared.http,
+        stores: &shared.stores,
+        plane: &shared.plane,
+        admin: &shared.admin_throttle,
+        edge: &shared.edge,
+        ledger: shared.ledger.as_ref(),
+    }
+    .respond(&headers)
+    .await
 }

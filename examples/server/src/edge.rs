@@ -4,7 +4,6 @@
 //! each of their answers is problem+json with the request's `traceId` and `X-Trace-Id`.
 
 use std::{
-    fmt::Write as _,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -23,8 +22,6 @@ use tower_http::{
     limit::RequestBodyLimitLayer,
     timeout::{RequestBodyDeadlineLayer, TimeoutLayer},
 };
-
-use crate::metrics::family;
 
 /// Connection and request limits at the edge (flags `--header-read-timeout`,
 /// `--idle-timeout`, `--request-timeout`, `--body-read-timeout`, `--max-connections`,
@@ -125,45 +122,9 @@ impl EdgeMetrics {
         self.counters.idle_timeouts.load(Ordering::Relaxed)
     }
 
-    /// Writes the `dreamnet_edge_*` families in Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        let c = &self.counters;
-        let rows = [
-            (
-                "dreamnet_edge_connections_accepted_total",
-                "counter",
-                "TCP connections accepted.",
-                c.accepted.load(Ordering::Relaxed),
-            ),
-            (
-                "dreamnet_edge_connections_refused_total",
-                "counter",
-                "Connections closed at once because --max-connections were open.",
-                c.refused.load(Ordering::Relaxed),
-            ),
-            (
-                "dreamnet_edge_connections_open",
-                "gauge",
-                "Connections open now.",
-                c.open.load(Ordering::Relaxed),
-            ),
-            (
-                "dreamnet_edge_header_timeouts_total",
-                "counter",
-                "Connections closed because a request head took longer than --header-read-timeout.",
-                c.header_timeouts.load(Ordering::Relaxed),
-            ),
-            (
-                "dreamnet_edge_idle_timeouts_total",
-                "counter",
-                "Keep-alive connections closed after --idle-timeout without a request.",
-                c.idle_timeouts.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, kind, help, value) in rows {
-            family(out, name, kind, help);
-            let _ = writeln!(out, "{name} {value}");
-        }
+    /// TCP connections accepted since start.
+    pub fn accepted_total(&self) -> u64 {
+        self.counters.accepted.load(Ordering::Relaxed)
     }
 }
 

@@ -14,7 +14,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layer order, outermost first: trace id -> HTTP metrics -> access log -> problem+json
+//! Layer order, outermost first: trace id -> HTTP metrics -> access log (tower-http
+//! `TraceLayer`) -> problem+json
 //! mapping -> per route: admin auth (control and billable APIs), or control(cluster) ->
 //! idempotency (cluster routes) / mint validation -> billable (mints) -> handler.
 
@@ -28,6 +29,7 @@ mod handlers;
 mod metrics;
 mod openapi;
 mod problem;
+mod readiness;
 mod serve;
 mod telemetry;
 

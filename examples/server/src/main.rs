@@ -140,10 +140,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    // Handlers in place before the "listening" line: a SIGTERM right after it is clean.
+    let signal = dreamnet_server::signal();
     tracing::info!(addr = %local, "dreamnet-server listening");
     eprintln!("dreamnet-server listening on http://{local}");
     let router = app.router();
-    let signal = dreamnet_server::signal();
     let outcome =
         dreamnet_server::serve_with(listener, router, signal, grace, &edge, app.edge_metrics())
             .await;

@@ -23,7 +23,10 @@ use utoipa::{
     IntoResponses, OpenApi, ToSchema,
 };
 
-use crate::handlers::{MintRequest, MintResponse};
+use crate::{
+    handlers::{MintRequest, MintResponse},
+    readiness::StoreStatus,
+};
 
 /// Where the admin APIs are nested (as in the router).
 const CONTROL_MOUNT: &str = "/api/control";
@@ -36,6 +39,16 @@ const ADMIN_SCHEME: &str = "adminToken";
 struct Health {
     /// Always `ok` while the process serves requests.
     status: String,
+}
+
+/// `GET /readyz`'s body when every store answered.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // a schema: the handler answers it as a `json!` value
+struct Ready {
+    /// `ready`.
+    status: String,
+    /// Each configured store's probe.
+    stores: Vec<StoreStatus>,
 }
 
 /// The echo's body.
@@ -117,6 +130,17 @@ struct PaymentRequired(Problem);
 )]
 #[allow(dead_code)]
 fn healthz() {}
+
+#[utoipa::path(
+    get, path = "/readyz", tag = "public",
+    summary = "Readiness: every configured store answers within its deadline",
+    responses(
+        (status = 200, description = "Every store answered", body = Ready),
+        (status = 503, description = "A store did not answer: a problem naming it, with the same `stores` list", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[allow(dead_code)]
+fn readyz() {}
 
 #[utoipa::path(
     get, path = "/metrics", tag = "public",
@@ -206,7 +230,7 @@ fn mint_dream_token() {}
         title = "DreamNet example server",
         description = "Every DreamNet layer on real endpoints: trace ids, Idempotency-Key, kill switches, rate limits, circuit breakers and two-phase billing."
     ),
-    paths(healthz, metrics, echo_get, echo_post, status, mint_dream, mint_dream_token),
+    paths(healthz, readyz, metrics, echo_get, echo_post, status, mint_dream, mint_dream_token),
     components(schemas(Problem)),
     tags((name = "public", description = "The guarded and billable endpoints"))
 )]

@@ -154,29 +154,53 @@ async fn accept_failed(error: &std::io::Error) {
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn signal() {
-    let interrupt = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(%err, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
+///
+/// The handlers are installed when this is called, not when the future is first polled, so
+/// a signal sent right after the "listening" line (as a supervisor or a test may) is never
+/// lost to the default action. Call it inside the tokio runtime.
+pub fn signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
+    let handlers = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let (interrupt, terminate) = handlers;
+            let interrupt = async {
+                match interrupt {
+                    Ok(mut sigint) => drop(sigint.recv().await),
+                    Err(err) => {
+                        tracing::error!(%err, "cannot listen for SIGINT");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            let terminate = async {
+                match terminate {
+                    Ok(mut sigterm) => drop(sigterm.recv().await),
+                    Err(err) => {
+                        tracing::error!(%err, "cannot listen for SIGTERM");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                () = interrupt => tracing::info!("SIGINT received"),
+                () = terminate => tracing::info!("SIGTERM received"),
             }
-            Err(err) => {
-                tracing::error!(%err, "cannot listen for SIGTERM");
+        }
+        #[cfg(not(unix))]
+        {
+            if let Err(err) = tokio::signal::ctrl_c().await {
+                tracing::error!(%err, "cannot listen for Ctrl-C");
                 std::future::pending::<()>().await;
             }
+            tracing::info!("Ctrl-C received");
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
     }
 }

@@ -38,6 +38,7 @@ async fn the_document_describes_every_endpoint_and_its_refusals() {
         .collect();
     for expected in [
         "GET /healthz",
+        "GET /readyz",
         "GET /metrics",
         "GET /api/{cluster}/echo",
         "POST /api/{cluster}/echo",

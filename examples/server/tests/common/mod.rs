@@ -15,6 +15,9 @@ use hyper_util::{
 use serde_json::Value;
 use tokio::{sync::oneshot, task::JoinHandle};
 
+pub mod exposition;
+pub mod own_redis;
+
 pub const TOKEN: &str = "test-admin-token";
 
 /// A response, fully read.
