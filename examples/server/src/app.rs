@@ -25,7 +25,7 @@ use dreamnet_admin::{AdminAuthLayer, AdminToken, AuthThrottle, WeakToken};
 
 use crate::{
     billing::{self, BillingState, SharedLedger},
-    config::{redact_url, Config},
+    config::{redact_urls, Config},
     handlers::{self, MintKind},
     metrics::{self, HttpMetrics},
     problem, telemetry,
@@ -270,13 +270,13 @@ async fn control_plane(config: &Config) -> Result<ControlPlane, BuildError> {
         .validate()
         .map_err(|e| BuildError::Control(e.to_string()))?;
     let builder = ControlPlane::builder().config(control);
-    let Some(url) = config.redis_url.as_deref() else {
+    let Some(endpoint) = config.redis_endpoint().map_err(BuildError::Control)? else {
         tracing::info!("control plane: memory (not shared between replicas)");
         return Ok(builder.build());
     };
-    let store = RedisStore::connect(url)
+    let store = RedisStore::connect_to(&endpoint)
         .await
-        .map_err(|e| BuildError::Control(format!("Redis at {}: {e}", redact_url(url))))?
+        .map_err(|e| BuildError::Control(format!("Redis at {}: {e}", redis_at(config))))?
         .prefix(&config.redis_prefix);
     let plane = builder.store(store).build();
     // Load the shared state (kill switches, limits set by other replicas) before serving.
@@ -284,22 +284,28 @@ async fn control_plane(config: &Config) -> Result<ControlPlane, BuildError> {
         .sync()
         .await
         .map_err(|e| BuildError::Control(format!("loading the shared control state: {e}")))?;
-    tracing::info!(prefix = %config.redis_prefix, "control plane: Redis");
+    tracing::info!(prefix = %config.redis_prefix, cluster = endpoint.is_cluster(), "control plane: Redis");
     Ok(plane)
 }
 
 async fn idempotency_store(config: &Config) -> Result<Arc<dyn IdempotencyStore>, BuildError> {
-    let Some(url) = config.redis_url.as_deref() else {
+    let Some(endpoint) = config.redis_endpoint().map_err(BuildError::Idempotency)? else {
         tracing::info!("idempotency records: memory (not shared between replicas)");
         return Ok(Arc::new(MemoryStore::new()));
     };
-    let store = dreamnet_idempotency::RedisStore::builder(url)
+    let cluster = endpoint.is_cluster();
+    let store = dreamnet_idempotency::RedisStore::builder_for(endpoint)
         .prefix(config.redis_prefix.clone())
         .connect()
         .await
-        .map_err(|e| BuildError::Idempotency(format!("Redis at {}: {e}", redact_url(url))))?;
-    tracing::info!(prefix = %config.redis_prefix, "idempotency records: Redis");
+        .map_err(|e| BuildError::Idempotency(format!("Redis at {}: {e}", redis_at(config))))?;
+    tracing::info!(prefix = %config.redis_prefix, cluster, "idempotency records: Redis");
     Ok(Arc::new(store))
+}
+
+/// The Redis URL(s) for an error message, passwords redacted.
+fn redis_at(config: &Config) -> String {
+    redact_urls(config.redis_url.as_deref().unwrap_or_default())
 }
 
 /// The action id the billable layer attached to the request, if any.
