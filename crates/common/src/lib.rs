@@ -9,6 +9,8 @@
 //! - [`account`]: [`AccountId`], the one account-id rule, and its header.
 //! - [`time`]: RFC 3339 timestamps from Unix milliseconds.
 //! - [`fault`]: [`StoreFault`], the response marker of a rejection caused by our own store.
+//! - `redis_connection` (feature `redis`): one connection type over a single Redis or a
+//!   Redis Cluster, for every Redis store.
 //!
 //! ```
 //! use dreamnet_common::problem::Problem;
@@ -27,6 +29,8 @@ pub mod body;
 pub mod clock;
 pub mod fault;
 pub mod problem;
+#[cfg(feature = "redis")]
+pub mod redis_connection;
 pub mod time;
 
 pub use account::{AccountId, InvalidAccountId, ACCOUNT_ID_HEADER};

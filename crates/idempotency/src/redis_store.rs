@@ -2,11 +2,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use dreamnet_common::AccountId;
-use redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    Script, Value,
+use dreamnet_common::{
+    redis_connection::{LuaScript, RedisConnection, RedisEndpoint, RedisTimeouts},
+    AccountId,
 };
+use redis::{aio::ConnectionManager, Value};
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -77,9 +77,17 @@ return 1
 /// - One Lua script per operation (`EVALSHA`, loaded on first use): a claim, a completion
 ///   and a release are one round trip each; a replay is one round trip.
 /// - Redis server time; `PX` expiry (lease while in flight, TTL once completed).
-/// - Keys `<prefix>idem:{<scope>}:<key>`: the hash tag keeps a scope's keys in one Redis
-///   Cluster slot; a scope that breaks the account-id rule (1..=128 characters of
-///   `[A-Za-z0-9._@:-]`, see `dreamnet_common::AccountId`) is replaced by `sha256:<hex>` so it cannot break the tag.
+/// - Keys `<prefix>idem:{<tag>}:<scope>/<key>` ([`record_key`](Self::record_key)): the hash
+///   tag is derived from (scope, key), so on a Redis Cluster the records spread over every
+///   slot (one busy scope, e.g. every anonymous client, is not one hot slot). Every
+///   operation touches one record, so nothing needs two records in one slot. A scope that
+///   breaks the account-id rule (1..=128 characters of `[A-Za-z0-9._@:-]`, see
+///   `dreamnet_common::AccountId`) is written as `sha256:<hex>`; neither form contains `/`,
+///   so the scope ends at the first `/`.
+/// - A single Redis or a Redis Cluster ([`RedisStore::builder_for`] with a cluster
+///   [`RedisEndpoint`]): the same scripts, routed by the record's slot; the client follows
+///   `MOVED` / `ASK` itself. A record whose master is unreachable fails that request alone
+///   (503); records on the other masters keep working.
 /// - Every operation times out (default 2 s), so an unreachable server fails fast (503).
 ///
 /// Clones share the connection.
@@ -89,12 +97,12 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: String,
     op_timeout: Duration,
-    claim: Script,
-    complete: Script,
-    release: Script,
+    claim: LuaScript,
+    complete: LuaScript,
+    release: LuaScript,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -110,7 +118,7 @@ impl std::fmt::Debug for RedisStore {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RedisStoreBuilder {
-    url: String,
+    endpoint: RedisEndpoint,
     prefix: String,
     connection_timeout: Duration,
     response_timeout: Duration,
@@ -164,14 +172,12 @@ impl RedisStoreBuilder {
     /// # Errors
     /// [`StoreError::Unavailable`] for an invalid URL.
     pub fn connect_lazy(self) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(self.url.as_str()).map_err(StoreError::unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connection_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(StoreError::unavailable)?;
+        let timeouts = RedisTimeouts {
+            connection: self.connection_timeout,
+            response: self.response_timeout,
+        };
+        let conn =
+            RedisConnection::lazy(&self.endpoint, timeouts).map_err(StoreError::unavailable)?;
         Ok(RedisStore::from_parts(conn, self.prefix, self.op_timeout))
     }
 }
@@ -188,10 +194,15 @@ impl RedisStore {
         Self::builder(url).connect().await
     }
 
-    /// A builder for `url`.
+    /// A builder for the single server at `url`.
     pub fn builder(url: &str) -> RedisStoreBuilder {
+        Self::builder_for(RedisEndpoint::single(url))
+    }
+
+    /// A builder for `endpoint`: one server, or the seed nodes of a Redis Cluster.
+    pub fn builder_for(endpoint: RedisEndpoint) -> RedisStoreBuilder {
         RedisStoreBuilder {
-            url: url.to_owned(),
+            endpoint,
             prefix: Self::DEFAULT_PREFIX.to_owned(),
             connection_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
@@ -201,6 +212,12 @@ impl RedisStore {
 
     /// A store on an existing connection manager (prefix `dreamnet:`, 2 s operation timeout).
     pub fn from_connection_manager(conn: ConnectionManager) -> Self {
+        Self::from_connection(RedisConnection::Single(conn))
+    }
+
+    /// A store on an existing single-server or cluster connection (prefix `dreamnet:`, 2 s
+    /// operation timeout).
+    pub fn from_connection(conn: RedisConnection) -> Self {
         Self::from_parts(
             conn,
             Self::DEFAULT_PREFIX.to_owned(),
@@ -208,30 +225,36 @@ impl RedisStore {
         )
     }
 
-    fn from_parts(conn: ConnectionManager, prefix: String, op_timeout: Duration) -> Self {
+    fn from_parts(conn: RedisConnection, prefix: String, op_timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 conn,
                 prefix,
                 op_timeout,
-                claim: Script::new(CLAIM),
-                complete: Script::new(COMPLETE),
-                release: Script::new(RELEASE),
+                claim: LuaScript::new(CLAIM),
+                complete: LuaScript::new(COMPLETE),
+                release: LuaScript::new(RELEASE),
             }),
         }
     }
 
-    /// The Redis key of (scope, key), for operators and tests.
+    /// The Redis key of (scope, key), for operators and tests:
+    /// `<prefix>idem:{<tag>}:<scope>/<key>`, the tag being 16 hex digits of
+    /// SHA-256(scope, key).
     pub fn record_key(&self, scope: &str, key: &str) -> String {
-        // The account-id alphabet has no `{` / `}`, so a scope that follows its rule cannot
-        // break the hash tag; the `sha256:` check keeps a raw scope from posing as a hashed one.
+        // The account-id alphabet has no `{`, `}` or `/`, so a scope that follows its rule
+        // is written as is; the `sha256:` check keeps a raw scope from posing as a hashed one.
         let safe = AccountId::is_valid(scope) && !scope.starts_with("sha256:");
-        if safe {
-            format!("{}idem:{{{scope}}}:{key}", self.inner.prefix)
+        let scope = if safe {
+            scope.to_owned()
         } else {
-            let hash = hex::encode(Sha256::digest(scope.as_bytes()));
-            format!("{}idem:{{sha256:{hash}}}:{key}", self.inner.prefix)
-        }
+            format!("sha256:{}", hex::encode(Sha256::digest(scope.as_bytes())))
+        };
+        // Hashing `<scope>/<key>` is unambiguous because the scope holds no `/`. The tag
+        // comes first, so a `{` inside the key can never become the hash tag.
+        let digest = Sha256::digest(format!("{scope}/{key}").as_bytes());
+        let tag = hex::encode(&digest[..8]);
+        format!("{}idem:{{{tag}}}:{scope}/{key}", self.inner.prefix)
     }
 
     /// Runs `script` within the operation timeout, and once more (within the same limit)
@@ -241,17 +264,25 @@ impl RedisStore {
     /// so the first request after Redis is back succeeds. Only a refusal is retried: it
     /// proves the script never reached Redis, and a claim run twice would find its own
     /// lease and answer 409.
-    async fn run(&self, script: &Script, key: String, args: &[&[u8]]) -> Result<Value, StoreError> {
-        let mut invocation = script.key(key);
+    ///
+    /// The same on a cluster: the refusal then comes from the master of the record's slot.
+    async fn run(
+        &self,
+        script: &LuaScript,
+        key: String,
+        args: &[&[u8]],
+    ) -> Result<Value, StoreError> {
+        let mut invocation = script.call();
+        invocation.key(key);
         for arg in args {
             invocation.arg(*arg);
         }
         let attempts = async {
             let mut conn = self.inner.conn.clone();
-            match invocation.invoke_async(&mut conn).await {
+            match invocation.invoke(&mut conn).await {
                 Err(error) if error.is_connection_refusal() => {
                     tracing::debug!(%error, "redis: connection refused; retrying once");
-                    invocation.invoke_async(&mut conn).await
+                    invocation.invoke(&mut conn).await
                 }
                 other => other,
             }

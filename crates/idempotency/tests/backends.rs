@@ -4,22 +4,36 @@
 
 #[cfg(feature = "redis")]
 #[tokio::test]
-async fn redis_keys_carry_a_hash_tag_and_never_a_raw_unsafe_scope() {
+async fn redis_keys_carry_a_per_record_hash_tag_and_never_a_raw_unsafe_scope() {
     use dreamnet_idempotency::RedisStore;
     // Lazy: no server needed to compute keys.
     let store = RedisStore::builder("redis://127.0.0.1:1")
         .connect_lazy()
         .unwrap();
-    assert_eq!(
-        store.record_key("account:acct_1", "order-42"),
-        "dreamnet:idem:{account:acct_1}:order-42"
-    );
+    let tag = |key: &str| key[key.find('{').unwrap()..=key.find('}').unwrap()].to_owned();
+    let key = store.record_key("account:acct_1", "order-42");
+    assert!(key.starts_with("dreamnet:idem:{"), "{key}");
+    assert!(key.ends_with("}:account:acct_1/order-42"), "{key}");
+    assert_eq!(tag(&key).len(), 2 + 16, "16 hex digits: {key}");
+    // The tag depends on (scope, key): one scope's records spread over the slots (every
+    // anonymous client used to share one `{anonymous}` slot) ...
+    let anonymous: std::collections::BTreeSet<String> = (0..50)
+        .map(|i| tag(&store.record_key("anonymous", &format!("k{i}"))))
+        .collect();
+    assert_eq!(anonymous.len(), 50);
+    // ... and is stable, so every replica finds the same record.
+    assert_eq!(key, store.record_key("account:acct_1", "order-42"));
+    // Scope and key cannot trade characters: the scope holds no `/`.
+    assert_ne!(store.record_key("a:b", "c"), store.record_key("a", "b:c"),);
+    // A `{` in the key never becomes the tag: ours comes first.
+    let braced = store.record_key("s", "{x}");
+    assert!(braced.find('{').unwrap() < braced.find("/{x}").unwrap());
     let odd = store.record_key("tenant {a}", "k");
-    assert!(odd.starts_with("dreamnet:idem:{sha256:"), "{odd}");
+    assert!(odd.contains("}:sha256:"), "{odd}");
     assert!(!odd.contains("tenant"));
     // A scope that looks like a hashed one is hashed too, so the two can't collide.
     let forged = store.record_key("sha256:abc", "k");
-    assert!(!forged.contains("{sha256:abc}"));
+    assert!(!forged.contains(":sha256:abc/"), "{forged}");
 }
 
 #[cfg(feature = "postgres")]

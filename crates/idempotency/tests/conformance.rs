@@ -1,5 +1,5 @@
-//! The behaviour suites, run against every store (memory always; Redis and PostgreSQL with
-//! their features, skipped loudly when the server is unreachable unless
+//! The behaviour suites, run against every store (memory always; Redis — a single server
+//! and a 3-master Redis Cluster of the test's own — and PostgreSQL with their features, skipped loudly when the server is unreachable unless
 //! `DREAMNET_REQUIRE_BACKENDS=1`):
 //!
 //! - layer level (`support::suite`): the HTTP behaviour of `IdempotencyLayer` on the store;
@@ -99,6 +99,51 @@ mod redis {
         }
 
         idempotency_store_tests!(redis);
+    }
+}
+
+/// The same suites on a 3-master Redis Cluster of the test binary's own
+/// (`OwnRedisCluster::shared`): the records spread over every master.
+#[cfg(feature = "redis")]
+mod redis_cluster {
+    use super::*;
+    layer_conformance!(Backend::redis_cluster);
+
+    #[cfg(feature = "conformance")]
+    mod store {
+        use dreamnet_common::redis_connection::{RedisConnection, RedisEndpoint, RedisTimeouts};
+        use dreamnet_idempotency::{conformance::Harness, idempotency_store_tests, RedisStore};
+        use std::time::Duration;
+
+        async fn redis_cluster() -> Option<Harness> {
+            let cluster = dreamnet_test_support::redis_cluster::OwnRedisCluster::shared()?;
+            let endpoint = RedisEndpoint::cluster(cluster.urls());
+            let prefix = dreamnet_test_support::unique_prefix("idem-store");
+            let connect = || {
+                RedisStore::builder_for(endpoint.clone())
+                    .prefix(&prefix)
+                    .connect()
+            };
+            let store = connect().await.expect("the cluster answered the fixture");
+            let replica = connect().await.expect("second connection");
+            let timeouts = RedisTimeouts {
+                connection: Duration::from_secs(1),
+                response: Duration::from_secs(1),
+            };
+            let mut raw = RedisConnection::lazy(&endpoint, timeouts).expect("valid URLs");
+            let cleanup = async move {
+                for key in raw
+                    .keys_matching(&format!("{prefix}*"))
+                    .await
+                    .unwrap_or_default()
+                {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut raw).await;
+                }
+            };
+            Some(Harness::new(store).replica(replica).cleanup(cleanup))
+        }
+
+        idempotency_store_tests!(redis_cluster);
     }
 }
 

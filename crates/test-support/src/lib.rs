@@ -5,7 +5,9 @@
 //! - [`unique_prefix`] / [`unique_schema`]: names no other test (or test process) shares;
 //! - [`eventually`] / [`holds_within`]: poll a condition with a deadline instead of sleeping;
 //! - [`logs::Capture`]: the `tracing` output of a test, for assertions on log lines;
-//! - [`redis_server::OwnRedis`]: a redis-server of the test's own, to stop and restart.
+//! - [`redis_server::OwnRedis`]: a redis-server of the test's own, to stop and restart;
+//! - [`redis_cluster::OwnRedisCluster`]: a 3-master Redis Cluster of the test's own (or one
+//!   shared by the test binary), whose masters can be killed and restarted.
 //!
 //! ```
 //! let a = dreamnet_test_support::unique_prefix("idem");
@@ -17,6 +19,7 @@
 pub mod backends;
 pub mod logs;
 mod poll;
+pub mod redis_cluster;
 pub mod redis_server;
 mod unique;
 

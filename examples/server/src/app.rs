@@ -26,7 +26,7 @@ use dreamnet_admin::{AdminAuthLayer, AdminToken, AuthThrottle, WeakToken};
 
 use crate::{
     billing::{self, BillingState, SharedLedger},
-    config::{redact_url, Config},
+    config::{redact_urls, Config},
     handlers::{self, MintKind},
     metrics::{
         self,
@@ -187,13 +187,7 @@ impl App {
             // the auth too, so an unauthenticated probe learns nothing about the routes.
             .layer(AdminAuthLayer::new(token).with_throttle(admin_throttle));
 
-        let redis_probe =
-            match config.redis_url.as_deref() {
-                Some(url) => Probe::Redis(redis::Client::open(url).map_err(|e| {
-                    BuildError::Control(format!("Redis URL {}: {e}", redact_url(url)))
-                })?),
-                None => Probe::Memory,
-            };
+        let redis_probe = redis_probe(&config)?;
         let readiness = Readiness::default()
             .store("idempotency", redis_probe.clone())
             .store("control", redis_probe)
@@ -309,14 +303,14 @@ async fn control_plane(config: &Config, stores: &StoreMetrics) -> Result<Control
         .validate()
         .map_err(|e| BuildError::Control(e.to_string()))?;
     let builder = ControlPlane::builder().config(control);
-    let Some(url) = config.redis_url.as_deref() else {
+    let Some(endpoint) = config.redis_endpoint().map_err(BuildError::Control)? else {
         tracing::info!("control plane: memory (not shared between replicas)");
         let store = TimedControl::new(MemoryStore::new(), "memory", stores);
         return Ok(builder.store(store).build());
     };
-    let store = RedisStore::connect(url)
+    let store = RedisStore::connect_to(&endpoint)
         .await
-        .map_err(|e| BuildError::Control(format!("Redis at {}: {e}", redact_url(url))))?
+        .map_err(|e| BuildError::Control(format!("Redis at {}: {e}", redis_at(config))))?
         .prefix(&config.redis_prefix);
     let plane = builder
         .store(TimedControl::new(store, "redis", stores))
@@ -326,7 +320,7 @@ async fn control_plane(config: &Config, stores: &StoreMetrics) -> Result<Control
         .sync()
         .await
         .map_err(|e| BuildError::Control(format!("loading the shared control state: {e}")))?;
-    tracing::info!(prefix = %config.redis_prefix, "control plane: Redis");
+    tracing::info!(prefix = %config.redis_prefix, cluster = endpoint.is_cluster(), "control plane: Redis");
     Ok(plane)
 }
 
@@ -334,22 +328,44 @@ async fn idempotency_store(
     config: &Config,
     stores: &StoreMetrics,
 ) -> Result<Arc<dyn IdempotencyStore>, BuildError> {
-    let Some(url) = config.redis_url.as_deref() else {
+    let Some(endpoint) = config.redis_endpoint().map_err(BuildError::Idempotency)? else {
         tracing::info!("idempotency records: memory (not shared between replicas)");
         let store = Arc::new(dreamnet_idempotency::MemoryStore::new());
         return Ok(Arc::new(TimedIdempotency::new(store, "memory", stores)));
     };
-    let store = dreamnet_idempotency::RedisStore::builder(url)
+    let cluster = endpoint.is_cluster();
+    let store = dreamnet_idempotency::RedisStore::builder_for(endpoint)
         .prefix(config.redis_prefix.clone())
         .connect()
         .await
-        .map_err(|e| BuildError::Idempotency(format!("Redis at {}: {e}", redact_url(url))))?;
-    tracing::info!(prefix = %config.redis_prefix, "idempotency records: Redis");
+        .map_err(|e| BuildError::Idempotency(format!("Redis at {}: {e}", redis_at(config))))?;
+    tracing::info!(prefix = %config.redis_prefix, cluster, "idempotency records: Redis");
     Ok(Arc::new(TimedIdempotency::new(
         Arc::new(store),
         "redis",
         stores,
     )))
+}
+
+/// How `/readyz` probes the Redis the stores use (a single node or a cluster).
+fn redis_probe(config: &Config) -> Result<Probe, BuildError> {
+    let Some(endpoint) = config.redis_endpoint().map_err(BuildError::Control)? else {
+        return Ok(Probe::Memory);
+    };
+    let invalid =
+        |e: redis::RedisError| BuildError::Control(format!("Redis at {}: {e}", redis_at(config)));
+    Ok(if endpoint.is_cluster() {
+        Probe::RedisCluster(
+            redis::cluster::ClusterClient::new(endpoint.nodes().to_vec()).map_err(invalid)?,
+        )
+    } else {
+        Probe::Redis(redis::Client::open(endpoint.nodes()[0].as_str()).map_err(invalid)?)
+    })
+}
+
+/// The Redis URL(s) for an error message, passwords redacted.
+fn redis_at(config: &Config) -> String {
+    redact_urls(config.redis_url.as_deref().unwrap_or_default())
 }
 
 /// The action id the billable layer attached to the request, if any.

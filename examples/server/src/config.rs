@@ -48,7 +48,10 @@ pub struct Config {
     /// Where to listen (`--addr`, `DREAMNET_ADDR`).
     pub addr: SocketAddr,
     /// Redis for control state, rate-limit counters and idempotency records; memory when `None`.
+    /// With [`redis_cluster`](Self::redis_cluster), a comma-separated list of seed nodes.
     pub redis_url: Option<String>,
+    /// Whether `redis_url` names the seed nodes of a Redis Cluster (`--redis-cluster`).
+    pub redis_cluster: bool,
     /// Key prefix in Redis (lets several deployments, or tests, share one Redis).
     pub redis_prefix: String,
     /// PostgreSQL for the billing ledger; memory when `None`.
@@ -69,7 +72,8 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("addr", &self.addr)
-            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_url", &self.redis_url.as_deref().map(redact_urls))
+            .field("redis_cluster", &self.redis_cluster)
             .field("redis_prefix", &self.redis_prefix)
             .field(
                 "database_url",
@@ -107,11 +111,44 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// [`redact_url`] for each URL of a comma-separated list (a seed-node list).
+pub(crate) fn redact_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| redact_url(url.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Config {
+    /// Where Redis is: `None` for the memory stores, one server, or (with `redis_cluster`)
+    /// the seed nodes of a Redis Cluster.
+    ///
+    /// # Errors
+    /// `--redis-cluster` without `--redis-url`, a bad URL, or several URLs without
+    /// `--redis-cluster` (the message carries no password).
+    pub fn redis_endpoint(
+        &self,
+    ) -> Result<Option<dreamnet_common::redis_connection::RedisEndpoint>, String> {
+        match self.redis_url.as_deref() {
+            None if self.redis_cluster => {
+                Err("--redis-cluster needs --redis-url with the seed nodes".to_owned())
+            }
+            None => Ok(None),
+            Some(urls) => {
+                dreamnet_common::redis_connection::RedisEndpoint::parse(urls, self.redis_cluster)
+                    .map(Some)
+                    .map_err(|e| format!("--redis-url {}: {e}", redact_urls(urls)))
+            }
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             addr: DEFAULT_ADDR.parse().expect("valid default address"),
             redis_url: None,
+            redis_cluster: false,
             redis_prefix: "dreamnet:".to_owned(),
             database_url: None,
             database_schema: None,
@@ -283,6 +320,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_redis_endpoint_is_one_url_or_a_cluster_seed_list() {
+        let with = |url: Option<&str>, cluster: bool| Config {
+            redis_url: url.map(str::to_owned),
+            redis_cluster: cluster,
+            ..Config::default()
+        };
+        assert_eq!(with(None, false).redis_endpoint(), Ok(None));
+        let one = with(Some("redis://127.0.0.1:6379"), false).redis_endpoint();
+        assert!(!one.unwrap().unwrap().is_cluster());
+        let seeds = with(Some("redis://a:7001,redis://b:7002"), true)
+            .redis_endpoint()
+            .unwrap()
+            .unwrap();
+        assert!(seeds.is_cluster());
+        assert_eq!(seeds.nodes(), ["redis://a:7001", "redis://b:7002"]);
+        let err = with(Some("redis://:pw@a:1,redis://:pw@b:2"), false)
+            .redis_endpoint()
+            .unwrap_err();
+        assert!(
+            err.contains("--redis-cluster") && !err.contains("pw"),
+            "{err}"
+        );
+        let err = with(None, true).redis_endpoint().unwrap_err();
+        assert!(err.contains("needs --redis-url"), "{err}");
+    }
+
+    #[test]
     fn urls_and_tokens_are_redacted() {
         assert_eq!(
             redact_url("postgres://app:s3cret@db:5432/test"),
@@ -295,6 +359,11 @@ mod tests {
         assert_eq!(
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_urls("redis://:pw@a:1, redis://:pw@b:2"),
+            "redis://:***@a:1,redis://:***@b:2",
+            "every seed node's password"
         );
         assert_eq!(
             redact_url("postgres://postgres@127.0.0.1/test"),

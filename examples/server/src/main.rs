@@ -26,9 +26,18 @@ struct Cli {
     addr: SocketAddr,
 
     /// Redis URL (e.g. redis://127.0.0.1:6379). Moves the control state, rate-limit counters and
-    /// idempotency records to Redis so replicas share them. In memory when unset.
+    /// idempotency records to Redis so replicas share them. In memory when unset. With
+    /// --redis-cluster: a comma-separated list of seed nodes of a Redis Cluster
+    /// (redis://10.0.0.1:7001,redis://10.0.0.2:7002; one reachable node is enough to find the
+    /// others, and at start every master must answer).
     #[arg(long, env = "DREAMNET_REDIS_URL")]
     redis_url: Option<String>,
+
+    /// The --redis-url nodes form a Redis Cluster: keys are routed by hash slot, MOVED/ASK
+    /// followed by the client. A master that cannot be reached fails only the requests whose
+    /// keys live on it (idempotency 503; rate limits fail open, counted in /metrics).
+    #[arg(long, env = "DREAMNET_REDIS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    redis_cluster: bool,
 
     /// Prefix of every Redis key, to let several deployments share one Redis.
     #[arg(long, env = "DREAMNET_REDIS_PREFIX", default_value = "dreamnet:")]
@@ -110,6 +119,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let config = Config {
         addr: cli.addr,
         redis_url: cli.redis_url.filter(|url| !url.is_empty()),
+        redis_cluster: cli.redis_cluster,
         redis_prefix: cli.redis_prefix,
         database_url: cli.database_url.filter(|url| !url.is_empty()),
         database_schema: cli.database_schema.filter(|s| !s.is_empty()),

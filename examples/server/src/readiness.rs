@@ -30,6 +30,11 @@ pub(crate) enum Probe {
     Memory,
     /// `PING` on a fresh connection (so a dead server is seen, not a cached connection).
     Redis(redis::Client),
+    /// `PING` through a fresh cluster connection (the seed nodes answer the slot map, a node
+    /// the PING). A master that is down fails the requests on its slots, not readiness: every
+    /// replica shares the cluster, so taking them all out would turn a partial outage into a
+    /// whole one.
+    RedisCluster(redis::cluster::ClusterClient),
     /// `SELECT 1` on a pooled connection.
     Postgres(Pool),
 }
@@ -39,6 +44,7 @@ impl Probe {
         match self {
             Self::Memory => "memory",
             Self::Redis(_) => "redis",
+            Self::RedisCluster(_) => "redis-cluster",
             Self::Postgres(_) => "postgres",
         }
     }
@@ -50,6 +56,17 @@ impl Probe {
                 Self::Redis(client) => {
                     let mut conn = client
                         .get_multiplexed_async_connection()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+                Self::RedisCluster(client) => {
+                    let mut conn = client
+                        .get_async_connection()
                         .await
                         .map_err(|e| e.to_string())?;
                     redis::cmd("PING")

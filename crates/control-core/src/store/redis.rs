@@ -13,6 +13,12 @@
 //! One admission decision is one `EVALSHA` of [`TAKE_SCRIPT`]: it reads Redis server time,
 //! checks every window, takes one unit from each only if all admit, and returns the
 //! cluster's epoch so the plane notices a change made elsewhere in the same round trip.
+//!
+//! On a Redis Cluster every script's keys share one hash tag (`{state}` for the state
+//! document, version and audit; `{<cluster>}` for a cluster's epoch and counters), so each
+//! script runs on one master. A cluster whose slot's master is unreachable fails that
+//! decision alone (the plane's fail-open policy, its metric and warning apply); clusters on
+//! the other masters keep their limits.
 
 use std::{
     sync::{
@@ -22,7 +28,8 @@ use std::{
     time::Duration,
 };
 
-use redis::{aio::ConnectionManager, AsyncCommands, Client, Script};
+use dreamnet_common::redis_connection::{LuaScript, RedisConnection, RedisEndpoint, RedisTimeouts};
+use redis::{aio::ConnectionManager, AsyncCommands};
 
 use super::{
     AuditEntry, ControlState, Count, CounterStore, StateStore, StoreError, StoreFuture, Versioned,
@@ -125,13 +132,13 @@ return v
 /// Control state and counters in Redis, shared by every replica using the same prefix.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: Arc<str>,
     timeout: Duration,
-    take: Arc<Script>,
-    peek: Arc<Script>,
-    give_back: Arc<Script>,
-    cas: Arc<Script>,
+    take: Arc<LuaScript>,
+    peek: Arc<LuaScript>,
+    give_back: Arc<LuaScript>,
+    cas: Arc<LuaScript>,
     round_trips: Arc<AtomicU64>,
 }
 
@@ -155,7 +162,16 @@ impl RedisStore {
     /// # Errors
     /// A bad URL or an unreachable server.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let store = Self::lazy(url)?;
+        Self::connect_to(&RedisEndpoint::single(url)).await
+    }
+
+    /// Connects now to `endpoint` (one server, or a Redis Cluster's seed nodes; on a cluster
+    /// every master must answer). Must run inside tokio.
+    ///
+    /// # Errors
+    /// A bad URL or an unreachable server.
+    pub async fn connect_to(endpoint: &RedisEndpoint) -> Result<Self, StoreError> {
+        let store = Self::lazy_to(endpoint)?;
         let mut conn = store.conn.clone();
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
@@ -172,27 +188,38 @@ impl RedisStore {
     /// # Errors
     /// A bad URL.
     pub fn lazy(url: &str) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(unavailable)?;
+        Self::lazy_to(&RedisEndpoint::single(url))
+    }
+
+    /// [`lazy`](Self::lazy) for `endpoint` (one server, or a Redis Cluster's seed nodes).
+    ///
+    /// # Errors
+    /// A bad URL.
+    pub fn lazy_to(endpoint: &RedisEndpoint) -> Result<Self, StoreError> {
         let timeout = Duration::from_millis(500);
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
-        Ok(Self::from_manager(conn))
+        let timeouts = RedisTimeouts {
+            connection: timeout,
+            response: timeout,
+        };
+        let conn = RedisConnection::lazy(endpoint, timeouts).map_err(unavailable)?;
+        Ok(Self::from_connection(conn))
     }
 
     /// Uses an existing connection manager.
     pub fn from_manager(conn: ConnectionManager) -> Self {
+        Self::from_connection(RedisConnection::Single(conn))
+    }
+
+    /// Uses an existing single-server or cluster connection.
+    pub fn from_connection(conn: RedisConnection) -> Self {
         Self {
             conn,
             prefix: Arc::from("dreamnet:"),
             timeout: Duration::from_millis(500),
-            take: Arc::new(Script::new(TAKE_SCRIPT)),
-            peek: Arc::new(Script::new(PEEK_SCRIPT)),
-            give_back: Arc::new(Script::new(GIVE_BACK_SCRIPT)),
-            cas: Arc::new(Script::new(CAS_SCRIPT)),
+            take: Arc::new(LuaScript::new(TAKE_SCRIPT)),
+            peek: Arc::new(LuaScript::new(PEEK_SCRIPT)),
+            give_back: Arc::new(LuaScript::new(GIVE_BACK_SCRIPT)),
+            cas: Arc::new(LuaScript::new(CAS_SCRIPT)),
             round_trips: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -236,17 +263,7 @@ impl RedisStore {
     pub async fn purge(&self) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
         let pattern = format!("{}ctl:*", self.prefix);
-        let keys: Vec<String> = {
-            let mut iter = conn
-                .scan_match::<_, String>(&pattern)
-                .await
-                .map_err(unavailable)?;
-            let mut keys = Vec::new();
-            while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
-                keys.push(key.map_err(unavailable)?);
-            }
-            keys
-        };
+        let keys = conn.keys_matching(&pattern).await.map_err(unavailable)?;
         let mut deleted = 0;
         for key in keys {
             deleted += conn.del::<_, u64>(key).await.map_err(unavailable)?;
@@ -261,7 +278,8 @@ impl RedisStore {
         windows: &[WindowConfig],
         at: Option<u64>,
     ) -> Result<Taken, StoreError> {
-        let mut invocation = self.take.key(self.epoch_key(cluster));
+        let mut invocation = self.take.call();
+        invocation.key(self.epoch_key(cluster));
         for window in windows {
             invocation
                 .key(self.counter_key(cluster, window))
@@ -274,7 +292,7 @@ impl RedisStore {
         let invocation = &invocation;
         let reply: Vec<i64> = self
             .timed(Retry::IfUnsent, move |mut conn| async move {
-                invocation.invoke_async(&mut conn).await
+                invocation.invoke(&mut conn).await
             })
             .await?;
         if reply.len() != 3 + windows.len() {
@@ -299,7 +317,7 @@ impl RedisStore {
         cluster: &str,
         at: Option<u64>,
     ) -> Result<Taken, StoreError> {
-        let mut invocation = self.peek.prepare_invoke();
+        let mut invocation = self.peek.call();
         for window in windows {
             invocation
                 .key(self.counter_key(cluster, window))
@@ -311,7 +329,7 @@ impl RedisStore {
         let invocation = &invocation;
         let reply: Vec<i64> = self
             .timed(Retry::IfConnectionLost, move |mut conn| async move {
-                invocation.invoke_async(&mut conn).await
+                invocation.invoke(&mut conn).await
             })
             .await?;
         if reply.len() != 1 + windows.len() {
@@ -352,7 +370,7 @@ impl RedisStore {
     /// succeeds.
     async fn timed<T, F, Fut>(&self, retry: Retry, mut op: F) -> Result<T, StoreError>
     where
-        F: FnMut(ConnectionManager) -> Fut,
+        F: FnMut(RedisConnection) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
         let attempts = async {
@@ -435,7 +453,7 @@ impl CounterStore for RedisStore {
             if !taken.admitted || windows.is_empty() {
                 return Ok(());
             }
-            let mut invocation = self.give_back.prepare_invoke();
+            let mut invocation = self.give_back.call();
             for window in windows {
                 invocation
                     .key(self.counter_key(cluster, window))
@@ -443,7 +461,7 @@ impl CounterStore for RedisStore {
             }
             let invocation = &invocation;
             self.timed(Retry::IfUnsent, move |mut conn| async move {
-                invocation.invoke_async::<i64>(&mut conn).await
+                invocation.invoke::<i64>(&mut conn).await
             })
             .await
             .map(drop)
@@ -495,8 +513,9 @@ impl StateStore for RedisStore {
             let mut entry = audit.clone();
             entry.version = expected + 1;
             let entry = serde_json::to_string(&entry).map_err(StoreError::corrupt)?;
-            let mut invocation = self.cas.key(self.state_key("version"));
+            let mut invocation = self.cas.call();
             invocation
+                .key(self.state_key("version"))
                 .key(self.state_key("doc"))
                 .key(self.state_key("audit"))
                 .arg(expected)
@@ -506,7 +525,7 @@ impl StateStore for RedisStore {
             let invocation = &invocation;
             let version: i64 = self
                 .timed(Retry::IfUnsent, move |mut conn| async move {
-                    invocation.invoke_async(&mut conn).await
+                    invocation.invoke(&mut conn).await
                 })
                 .await?;
             Ok(u64::try_from(version).ok())
@@ -537,13 +556,24 @@ impl StateStore for RedisStore {
             return StoreFuture::ready(Ok(()));
         }
         StoreFuture::new(async move {
-            let mut pipe = redis::pipe();
-            for cluster in clusters {
-                pipe.incr(self.epoch_key(cluster), 1).ignore();
-            }
-            let pipe = &pipe;
+            let keys: Vec<String> = clusters.iter().map(|c| self.epoch_key(c)).collect();
+            let keys = &keys;
             self.timed(Retry::IfConnectionLost, move |mut conn| async move {
-                pipe.query_async::<()>(&mut conn).await
+                if conn.is_cluster() {
+                    // Each epoch has its own hash tag, so a cluster cannot take them in one
+                    // pipeline (CROSSSLOT); one INCR per cluster, all in flight together.
+                    let bumps = keys.iter().map(|key| {
+                        let mut conn = conn.clone();
+                        async move { conn.incr::<_, _, i64>(key, 1).await }
+                    });
+                    futures_util::future::try_join_all(bumps).await.map(drop)
+                } else {
+                    let mut pipe = redis::pipe();
+                    for key in keys {
+                        pipe.incr(key, 1).ignore();
+                    }
+                    pipe.query_async::<()>(&mut conn).await
+                }
             })
             .await
         })
@@ -578,6 +608,77 @@ pub(crate) mod tests {
     crate::counter_store_tests!(store(), purge);
     crate::state_store_tests!(store(), purge);
     crate::epoch_tests!(store(), purge);
+
+    /// The same suites on a 3-master Redis Cluster of this test binary's own: the state's
+    /// scripts (`{state}`) and each cluster's counters (`{<cluster>}`) on their masters.
+    mod on_a_redis_cluster {
+        use super::*;
+        use dreamnet_common::redis_connection::RedisEndpoint;
+        use dreamnet_test_support::redis_cluster::OwnRedisCluster;
+
+        async fn store() -> Option<RedisStore> {
+            let cluster = OwnRedisCluster::shared()?;
+            let store = RedisStore::connect_to(&RedisEndpoint::cluster(cluster.urls()))
+                .await
+                .expect("the test's own cluster answers");
+            // 2 s, not the 500 ms default: this suite checks behaviour, and on the shared
+            // 2-core test machine a fresh cluster connection's first calls (slot map, `EVAL`
+            // of each script on each master) beside 90 parallel tests took longer.
+            Some(
+                store
+                    .prefix(&dreamnet_test_support::unique_prefix("control"))
+                    .timeout(Duration::from_secs(2)),
+            )
+        }
+
+        crate::counter_store_tests!(store(), purge);
+        crate::state_store_tests!(store(), purge);
+        crate::epoch_tests!(store(), purge);
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn notify_bumps_epochs_that_live_on_different_masters() {
+            let Some(cluster) = OwnRedisCluster::shared() else {
+                return;
+            };
+            let Some(store) = store().await else { return };
+            // Cluster ids whose hash tags land on three different masters.
+            let mut ids: Vec<String> = Vec::new();
+            for i in 0.. {
+                let id = format!("c{i}");
+                let master = cluster.master_of(&store.epoch_key(&id));
+                if !ids
+                    .iter()
+                    .any(|o| cluster.master_of(&store.epoch_key(o)) == master)
+                {
+                    ids.push(id);
+                }
+                if ids.len() == cluster.masters() {
+                    break;
+                }
+            }
+            let windows = windows(&[WindowConfig::new("year", 5, 365 * 86_400)]);
+            let epoch = |id: &str| {
+                let (store, windows) = (store.clone(), Arc::clone(&windows));
+                let id: Arc<str> = Arc::from(id);
+                async move {
+                    store.count(&id, &windows, 0, Count::Peek).await.unwrap();
+                    store
+                        .count(&id, &windows, 0, Count::Take)
+                        .await
+                        .unwrap()
+                        .epoch
+                }
+            };
+            for id in &ids {
+                assert_eq!(epoch(id).await, Some(0));
+            }
+            store.notify(&ids).await.unwrap();
+            for id in &ids {
+                assert_eq!(epoch(id).await, Some(1), "{id}'s epoch was bumped");
+            }
+            store.purge().await.unwrap();
+        }
+    }
 
     fn windows(list: &[WindowConfig]) -> Arc<[WindowConfig]> {
         Arc::from(list)

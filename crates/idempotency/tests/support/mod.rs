@@ -69,21 +69,50 @@ impl Backend {
 
     #[cfg(feature = "redis")]
     pub async fn redis() -> Option<Self> {
-        use dreamnet_idempotency::RedisStore;
+        use dreamnet_common::redis_connection::{RedisConnection, RedisEndpoint};
         let raw = dreamnet_test_support::redis_connection().await?;
-        let url = dreamnet_test_support::redis_url();
+        let endpoint = RedisEndpoint::single(dreamnet_test_support::redis_url());
+        let unreachable = RedisEndpoint::single("redis://127.0.0.1:1");
+        Some(Self::redis_on("redis", endpoint, unreachable, RedisConnection::Single(raw)).await)
+    }
+
+    /// The Redis store on the test binary's own 3-master Redis Cluster.
+    #[cfg(feature = "redis")]
+    pub async fn redis_cluster() -> Option<Self> {
+        use dreamnet_common::redis_connection::{RedisConnection, RedisEndpoint, RedisTimeouts};
+        let cluster = dreamnet_test_support::redis_cluster::OwnRedisCluster::shared()?;
+        let endpoint = RedisEndpoint::cluster(cluster.urls());
+        let timeouts = RedisTimeouts {
+            connection: Duration::from_secs(1),
+            response: Duration::from_secs(1),
+        };
+        let raw = RedisConnection::lazy(&endpoint, timeouts).expect("valid seed URLs");
+        let unreachable = RedisEndpoint::cluster(["redis://127.0.0.1:1"]);
+        Some(Self::redis_on("redis-cluster", endpoint, unreachable, raw).await)
+    }
+
+    /// The Redis store on `endpoint` (a second store on it is the replica); `raw` writes
+    /// foreign values and cleans up.
+    #[cfg(feature = "redis")]
+    async fn redis_on(
+        name: &'static str,
+        endpoint: dreamnet_common::redis_connection::RedisEndpoint,
+        unreachable: dreamnet_common::redis_connection::RedisEndpoint,
+        raw: dreamnet_common::redis_connection::RedisConnection,
+    ) -> Self {
+        use dreamnet_idempotency::RedisStore;
         let prefix = unique("idem");
-        let store = RedisStore::builder(&url)
+        let store = RedisStore::builder_for(endpoint.clone())
             .prefix(&prefix)
             .connect()
             .await
             .expect("redis answered the fixture");
-        let replica = RedisStore::builder(&url)
+        let replica = RedisStore::builder_for(endpoint)
             .prefix(&prefix)
             .connect()
             .await
             .expect("second connection");
-        let unreachable = RedisStore::builder("redis://127.0.0.1:1")
+        let unreachable = RedisStore::builder_for(unreachable)
             .prefix(&prefix)
             .connect_lazy()
             .expect("valid URL");
@@ -93,6 +122,7 @@ impl Backend {
             let record = keys.record_key(&scope, &key);
             let mut conn = corrupt_conn.clone();
             Box::pin(async move {
+                // One key, so one slot: a pipeline works on a cluster too.
                 let mut pipe = redis::pipe();
                 if variant == 0 {
                     pipe.cmd("SET").arg(&record).arg("not ours");
@@ -110,27 +140,27 @@ impl Backend {
         };
         let mut cleanup_conn = raw;
         let cleanup = Box::pin(async move {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}*"))
-                .query_async(&mut cleanup_conn)
+            let keys = cleanup_conn
+                .keys_matching(&format!("{prefix}*"))
                 .await
                 .unwrap_or_default();
-            if !keys.is_empty() {
+            // One DEL per key: on a cluster the keys live in different slots.
+            for key in keys {
                 let _: Result<(), _> = redis::cmd("DEL")
-                    .arg(keys)
+                    .arg(key)
                     .query_async(&mut cleanup_conn)
                     .await;
             }
         });
-        Some(Self {
-            name: "redis",
+        Self {
+            name,
             store: Arc::new(store),
             replica: Arc::new(replica),
             unreachable: Arc::new(unreachable),
             clock: None,
             corrupt: Some(Box::new(corrupt)),
             cleanup: Some(cleanup),
-        })
+        }
     }
 
     #[cfg(feature = "postgres")]

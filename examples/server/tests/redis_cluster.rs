@@ -1,0 +1,166 @@
+//! Two `dreamnet-server` processes on a 3-master Redis Cluster (of this test's own, started
+//! by `OwnRedisCluster`) + PostgreSQL: they start (a cluster used to stop the server at start
+//! with `MOVED`), share an exact rate limit and idempotency records whose keys live on
+//! different masters; a seed list without `--redis-cluster` is refused with a clear error.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backends, Process, TOKEN};
+use dreamnet_test_support::{holds_within, redis_cluster::OwnRedisCluster};
+
+const MINT: &str = r#"{"dreamId": "dream-123", "wallet": "0xabc"}"#;
+
+fn args(cluster: &OwnRedisCluster, backends: &Backends) -> Vec<String> {
+    vec![
+        "--redis-url".into(),
+        cluster.seeds(),
+        "--redis-prefix".into(),
+        backends.prefix.clone(),
+        "--database-url".into(),
+        backends.database_url.clone(),
+        "--database-schema".into(),
+        backends.schema.clone(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_a_redis_cluster_share_limits_and_idempotency_records() {
+    let Some(backends) = Backends::reserve().await else {
+        return;
+    };
+    let Some(cluster) = OwnRedisCluster::start() else {
+        return;
+    };
+    let args = args(&cluster, &backends);
+    let mut a_args: Vec<&str> = args.iter().map(String::as_str).collect();
+    a_args.push("--redis-cluster");
+    let a = Process::spawn(&a_args, &[("DREAMNET_ADMIN_TOKEN", TOKEN)]).await;
+    // The environment variable works as the flag does.
+    let b_args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let b = Process::spawn(
+        &b_args,
+        &[
+            ("DREAMNET_ADMIN_TOKEN", TOKEN),
+            ("DREAMNET_REDIS_CLUSTER", "1"),
+        ],
+    )
+    .await;
+
+    // An exact day limit of 10 across both replicas.
+    let set = a
+        .http
+        .admin_post(
+            "/api/control/cluster/whale-pack/rate-limit",
+            r#"{"requestsPerMinute": 1000, "requestsPerHour": 1000, "requestsPerDay": 10}"#,
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    assert!(
+        holds_within(Duration::from_secs(1), || async {
+            b.http
+                .admin_get("/api/control/cluster/whale-pack/rate-limit")
+                .await
+                .json()["requestsPerDay"]
+                == 10
+        })
+        .await,
+        "the new limit reaches replica B"
+    );
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let http = if i % 2 == 0 {
+                a.http.clone()
+            } else {
+                b.http.clone()
+            };
+            tokio::spawn(async move { http.get("/api/whale-pack/echo").await.status.as_u16() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    let admitted = statuses.iter().filter(|&&s| s == 200).count();
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!((admitted, limited), (10, 20), "{statuses:?}");
+
+    // A retried mint through the other replica replays and charges once.
+    for i in 0..12 {
+        let key = format!("cluster-key-{i}");
+        let headers = [
+            ("x-idempotency-key", key.as_str()),
+            ("x-account-id", "acct-cl"),
+        ];
+        let first = a.http.post_json("/api/mint-dream", &headers, MINT).await;
+        assert_eq!(first.status, 201, "{}", first.text());
+        let retry = b.http.post_json("/api/mint-dream", &headers, MINT).await;
+        assert_eq!(retry.status, 201, "{}", retry.text());
+        assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+        assert_eq!(retry.json(), first.json());
+    }
+    let account = b
+        .http
+        .admin_get("/api/billable/accounts/acct-cl")
+        .await
+        .json();
+    assert_eq!(
+        account["charged"],
+        12 * 100,
+        "one charge per key: {account}"
+    );
+    // Idempotent echo records (the Redis idempotency store) are shared, and the records of
+    // one client are spread over the masters (the hash tag is per key, not per scope).
+    for i in 0..12 {
+        let key = format!("echo-key-{i}");
+        let echo = [("idempotency-key", key.as_str())];
+        let first = a
+            .http
+            .post_json("/api/spider-web/echo", &echo, r#"{"n":1}"#)
+            .await;
+        assert_eq!(first.status, 200, "{}", first.text());
+        let replay = b
+            .http
+            .post_json("/api/spider-web/echo", &echo, r#"{"n":1}"#)
+            .await;
+        assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+        assert_eq!(replay.json(), first.json());
+    }
+    for url in cluster.urls() {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let records: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}idem:*", backends.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!records.is_empty(), "no idempotency record on {url}");
+    }
+
+    assert!(a.terminate().await.success());
+    assert!(b.terminate().await.success());
+    backends.drop_all().await;
+}
+
+#[tokio::test]
+async fn several_urls_without_cluster_mode_is_refused_at_start() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_dreamnet-server"))
+        .args(["--addr", "127.0.0.1:0"])
+        .args([
+            "--redis-url",
+            "redis://:secret@127.0.0.1:1,redis://127.0.0.1:2",
+        ])
+        .env_remove("DREAMNET_REDIS_CLUSTER")
+        .env("DREAMNET_ADMIN_TOKEN", TOKEN)
+        .output()
+        .await
+        .expect("run dreamnet-server");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--redis-cluster"), "{stderr}");
+    assert!(
+        !stderr.contains("secret"),
+        "no password in the error: {stderr}"
+    );
+}
