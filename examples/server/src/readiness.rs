@@ -34,7 +34,7 @@ pub(crate) enum Probe {
     /// the PING). A master that is down fails the requests on its slots, not readiness: every
     /// replica shares the cluster, so taking them all out would turn a partial outage into a
     /// whole one.
-    RedisCluster(redis::cluster::ClusterClient),
+    RedisCluster(Box<redis::cluster::ClusterClient>),
     /// `SELECT 1` on a pooled connection.
     Postgres(Pool),
 }
