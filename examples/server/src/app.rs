@@ -355,9 +355,9 @@ fn redis_probe(config: &Config) -> Result<Probe, BuildError> {
     let invalid =
         |e: redis::RedisError| BuildError::Control(format!("Redis at {}: {e}", redis_at(config)));
     Ok(if endpoint.is_cluster() {
-        Probe::RedisCluster(
+        Probe::RedisCluster(Box::new(
             redis::cluster::ClusterClient::new(endpoint.nodes().to_vec()).map_err(invalid)?,
-        )
+        ))
     } else {
         Probe::Redis(redis::Client::open(endpoint.nodes()[0].as_str()).map_err(invalid)?)
     })
