@@ -54,7 +54,8 @@ async fn slow_handler_runs_once_and_is_charged_once(f: &Fixture) {
         request(&acct, Some("k"), "{}", &format!("sleep={slow}")),
     ));
     wait_for_state(&*f.ledger, &acct, "k", ActionState::Pending).await;
-    let (mut retries, mut sweeps) = (0, 0);
+    let started = std::time::Instant::now();
+    let (mut retries, mut sweeps, mut last_conflict) = (0, 0, Duration::ZERO);
     while !first.is_finished() {
         let (status, _, _) = send(svc.clone(), request(&acct, Some("k"), "{}", "")).await;
         if first.is_finished() {
@@ -66,6 +67,7 @@ async fn slow_handler_runs_once_and_is_charged_once(f: &Fixture) {
             "a retry while the handler runs"
         );
         retries += 1;
+        last_conflict = started.elapsed();
         let report = recover(&*f.ledger).await.unwrap();
         assert_eq!(
             report.voided, 0,
@@ -81,10 +83,10 @@ async fn slow_handler_runs_once_and_is_charged_once(f: &Fixture) {
         "{}",
         String::from_utf8_lossy(&body)
     );
-    // The handler outlived three timeouts and was watched all along.
+    // Retries and sweeps kept coming well past the first timeout (and the second).
     assert!(
-        retries >= 10 && sweeps >= 10,
-        "{retries} retries, {sweeps} sweeps"
+        retries >= 3 && sweeps >= 3 && last_conflict > 2 * SHORT,
+        "{retries} retries, {sweeps} sweeps, the last 409 at {last_conflict:?}"
     );
     assert_eq!(runs.load(Ordering::SeqCst), 1, "run once");
     assert_eq!(
@@ -114,6 +116,9 @@ async fn a_dropped_requests_heartbeat_stops_and_recovery_voids_it(f: &Fixture) {
     // The request goes away (as with a dead process): its heartbeat goes with it.
     request_task.abort();
     let _ = request_task.await;
+    // A beat already sent to PostgreSQL when the future was dropped still lands (the
+    // server runs what it received); give it time, then no new beat may start.
+    tokio::time::sleep(SHORT / 6).await;
     let stopped_at = f.ledger.action(&id).await.unwrap().unwrap().expires_at_ms;
     tokio::time::sleep(SHORT + SHORT / 3).await;
     let action = f.ledger.action(&id).await.unwrap().unwrap();
