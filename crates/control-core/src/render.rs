@@ -25,24 +25,44 @@ fn type_uri(reason: RejectReason) -> &'static str {
 }
 
 /// `RateLimit-Policy`'s value (rendered once per settings change in the plane, so this
-/// only wraps the shared bytes).
+/// is a reference count, not a copy or a validation).
 fn policy_value(status: &RateLimitStatus) -> Option<HeaderValue> {
-    status
-        .policy_text()
-        .and_then(|text| HeaderValue::from_maybe_shared(text.clone()).ok())
+    status.policy_header().cloned()
 }
 
-/// `RateLimit`'s value, e.g. `"minute";r=59;t=41`, when the counters were read.
+/// Room for the longest `RateLimit` value: a window name is at most 32 bytes, each number
+/// at most 20 digits, plus 8 bytes of punctuation (`"`, `";r=`, `;t=`).
+const RATELIMIT_MAX: usize = 32 + 20 + 20 + 8;
+
+/// `RateLimit`'s value, e.g. `"minute";r=59;t=41`, when the counters were read. Written
+/// into a stack buffer (no `String`, no `core::fmt`): the one allocation left is the
+/// header value's own bytes.
 fn ratelimit_value(status: &RateLimitStatus) -> Option<HeaderValue> {
     let window = status.reported()?;
-    let value = format!(
-        "\"{}\";r={};t={}",
-        window.name,
-        status.remaining()?,
-        status.reset_seconds()?
-    );
+    let (remaining, reset) = (status.remaining()?, status.reset_seconds()?);
+    let mut out = [0u8; RATELIMIT_MAX];
+    let mut len = 0;
+    let mut numbers = (itoa::Buffer::new(), itoa::Buffer::new());
+    let parts: [&[u8]; 6] = [
+        b"\"",
+        window.name.as_bytes(),
+        b"\";r=",
+        numbers.0.format(remaining).as_bytes(),
+        b";t=",
+        numbers.1.format(reset).as_bytes(),
+    ];
+    for part in parts {
+        // Names are validated to 1..=32 chars, so this always fits; a longer name from a
+        // future config path would still be rendered, just not on the stack.
+        let Some(room) = out.get_mut(len..len + part.len()) else {
+            let text = format!("\"{}\";r={remaining};t={reset}", window.name);
+            return HeaderValue::try_from(text).ok();
+        };
+        room.copy_from_slice(part);
+        len += part.len();
+    }
     // Window names are validated to [a-z0-9_-], so this cannot fail.
-    HeaderValue::try_from(value).ok()
+    HeaderValue::from_bytes(&out[..len]).ok()
 }
 
 /// Inserts `RateLimit-Policy` and (when known) `RateLimit`.
@@ -163,6 +183,33 @@ mod tests {
         assert_eq!(problem["type"], "urn:dreamnet:control:rate-limited");
         assert_eq!(problem["traceId"], "t-1");
         assert_eq!(problem["status"], 429);
+    }
+
+    #[test]
+    fn the_longest_ratelimit_value_is_rendered_whole() {
+        use crate::{plane::Limits, store::RateLimitSettings, window::Verdict, WindowConfig};
+        let name = "w".repeat(32);
+        let settings = RateLimitSettings {
+            enabled: true,
+            windows: vec![WindowConfig::new(name.clone(), 5, 60)],
+        };
+        let verdict = Verdict {
+            admitted: true,
+            retry_after_millis: 0,
+            reported: 0,
+            remaining: u64::MAX,
+            reset_secs: u64::MAX - 1,
+        };
+        let status =
+            RateLimitStatus::new(std::sync::Arc::new(Limits::new(&settings)), Some(verdict));
+        let value = ratelimit_value(&status).unwrap();
+        let expected = format!("\"{name}\";r={};t={}", u64::MAX, u64::MAX - 1);
+        assert_eq!(value, expected.as_str());
+        assert_eq!(value.len(), RATELIMIT_MAX);
+        assert_eq!(
+            policy_value(&status).unwrap(),
+            format!("\"{name}\";q=5;w=60").as_str()
+        );
     }
 
     #[tokio::test]

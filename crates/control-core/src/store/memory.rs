@@ -1,8 +1,9 @@
 //! The in-process store: per-cluster mutexes for counters, one mutex for the state document.
 
-use std::{collections::HashMap, collections::VecDeque, sync::Arc};
+use std::{collections::VecDeque, sync::Arc};
 
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 
 use super::{
     AuditEntry, ControlState, Count, CounterStore, StateStore, StoreError, StoreFuture, Versioned,
@@ -20,22 +21,35 @@ pub const AUDIT_CAPACITY: usize = 1000;
 struct Counters {
     keys: Vec<(String, u64)>,
     slots: Vec<Slot>,
+    /// The windows the slots were last lined up with. The plane hands the same `Arc` on
+    /// every request until its settings change, so the same pointer means "already
+    /// aligned" without comparing names; holding the `Arc` keeps its address from being
+    /// reused by other windows.
+    aligned: Option<Arc<[WindowConfig]>>,
 }
 
 impl Counters {
     /// Lines the slots up with `windows`, keeping the counters of windows that remain.
-    fn align(&mut self, windows: &[WindowConfig]) {
+    fn align(&mut self, windows: &Arc<[WindowConfig]>) {
+        if self
+            .aligned
+            .as_ref()
+            .is_some_and(|seen| Arc::ptr_eq(seen, windows))
+        {
+            return;
+        }
+        self.aligned = Some(Arc::clone(windows));
         let same = self.keys.len() == windows.len()
             && self
                 .keys
                 .iter()
-                .zip(windows)
+                .zip(windows.iter())
                 .all(|((n, s), w)| *n == w.name && *s == w.seconds);
         if same {
             return;
         }
         let mut slots = Vec::with_capacity(windows.len());
-        for w in windows {
+        for w in windows.iter() {
             let kept = self
                 .keys
                 .iter()
@@ -75,13 +89,18 @@ struct Document {
     audit: VecDeque<AuditEntry>,
 }
 
+/// The clusters' counters. FxHash: the keys are the plane's own cluster ids (validated
+/// config, not attacker input), so a keyed DoS-resistant hash buys nothing here.
+type ClusterCounters = FxHashMap<String, Mutex<Counters>>;
+
 /// The default store: everything in this process, nothing shared.
 ///
 /// Rate-limit counters sit behind one mutex per cluster (the cluster map itself behind a
-/// read-mostly lock), so clusters never contend with each other.
+/// read-mostly lock, written only when a cluster counts for the first time), so clusters
+/// never contend with each other and a decision takes one exclusive lock.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
-    counters: Arc<RwLock<HashMap<String, Arc<Mutex<Counters>>>>>,
+    counters: Arc<RwLock<ClusterCounters>>,
     document: Arc<Mutex<Document>>,
 }
 
@@ -92,17 +111,29 @@ impl MemoryStore {
     }
 
     /// [`decide`] under the cluster's mutex.
-    fn decide(&self, cluster: &str, windows: &[WindowConfig], now_millis: u64) -> Taken {
-        let counters = self.cluster(cluster);
-        let mut counters = counters.lock();
+    ///
+    /// The map's read lock is held while the cluster's mutex is (no `Arc` per cluster to
+    /// clone per request); only a cluster's first decision takes the write lock, and it
+    /// holds no mutex then.
+    fn decide(&self, cluster: &str, windows: &Arc<[WindowConfig]>, now_millis: u64) -> Taken {
+        {
+            let map = self.counters.read();
+            if let Some(counters) = map.get(cluster) {
+                let mut counters = counters.lock();
+                counters.align(windows);
+                return decide(&mut counters.slots, windows, now_millis);
+            }
+        }
+        let mut map = self.counters.write();
+        let counters = map.entry(cluster.to_owned()).or_default().get_mut();
         counters.align(windows);
         decide(&mut counters.slots, windows, now_millis)
     }
 
     /// The counts of `windows` at `now`, without taking (or realigning) anything.
     fn peek_counts(&self, cluster: &str, windows: &[WindowConfig], now_millis: u64) -> Taken {
-        let counters = self.counters.read().get(cluster).map(Arc::clone);
-        let counters = counters.as_ref().map(|c| c.lock());
+        let map = self.counters.read();
+        let counters = map.get(cluster).map(Mutex::lock);
         let counts = windows
             .iter()
             .map(|w| {
@@ -122,13 +153,6 @@ impl MemoryStore {
             counts,
             epoch: None,
         }
-    }
-
-    fn cluster(&self, cluster: &str) -> Arc<Mutex<Counters>> {
-        if let Some(c) = self.counters.read().get(cluster) {
-            return Arc::clone(c);
-        }
-        Arc::clone(self.counters.write().entry(cluster.to_owned()).or_default())
     }
 }
 
