@@ -4,7 +4,8 @@
 //! - `peers/trace_id`: `TraceIdLayer` and tower-http's `SetRequestId` +
 //!   `PropagateRequestId` (`MakeRequestUuid`), each with a valid incoming id and without;
 //! - `peers/control`: `ControlLayer` (memory store, 3 windows, breaker, `RateLimit` headers)
-//!   and tower_governor (one global GCRA quota, generous enough never to refuse).
+//!   and tower_governor (one global GCRA quota, generous enough never to refuse), without
+//!   and with its `X-RateLimit-*` headers (`use_headers()`: ours always writes two headers).
 //!
 //! Overhead = layer minus `bare`. Each request is polled once on this thread (every
 //! service here answers at once), so no runtime scheduling is measured. For deterministic
@@ -96,6 +97,12 @@ fn control(c: &mut Criterion) {
         &mut group,
         "tower_governor/global",
         services::governor(),
+        Incoming::Nothing,
+    );
+    case(
+        &mut group,
+        "tower_governor/global_with_headers",
+        services::governor_with_headers(),
         Incoming::Nothing,
     );
     group.finish();

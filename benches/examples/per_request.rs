@@ -12,7 +12,7 @@
 //! is the cost of one request, handler included; subtract `bare` for the layer's own cost.
 //! Cases: `bare`, `bare_header` (the bare handler, the request carrying an `X-Trace-Id`:
 //! the baseline of the `_valid` cases), `trace_id_valid`, `trace_id_none`, `tower_http_valid`, `tower_http_none`,
-//! `control`, `governor`.
+//! `control`, `governor`, `governor_headers` (governor's `use_headers()`).
 #![allow(missing_docs, clippy::print_stdout)]
 
 #[path = "../benches/peers/services.rs"]
@@ -57,6 +57,7 @@ fn main() {
         "tower_http_none" => drive(&mut services::tower_http_request_id(), n, Incoming::Nothing),
         "control" => drive(&mut services::control(&plane), n, Incoming::Nothing),
         "governor" => drive(&mut services::governor(), n, Incoming::Nothing),
+        "governor_headers" => drive(&mut services::governor_with_headers(), n, Incoming::Nothing),
         other => panic!("unknown case {other:?} (see the module docs)"),
     }
     println!("{case}: {n} requests");

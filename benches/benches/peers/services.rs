@@ -132,3 +132,18 @@ pub fn governor() -> impl Service<Request<()>, Error = Infallible> + Clone {
         .layer(GovernorLayer::new(config))
         .service(bare())
 }
+
+/// [`governor`] with `use_headers()`: `X-RateLimit-Limit` and `X-RateLimit-Remaining` on
+/// every admitted response, the closest peer of our `RateLimit-Policy` + `RateLimit`.
+pub fn governor_with_headers() -> impl Service<Request<()>, Error = Infallible> + Clone {
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .key_extractor(GlobalKeyExtractor)
+        .use_headers()
+        .finish()
+        .expect("a valid governor config");
+    ServiceBuilder::new()
+        .layer(GovernorLayer::new(config))
+        .service(bare())
+}
