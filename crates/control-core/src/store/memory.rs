@@ -2,7 +2,8 @@
 
 use std::{collections::VecDeque, sync::Arc};
 
-use parking_lot::{Mutex, RwLock};
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
 use super::{
@@ -90,17 +91,19 @@ struct Document {
 }
 
 /// The clusters' counters. FxHash: the keys are the plane's own cluster ids (validated
-/// config, not attacker input), so a keyed DoS-resistant hash buys nothing here.
-type ClusterCounters = FxHashMap<String, Mutex<Counters>>;
+/// config, not attacker input), so a keyed DoS-resistant hash buys nothing here. The
+/// values are shared so that a copied map (see [`MemoryStore`]) counts in the same slots.
+type ClusterCounters = FxHashMap<String, Arc<Mutex<Counters>>>;
 
 /// The default store: everything in this process, nothing shared.
 ///
-/// Rate-limit counters sit behind one mutex per cluster (the cluster map itself behind a
-/// read-mostly lock, written only when a cluster counts for the first time), so clusters
-/// never contend with each other and a decision takes one exclusive lock.
+/// Rate-limit counters sit behind one mutex per cluster, the only lock a decision takes:
+/// the cluster map is read without a lock (`ArcSwap`) and copied on write, which happens
+/// once per cluster (its first decision). Clusters never contend with each other, and
+/// requests of one cluster contend on its mutex only.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
-    counters: Arc<RwLock<ClusterCounters>>,
+    counters: Arc<ArcSwap<ClusterCounters>>,
     document: Arc<Mutex<Document>>,
 }
 
@@ -110,30 +113,33 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// [`decide`] under the cluster's mutex.
-    ///
-    /// The map's read lock is held while the cluster's mutex is (no `Arc` per cluster to
-    /// clone per request); only a cluster's first decision takes the write lock, and it
-    /// holds no mutex then.
+    /// [`decide`] under the cluster's mutex (borrowed from the loaded map: no `Arc` clone
+    /// per request).
     fn decide(&self, cluster: &str, windows: &Arc<[WindowConfig]>, now_millis: u64) -> Taken {
-        {
-            let map = self.counters.read();
-            if let Some(counters) = map.get(cluster) {
+        loop {
+            if let Some(counters) = self.counters.load().get(cluster) {
                 let mut counters = counters.lock();
                 counters.align(windows);
                 return decide(&mut counters.slots, windows, now_millis);
             }
+            self.add_cluster(cluster);
         }
-        let mut map = self.counters.write();
-        let counters = map.entry(cluster.to_owned()).or_default().get_mut();
-        counters.align(windows);
-        decide(&mut counters.slots, windows, now_millis)
+    }
+
+    /// Adds `cluster`'s (empty) counters, unless a concurrent first decision just did:
+    /// `rcu` retries on the newest map, and `or_default` keeps an entry already there.
+    fn add_cluster(&self, cluster: &str) {
+        self.counters.rcu(|map| {
+            let mut map = ClusterCounters::clone(map);
+            map.entry(cluster.to_owned()).or_default();
+            map
+        });
     }
 
     /// The counts of `windows` at `now`, without taking (or realigning) anything.
     fn peek_counts(&self, cluster: &str, windows: &[WindowConfig], now_millis: u64) -> Taken {
-        let map = self.counters.read();
-        let counters = map.get(cluster).map(Mutex::lock);
+        let map = self.counters.load();
+        let counters = map.get(cluster).map(|c| c.lock());
         let counts = windows
             .iter()
             .map(|w| {
@@ -178,7 +184,7 @@ impl CounterStore for MemoryStore {
         taken: &'a Taken,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         if taken.admitted {
-            if let Some(counters) = self.counters.read().get(cluster) {
+            if let Some(counters) = self.counters.load().get(cluster) {
                 counters.lock().give_back(windows, taken.now_millis);
             }
         }
@@ -277,6 +283,38 @@ mod tests {
         assert_eq!(all.len(), AUDIT_CAPACITY);
         assert_eq!(all[0].version, AUDIT_CAPACITY as u64 + 5);
         assert_eq!(all[AUDIT_CAPACITY - 1].version, 6);
+    }
+
+    #[test]
+    fn concurrent_first_decisions_of_new_clusters_lose_no_unit() {
+        let store = MemoryStore::new();
+        let windows: Arc<[WindowConfig]> = Arc::from([WindowConfig::new("minute", 10_000, 60)]);
+        let now = 1_800_000_000_000;
+        // 8 threads race to create the same 4 clusters' counters (copy-on-write map):
+        // every take must land in the one shared slot of its cluster.
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for i in 0..200 {
+                        let cluster: Arc<str> = Arc::from(format!("c{}", i % 4));
+                        let taken = store
+                            .count(&cluster, &windows, now, Count::Take)
+                            .into_ready()
+                            .expect("the memory store never waits")
+                            .unwrap();
+                        assert!(taken.admitted);
+                    }
+                });
+            }
+        });
+        for c in 0..4 {
+            let peek = store
+                .count(&Arc::from(format!("c{c}")), &windows, now, Count::Peek)
+                .into_ready()
+                .expect("the memory store never waits")
+                .unwrap();
+            assert_eq!(peek.counts, vec![400], "cluster c{c}");
+        }
     }
 
     #[test]
