@@ -4,9 +4,16 @@
 //! ```text
 //! cargo build --release -p dreamnet-benches --example per_request
 //! valgrind --tool=callgrind --toggle-collect='per_request::drive*' \
-//!     --callgrind-out-file=control.out target/release/examples/per_request control 100000
+//!     --callgrind-out-file=control.out target/release/examples/per_request control 20000
 //! callgrind_annotate control.out | head -40
 //! ```
+//!
+//! Only `drive` (the request loop) is counted, so setup is left out: the `totals` `Ir`
+//! over N is the cost of one request, handler included; subtract the baseline case for the
+//! layer's own cost. Cases: `bare`; `bare_header` (the bare handler, the request carrying an
+//! `X-Trace-Id`: the baseline of the `_valid` cases); `trace_id_valid`, `trace_id_none`,
+//! `tower_http_valid`, `tower_http_none`; `control`, `governor`, `governor_headers`
+//! (governor's `use_headers()`).
 //!
 //! Wall time, interleaved (every round runs each case in turn, so the machine's load hits
 //! them alike; medians of 20 rounds of 20 000 requests; the first case is the baseline):
@@ -15,12 +22,6 @@
 //! target/release/examples/per_request ab 20 20000 bare control governor governor_headers
 //! target/release/examples/per_request ab 20 20000 bare_header trace_id_valid tower_http_valid
 //! ```
-//!
-//! Only `drive` (the request loop) is counted, so setup is left out: the total `Ir` over N
-//! is the cost of one request, handler included; subtract `bare` for the layer's own cost.
-//! Cases: `bare`, `bare_header` (the bare handler, the request carrying an `X-Trace-Id`:
-//! the baseline of the `_valid` cases), `trace_id_valid`, `trace_id_none`, `tower_http_valid`, `tower_http_none`,
-//! `control`, `governor`, `governor_headers` (governor's `use_headers()`).
 #![allow(missing_docs, clippy::print_stdout)]
 
 #[path = "../benches/peers/services.rs"]
