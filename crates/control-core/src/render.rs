@@ -25,24 +25,33 @@ fn type_uri(reason: RejectReason) -> &'static str {
 }
 
 /// `RateLimit-Policy`'s value (rendered once per settings change in the plane, so this
-/// only wraps the shared bytes).
+/// is a reference count, not a copy or a validation).
 fn policy_value(status: &RateLimitStatus) -> Option<HeaderValue> {
-    status
-        .policy_text()
-        .and_then(|text| HeaderValue::from_maybe_shared(text.clone()).ok())
+    status.policy_header().cloned()
 }
 
 /// `RateLimit`'s value, e.g. `"minute";r=59;t=41`, when the counters were read.
+///
+/// The numbers go through `itoa` stack buffers and the parts into one `Vec` of the exact
+/// length, which becomes the value's bytes as is: one allocation, no `String`, no
+/// `core::fmt`, no copy.
 fn ratelimit_value(status: &RateLimitStatus) -> Option<HeaderValue> {
     let window = status.reported()?;
-    let value = format!(
-        "\"{}\";r={};t={}",
-        window.name,
-        status.remaining()?,
-        status.reset_seconds()?
-    );
+    let (mut remaining, mut reset) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let parts: [&[u8]; 6] = [
+        b"\"",
+        window.name.as_bytes(),
+        b"\";r=",
+        remaining.format(status.remaining()?).as_bytes(),
+        b";t=",
+        reset.format(status.reset_seconds()?).as_bytes(),
+    ];
+    let mut value = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        value.extend_from_slice(part);
+    }
     // Window names are validated to [a-z0-9_-], so this cannot fail.
-    HeaderValue::try_from(value).ok()
+    HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
 }
 
 /// Inserts `RateLimit-Policy` and (when known) `RateLimit`.
@@ -163,6 +172,32 @@ mod tests {
         assert_eq!(problem["type"], "urn:dreamnet:control:rate-limited");
         assert_eq!(problem["traceId"], "t-1");
         assert_eq!(problem["status"], 429);
+    }
+
+    #[test]
+    fn the_longest_ratelimit_value_is_rendered_whole() {
+        use crate::{plane::Limits, store::RateLimitSettings, window::Verdict, WindowConfig};
+        let name = "w".repeat(32);
+        let settings = RateLimitSettings {
+            enabled: true,
+            windows: vec![WindowConfig::new(name.clone(), 5, 60)],
+        };
+        let verdict = Verdict {
+            admitted: true,
+            retry_after_millis: 0,
+            reported: 0,
+            remaining: u64::MAX,
+            reset_secs: u64::MAX - 1,
+        };
+        let status =
+            RateLimitStatus::new(std::sync::Arc::new(Limits::new(&settings)), Some(verdict));
+        let value = ratelimit_value(&status).unwrap();
+        let expected = format!("\"{name}\";r={};t={}", u64::MAX, u64::MAX - 1);
+        assert_eq!(value, expected.as_str());
+        assert_eq!(
+            policy_value(&status).unwrap(),
+            format!("\"{name}\";q=5;w=60").as_str()
+        );
     }
 
     #[tokio::test]

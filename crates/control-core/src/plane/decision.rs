@@ -96,8 +96,8 @@ impl RateLimitStatus {
         self.verdict.map(|v| v.reset_secs)
     }
 
-    /// The policy's field value, rendered once per settings change.
-    pub(crate) fn policy_text(&self) -> Option<&bytes::Bytes> {
+    /// The policy's header value, rendered once per settings change.
+    pub(crate) fn policy_header(&self) -> Option<&http::HeaderValue> {
         self.limits.policy.as_ref()
     }
 }

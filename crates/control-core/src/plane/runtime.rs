@@ -2,7 +2,6 @@
 //! the local copy of the shared state, and the counters behind the metrics.
 
 use std::{
-    collections::HashMap,
     fmt,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -10,8 +9,9 @@ use std::{
     },
 };
 
-use bytes::Bytes;
+use http::HeaderValue;
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 
 use crate::{
     breaker::{Breaker, ClassifyFailure},
@@ -27,8 +27,9 @@ use dreamnet_common::SharedClock;
 pub(crate) struct Limits {
     pub(crate) enabled: bool,
     pub(crate) windows: Arc<[WindowConfig]>,
-    /// `RateLimit-Policy`'s value, rendered once here rather than per request.
-    pub(crate) policy: Option<Bytes>,
+    /// `RateLimit-Policy`'s value, rendered and validated once here rather than per
+    /// request (a clone is a reference count).
+    pub(crate) policy: Option<HeaderValue>,
 }
 
 impl Limits {
@@ -36,7 +37,9 @@ impl Limits {
         Self {
             enabled: settings.enabled,
             windows: Arc::from(settings.windows.as_slice()),
-            policy: policy_text(&settings.windows),
+            // Window names are validated to [a-z0-9_-], so the text is a valid value.
+            policy: policy_text(&settings.windows)
+                .and_then(|text| HeaderValue::from_maybe_shared(text).ok()),
         }
     }
 
@@ -91,7 +94,10 @@ pub(crate) struct Inner {
     pub(crate) fail_open: bool,
     /// The global kill switch as one number (see `Switch::blocked_until`).
     pub(crate) kill_until: AtomicU64,
-    pub(crate) clusters: HashMap<Arc<str>, Arc<ClusterRuntime>>,
+    /// FxHash: looked up per request by the dynamic resolver, keyed by configured cluster
+    /// ids (a lookup of an unknown id costs the same), so SipHash's DoS resistance buys
+    /// nothing here.
+    pub(crate) clusters: FxHashMap<Arc<str>, Arc<ClusterRuntime>>,
     pub(crate) state: RwLock<Versioned>,
     pub(crate) totals: Counters,
     pub(crate) store_errors: AtomicU64,

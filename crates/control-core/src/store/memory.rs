@@ -1,8 +1,10 @@
 //! The in-process store: per-cluster mutexes for counters, one mutex for the state document.
 
-use std::{collections::HashMap, collections::VecDeque, sync::Arc};
+use std::{collections::VecDeque, sync::Arc};
 
-use parking_lot::{Mutex, RwLock};
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 
 use super::{
     AuditEntry, ControlState, Count, CounterStore, StateStore, StoreError, StoreFuture, Versioned,
@@ -20,22 +22,35 @@ pub const AUDIT_CAPACITY: usize = 1000;
 struct Counters {
     keys: Vec<(String, u64)>,
     slots: Vec<Slot>,
+    /// The windows the slots were last lined up with. The plane hands the same `Arc` on
+    /// every request until its settings change, so the same pointer means "already
+    /// aligned" without comparing names; holding the `Arc` keeps its address from being
+    /// reused by other windows.
+    aligned: Option<Arc<[WindowConfig]>>,
 }
 
 impl Counters {
     /// Lines the slots up with `windows`, keeping the counters of windows that remain.
-    fn align(&mut self, windows: &[WindowConfig]) {
+    fn align(&mut self, windows: &Arc<[WindowConfig]>) {
+        if self
+            .aligned
+            .as_ref()
+            .is_some_and(|seen| Arc::ptr_eq(seen, windows))
+        {
+            return;
+        }
+        self.aligned = Some(Arc::clone(windows));
         let same = self.keys.len() == windows.len()
             && self
                 .keys
                 .iter()
-                .zip(windows)
+                .zip(windows.iter())
                 .all(|((n, s), w)| *n == w.name && *s == w.seconds);
         if same {
             return;
         }
         let mut slots = Vec::with_capacity(windows.len());
-        for w in windows {
+        for w in windows.iter() {
             let kept = self
                 .keys
                 .iter()
@@ -75,13 +90,20 @@ struct Document {
     audit: VecDeque<AuditEntry>,
 }
 
+/// The clusters' counters. FxHash: the keys are the plane's own cluster ids (validated
+/// config, not attacker input), so a keyed DoS-resistant hash buys nothing here. The
+/// values are shared so that a copied map (see [`MemoryStore`]) counts in the same slots.
+type ClusterCounters = FxHashMap<String, Arc<Mutex<Counters>>>;
+
 /// The default store: everything in this process, nothing shared.
 ///
-/// Rate-limit counters sit behind one mutex per cluster (the cluster map itself behind a
-/// read-mostly lock), so clusters never contend with each other.
+/// Rate-limit counters sit behind one mutex per cluster, the only lock a decision takes:
+/// the cluster map is read without a lock (`ArcSwap`) and copied on write, which happens
+/// once per cluster (its first decision). Clusters never contend with each other, and
+/// requests of one cluster contend on its mutex only.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
-    counters: Arc<RwLock<HashMap<String, Arc<Mutex<Counters>>>>>,
+    counters: Arc<ArcSwap<ClusterCounters>>,
     document: Arc<Mutex<Document>>,
 }
 
@@ -91,18 +113,33 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// [`decide`] under the cluster's mutex.
-    fn decide(&self, cluster: &str, windows: &[WindowConfig], now_millis: u64) -> Taken {
-        let counters = self.cluster(cluster);
-        let mut counters = counters.lock();
-        counters.align(windows);
-        decide(&mut counters.slots, windows, now_millis)
+    /// [`decide`] under the cluster's mutex (borrowed from the loaded map: no `Arc` clone
+    /// per request).
+    fn decide(&self, cluster: &str, windows: &Arc<[WindowConfig]>, now_millis: u64) -> Taken {
+        loop {
+            if let Some(counters) = self.counters.load().get(cluster) {
+                let mut counters = counters.lock();
+                counters.align(windows);
+                return decide(&mut counters.slots, windows, now_millis);
+            }
+            self.add_cluster(cluster);
+        }
+    }
+
+    /// Adds `cluster`'s (empty) counters, unless a concurrent first decision just did:
+    /// `rcu` retries on the newest map, and `or_default` keeps an entry already there.
+    fn add_cluster(&self, cluster: &str) {
+        self.counters.rcu(|map| {
+            let mut map = ClusterCounters::clone(map);
+            map.entry(cluster.to_owned()).or_default();
+            map
+        });
     }
 
     /// The counts of `windows` at `now`, without taking (or realigning) anything.
     fn peek_counts(&self, cluster: &str, windows: &[WindowConfig], now_millis: u64) -> Taken {
-        let counters = self.counters.read().get(cluster).map(Arc::clone);
-        let counters = counters.as_ref().map(|c| c.lock());
+        let map = self.counters.load();
+        let counters = map.get(cluster).map(|c| c.lock());
         let counts = windows
             .iter()
             .map(|w| {
@@ -122,13 +159,6 @@ impl MemoryStore {
             counts,
             epoch: None,
         }
-    }
-
-    fn cluster(&self, cluster: &str) -> Arc<Mutex<Counters>> {
-        if let Some(c) = self.counters.read().get(cluster) {
-            return Arc::clone(c);
-        }
-        Arc::clone(self.counters.write().entry(cluster.to_owned()).or_default())
     }
 }
 
@@ -154,7 +184,7 @@ impl CounterStore for MemoryStore {
         taken: &'a Taken,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         if taken.admitted {
-            if let Some(counters) = self.counters.read().get(cluster) {
+            if let Some(counters) = self.counters.load().get(cluster) {
                 counters.lock().give_back(windows, taken.now_millis);
             }
         }
@@ -253,6 +283,38 @@ mod tests {
         assert_eq!(all.len(), AUDIT_CAPACITY);
         assert_eq!(all[0].version, AUDIT_CAPACITY as u64 + 5);
         assert_eq!(all[AUDIT_CAPACITY - 1].version, 6);
+    }
+
+    #[test]
+    fn concurrent_first_decisions_of_new_clusters_lose_no_unit() {
+        let store = MemoryStore::new();
+        let windows: Arc<[WindowConfig]> = Arc::from([WindowConfig::new("minute", 10_000, 60)]);
+        let now = 1_800_000_000_000;
+        // 8 threads race to create the same 4 clusters' counters (copy-on-write map):
+        // every take must land in the one shared slot of its cluster.
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for i in 0..200 {
+                        let cluster: Arc<str> = Arc::from(format!("c{}", i % 4));
+                        let taken = store
+                            .count(&cluster, &windows, now, Count::Take)
+                            .into_ready()
+                            .expect("the memory store never waits")
+                            .unwrap();
+                        assert!(taken.admitted);
+                    }
+                });
+            }
+        });
+        for c in 0..4 {
+            let peek = store
+                .count(&Arc::from(format!("c{c}")), &windows, now, Count::Peek)
+                .into_ready()
+                .expect("the memory store never waits")
+                .unwrap();
+            assert_eq!(peek.counts, vec![400], "cluster c{c}");
+        }
     }
 
     #[test]
