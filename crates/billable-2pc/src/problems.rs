@@ -1,7 +1,7 @@
 //! The problem+json responses only the billable layer produces. Key, fingerprint and store
 //! problems are [`dreamnet_idempotency::protocol::problems`].
 
-use dreamnet_common::{AccountId, Problem};
+use dreamnet_common::{AccountId, GrpcCode, Problem};
 use http::StatusCode;
 
 use crate::ledger::Amount;
@@ -61,7 +61,9 @@ pub fn missing_account(trace_id: Option<&str>) -> Problem {
         .maybe_trace_id(trace_id)
 }
 
-/// 409: the account exists in another currency than the route charges in.
+/// 409: the account exists in another currency than the route charges in. For gRPC it is
+/// `FAILED_PRECONDITION`, not the 409 default `ABORTED`: retrying cannot help, the account's
+/// state is what must change.
 pub fn currency_mismatch(
     account: &AccountId,
     account_currency: &str,
@@ -70,6 +72,7 @@ pub fn currency_mismatch(
 ) -> Problem {
     Problem::new(StatusCode::CONFLICT, "Currency Mismatch")
         .type_uri(CURRENCY_MISMATCH)
+        .grpc_code(GrpcCode::FailedPrecondition)
         .detail(format!(
             "account {account} is kept in {account_currency}; this action charges {requested}"
         ))

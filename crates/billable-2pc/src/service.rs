@@ -13,7 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use dreamnet_common::{Problem, ResponseBody};
+use dreamnet_common::{grpc::effective_status, Problem, ProblemFormat, ResponseBody};
 use dreamnet_idempotency::{
     protocol::{self, problems as idem, Admission, Captured, Duplicate, Prepared, Ran},
     store::StoredResponse,
@@ -100,8 +100,9 @@ where
     }
 }
 
-fn reject<B>(problem: Problem) -> Response<ResponseBody<B>> {
-    ResponseBody::from_full_response(problem.into_response())
+/// A rejection in the request's format (problem+json, or gRPC trailers-only).
+fn reject<B>(problem: Problem, format: ProblemFormat) -> Response<ResponseBody<B>> {
+    ResponseBody::from_full_response(problem.render(format))
 }
 
 /// Prepare, reserve, run, settle.
@@ -118,18 +119,20 @@ where
     ResB: Body<Data = Bytes>,
     ResB::Error: std::fmt::Display + Send,
 {
+    let format = ProblemFormat::of(request.headers());
     let key = match config.protocol.admit(&request) {
         Admission::Guard(key) => key,
-        Admission::Reject(problem) => return Ok(reject(problem)),
+        Admission::Reject(problem) => return Ok(reject(problem, format)),
         // The rules require a key on every method, so this is the missing key's 400 too.
         Admission::Skip => {
             let trace = TraceContext::from_extensions(request.extensions());
-            return Ok(reject(idem::missing_key(trace.map(TraceContext::trace_id))));
+            let problem = idem::missing_key(trace.map(TraceContext::trace_id));
+            return Ok(reject(problem, format));
         }
     };
     let mut prepared = match config.protocol.prepare(key, request).await {
         Ok(prepared) => prepared,
-        Err(problem) => return Ok(reject(problem)),
+        Err(problem) => return Ok(reject(problem, format)),
     };
     let action = match reserve(&config, &mut prepared).await {
         Ok(action) => action,
@@ -155,7 +158,8 @@ async fn reserve<L: Ledger + ?Sized>(
 ) -> Result<Action, Response<Full<Bytes>>> {
     let trace = prepared.trace_id.clone();
     let trace = trace.as_deref();
-    let refuse = |problem: Problem| problem.into_response();
+    let format = ProblemFormat::of(&prepared.parts.headers);
+    let refuse = |problem: Problem| problem.render(format);
     let Some(account) = config.account.account(&prepared.parts, &prepared.body) else {
         return Err(refuse(problems::missing_account(trace)));
     };
@@ -186,7 +190,7 @@ async fn reserve<L: Ledger + ?Sized>(
             let same = existing.fingerprint == prepared.fingerprint.as_str();
             Err(duplicate(config, &existing, same, trace)
                 .await
-                .into_response(trace))
+                .render(trace, format))
         }
         Ok(Reservation::InsufficientFunds {
             account,
@@ -292,6 +296,7 @@ where
         ..
     } = prepared;
     let trace = trace_id.as_deref();
+    let format = ProblemFormat::of(&parts.headers);
     parts.extensions.insert(ReservedAction {
         id: action.id.clone(),
         account: action.account.clone(),
@@ -308,13 +313,12 @@ where
         }
         Ran::Panic(_) => {
             void(ledger, action, trace, "handler panicked").await;
-            return Ok(reject(problems::handler_failed(
-                "the handler panicked",
-                trace,
-            )));
+            let problem = problems::handler_failed("the handler panicked", trace);
+            return Ok(reject(problem, format));
         }
     };
-    if !response.status().is_success() {
+    // A gRPC error is HTTP 200 with its grpc-status in the headers: it is not a success.
+    if !effective_status(response.status(), response.headers()).is_success() {
         void(ledger, action, trace, "non-2xx response").await;
         return Ok(ResponseBody::from_inner_response(response));
     }
@@ -327,7 +331,7 @@ where
         Captured::Kept { head, body, stored } => {
             match settle(ledger, action, &stored, actual, trace).await {
                 Ok(()) => Ok(Response::from_parts(head, ResponseBody::full(body))),
-                Err(problem) => Ok(reject(problem)),
+                Err(problem) => Ok(reject(problem, format)),
             }
         }
         Captured::Unstorable(response) => {
@@ -345,7 +349,7 @@ where
             tracing::warn!(trace_id = trace, error = %err, "billable: response body failed");
             void(ledger, action, trace, "response body failed").await;
             let what = "the response body could not be read";
-            Ok(reject(problems::handler_failed(what, trace)))
+            Ok(reject(problems::handler_failed(what, trace), format))
         }
     }
 }

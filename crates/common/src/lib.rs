@@ -3,6 +3,8 @@
 //! Kept deliberately small: only code that two or more layer crates truly share lives here.
 //!
 //! - [`problem`]: RFC 9457 `application/problem+json` rejections.
+//! - [`grpc`]: the same rejections as gRPC trailers-only responses, for gRPC requests (the one
+//!   HTTP -> gRPC status mapping), and [`grpc::effective_status`] to classify gRPC outcomes.
 //! - [`body`]: a response body that is either the inner service's body or a buffered one, and
 //!   request-body buffering with a size limit.
 //! - [`clock`]: an injectable wall clock so TTLs, windows and breakers are testable.
@@ -28,6 +30,7 @@ pub mod account;
 pub mod body;
 pub mod clock;
 pub mod fault;
+pub mod grpc;
 pub mod problem;
 #[cfg(feature = "redis")]
 pub mod redis_connection;
@@ -37,4 +40,5 @@ pub use account::{AccountId, InvalidAccountId, ACCOUNT_ID_HEADER};
 pub use body::ResponseBody;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use fault::StoreFault;
+pub use grpc::{GrpcCode, ProblemFormat};
 pub use problem::Problem;

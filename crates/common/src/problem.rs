@@ -1,14 +1,19 @@
 //! RFC 9457 problem details (`application/problem+json`).
 //!
 //! Every rejection a DreamNet layer produces is a [`Problem`]: a response rather than a new
-//! error type, so the layers compose under axum with `Error = S::Error`.
+//! error type, so the layers compose under axum with `Error = S::Error`. A layer renders it
+//! with [`Problem::render`] in the [`ProblemFormat`] of the request: problem+json, or a gRPC
+//! trailers-only response for a gRPC request (see [`crate::grpc`]).
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 
-use crate::StoreFault;
+use crate::{
+    grpc::{GrpcCode, ProblemFormat},
+    StoreFault,
+};
 
 /// The media type of problem details.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -37,6 +42,10 @@ pub struct Problem {
     /// carries the [`StoreFault`] marker (so an outer breaker ignores it). Not serialized.
     #[serde(skip)]
     pub fault: Option<StoreFault>,
+    /// The gRPC status to render with instead of the HTTP status's default mapping (set with
+    /// [`Problem::grpc_code`]). Not serialized.
+    #[serde(skip)]
+    pub grpc: Option<GrpcCode>,
 }
 
 impl Problem {
@@ -50,6 +59,7 @@ impl Problem {
             trace_id: None,
             headers: Vec::new(),
             fault: None,
+            grpc: None,
         }
     }
 
@@ -119,6 +129,15 @@ impl Problem {
     pub fn to_json(&self) -> Bytes {
         // Serializing a struct of strings and integers cannot fail.
         Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// Builds the response in `format`: the request's (see [`ProblemFormat::of`]), so a gRPC
+    /// client gets a trailers-only response it can read and every other client problem+json.
+    pub fn render(self, format: ProblemFormat) -> Response<Full<Bytes>> {
+        match format {
+            ProblemFormat::ProblemJson => self.into_response(),
+            ProblemFormat::GrpcTrailersOnly => self.into_grpc_response(),
+        }
     }
 
     /// Builds the `application/problem+json` response.

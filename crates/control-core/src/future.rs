@@ -17,7 +17,7 @@ use crate::{
     breaker::Outcome,
     plane::{Decision, Permit, Rejection},
 };
-use dreamnet_common::{ResponseBody, StoreFault};
+use dreamnet_common::{grpc::effective_status, ProblemFormat, ResponseBody, StoreFault};
 
 type BoxedResponse<B, E> =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
@@ -33,17 +33,19 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, B, E> {
-        Rejected { rejection: Option<Rejection> },
+        Rejected { rejection: Option<Rejection>, format: ProblemFormat },
         Inner { #[pin] future: F, permit: Option<Permit> },
         Pending { future: BoxedResponse<B, E> },
     }
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(crate) fn rejected(rejection: Rejection) -> Self {
+    /// A rejection rendered in the request's `format` (problem+json, or gRPC trailers-only).
+    pub(crate) fn rejected(rejection: Rejection, format: ProblemFormat) -> Self {
         Self {
             kind: Kind::Rejected {
                 rejection: Some(rejection),
+                format,
             },
         }
     }
@@ -69,10 +71,11 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         B: Send + 'static,
         E: Send + 'static,
     {
+        let format = ProblemFormat::of(req.headers());
         let future: BoxedResponse<B, E> = Box::pin(async move {
             match decision.await {
                 Decision::Deny(rejection) => {
-                    Ok(ResponseBody::from_full_response(rejection.into_response()))
+                    Ok(ResponseBody::from_full_response(rejection.render(format)))
                 }
                 Decision::Admit(permit) => finish(Some(permit), inner.call(req).await),
             }
@@ -92,7 +95,8 @@ fn finish<B, E>(
         Ok(mut response) => {
             if let Some(mut permit) = permit {
                 permit.decorate(response.headers_mut());
-                let status = response.status();
+                // A gRPC error is HTTP 200 with its grpc-status in the headers: classify by that.
+                let status = effective_status(response.status(), response.headers());
                 let outcome = if StoreFault::of(&response).is_some() {
                     Outcome::StoreFault(status)
                 } else {
@@ -125,12 +129,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Rejected { rejection } => {
+            KindProj::Rejected { rejection, format } => {
                 let rejection = rejection
                     .take()
                     .expect("ResponseFuture polled after completion");
                 Poll::Ready(Ok(ResponseBody::from_full_response(
-                    rejection.into_response(),
+                    rejection.render(*format),
                 )))
             }
             KindProj::Inner { future, permit } => {

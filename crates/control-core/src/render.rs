@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::plane::{Permit, RateLimitStatus, RejectReason, Rejection};
-use dreamnet_common::Problem;
+use dreamnet_common::{Problem, ProblemFormat};
 
 /// The `RateLimit-Policy` header (draft-ietf-httpapi-ratelimit-headers).
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -100,6 +100,14 @@ impl Rejection {
     /// The `application/problem+json` response (see [`Rejection::into_problem`]).
     pub fn into_response(self) -> Response<Full<Bytes>> {
         self.into_problem().into_response()
+    }
+
+    /// The response in the request's `format`: problem+json, or for a gRPC request a
+    /// trailers-only response (429 -> `RESOURCE_EXHAUSTED`, 503 -> `UNAVAILABLE`, with
+    /// `grpc-retry-pushback-ms` and the rate-limit headers as metadata; see
+    /// [`dreamnet_common::grpc`]).
+    pub fn render(self, format: ProblemFormat) -> Response<Full<Bytes>> {
+        self.into_problem().render(format)
     }
 }
 

@@ -14,7 +14,7 @@ use crate::{
     layer::Target,
     plane::{Admission, ControlPlane, Decision, Rejection},
 };
-use dreamnet_common::ResponseBody;
+use dreamnet_common::{ProblemFormat, ResponseBody};
 use dreamnet_trace_id::TraceContext;
 
 /// The service [`ControlLayer`](crate::ControlLayer) produces: decides, then calls the
@@ -73,14 +73,16 @@ where
                 };
                 let Some(rt) = self.plane.runtime(&id) else {
                     let rejection = Rejection::unknown_cluster(&id, trace_id(&req));
-                    return ResponseFuture::rejected(rejection);
+                    return ResponseFuture::rejected(rejection, ProblemFormat::of(req.headers()));
                 };
                 (Arc::clone(rt), req)
             }
         };
         let admission = self.plane.admit(&rt, trace_id(&req));
         match admission {
-            Admission::Ready(Decision::Deny(rejection)) => ResponseFuture::rejected(rejection),
+            Admission::Ready(Decision::Deny(rejection)) => {
+                ResponseFuture::rejected(rejection, ProblemFormat::of(req.headers()))
+            }
             Admission::Ready(Decision::Admit(permit)) => {
                 ResponseFuture::inner(self.inner.call(req), Some(permit))
             }

@@ -6,7 +6,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use dreamnet_common::{Problem, ResponseBody};
+use dreamnet_common::{Problem, ProblemFormat, ResponseBody};
 use http::Response;
 use pin_project_lite::pin_project;
 
@@ -39,10 +39,11 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         }
     }
 
-    pub(crate) fn rejected(problem: Problem) -> Self {
+    /// A rejection rendered in the request's `format` (problem+json, or gRPC trailers-only).
+    pub(crate) fn rejected(problem: Problem, format: ProblemFormat) -> Self {
         Self {
             kind: Kind::Ready {
-                response: Some(ResponseBody::from_full_response(problem.into_response())),
+                response: Some(ResponseBody::from_full_response(problem.render(format))),
             },
         }
     }

@@ -6,7 +6,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use dreamnet_common::{Problem, ResponseBody};
+use dreamnet_common::{grpc::effective_status, Problem, ProblemFormat, ResponseBody};
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
@@ -89,7 +89,10 @@ where
                     self.inner.call(request.map(RequestBody::inner)),
                 )
             }
-            Admission::Reject(problem) => return ResponseFuture::rejected(problem),
+            Admission::Reject(problem) => {
+                let format = ProblemFormat::of(request.headers());
+                return ResponseFuture::rejected(problem, format);
+            }
         };
         // The service that was driven to readiness is the one that must be called.
         let clone = self.inner.clone();
@@ -99,8 +102,9 @@ where
     }
 }
 
-fn reject<B>(problem: Problem) -> Response<ResponseBody<B>> {
-    ResponseBody::from_full_response(problem.into_response())
+/// A rejection in the request's format (problem+json, or gRPC trailers-only).
+fn reject<B>(problem: Problem, format: ProblemFormat) -> Response<ResponseBody<B>> {
+    ResponseBody::from_full_response(problem.render(format))
 }
 
 /// Prepare, claim, run, settle: store a response that can be kept, release the key otherwise.
@@ -116,9 +120,10 @@ where
     B::Error: std::fmt::Display,
     ResBody: Body<Data = Bytes>,
 {
+    let format = ProblemFormat::of(request.headers());
     let prepared = match config.protocol.prepare(key, request).await {
         Ok(prepared) => prepared,
-        Err(problem) => return Ok(reject(problem)),
+        Err(problem) => return Ok(reject(problem, format)),
     };
     let token = match protocol::claim(&*config.store, &prepared, config.lease).await {
         Claimed::Proceed(token) => token,
@@ -145,7 +150,8 @@ where
                 std::panic::resume_unwind(panic);
             }
         };
-    if !(config.store_status)(response.status()) {
+    // A gRPC error is HTTP 200 with its grpc-status in the headers: decide by that.
+    if !(config.store_status)(effective_status(response.status(), response.headers())) {
         settlement.release("status not stored").await;
         return Ok(ResponseBody::from_inner_response(response));
     }
@@ -165,7 +171,7 @@ where
                 .detail("the response body failed while being read")
                 .maybe_trace_id(settlement.trace_id());
             settlement.release("response body failed").await;
-            Ok(reject(problem))
+            Ok(reject(problem, format))
         }
     }
 }

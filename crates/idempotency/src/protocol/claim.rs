@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use dreamnet_common::ProblemFormat;
 use http::Response;
 use http_body_util::Full;
 
@@ -41,13 +42,20 @@ pub enum Duplicate {
 impl Duplicate {
     /// The response for the duplicate; `trace_id` goes into a problem's `traceId`.
     pub fn into_response(self, trace_id: Option<&str>) -> Response<Full<Bytes>> {
+        self.render(trace_id, ProblemFormat::ProblemJson)
+    }
+
+    /// The response for the duplicate, a problem rendered in the request's `format` (for a
+    /// gRPC request: 409 -> `ABORTED`, 422 -> `FAILED_PRECONDITION`, 500 -> `INTERNAL`). A
+    /// replay is the stored response as it was, whatever the format.
+    pub fn render(self, trace_id: Option<&str>, format: ProblemFormat) -> Response<Full<Bytes>> {
         match self {
             Self::InFlight { retry_after } => problems::in_flight(retry_after, trace_id),
             Self::Mismatch => problems::fingerprint_mismatch(trace_id),
             Self::Replay(stored) => return stored.replay(),
             Self::Unreadable => problems::corrupt_record(trace_id),
         }
-        .into_response()
+        .render(format)
     }
 }
 
@@ -60,6 +68,7 @@ where
     S: IdempotencyStore + ?Sized,
 {
     let trace = prepared.trace_id();
+    let format = ProblemFormat::of(&prepared.parts.headers);
     let key = &prepared.key;
     let fingerprint = &prepared.fingerprint;
     let claim = store
@@ -102,10 +111,10 @@ where
         }
         Err(err) => {
             tracing::warn!(target: LOG_TARGET, idempotency_key = key.as_str(), trace_id = trace.unwrap_or("-"), error = %err, "idempotency store unavailable; refusing the request");
-            return Claimed::Answered(problems::store_unavailable(trace).into_response());
+            return Claimed::Answered(problems::store_unavailable(trace).render(format));
         }
     };
-    Claimed::Answered(duplicate.into_response(trace))
+    Claimed::Answered(duplicate.render(trace, format))
 }
 
 fn log_new(key: &IdempotencyKey, trace: Option<&str>, fingerprint: &Fingerprint) {
