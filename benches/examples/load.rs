@@ -1,0 +1,188 @@
+//! The example server against a bare axum server with the same echo route, over loopback
+//! HTTP/1.1 in this process, interleaved: every round loads the bare server, then the
+//! project's, for the same time with the same 32 keep-alive clients, so the machine's load
+//! hits both alike. Prints each round's req/s and p99 and the median project/bare ratio.
+//!
+//! ```text
+//! cargo run --release -p dreamnet-benches --example load
+//! DREAMNET_LOAD_SECS=5 DREAMNET_LOAD_ROUNDS=3 cargo run --release -p dreamnet-benches --example load
+//! ```
+//!
+//! Memory stores only (no Redis or PostgreSQL URL is configured). Routes: the guarded
+//! `GET /api/load/echo` (trace id, control plane with three windows, the idempotency layer
+//! passing a GET through) and a keyed `POST /api/load/echo` with a fresh `Idempotency-Key`
+//! per request (claim + store).
+#![allow(missing_docs, clippy::print_stdout)]
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{extract::Path, routing::any, Json, Router};
+use bytes::Bytes;
+use dreamnet_server::{serve, App, Config, FileConfig};
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use serde_json::{json, Value};
+
+/// One cluster whose windows never refuse, so every request takes the full path (and
+/// `dream-state`, which the server's mint routes need).
+const CONFIG: &str = r"
+[control.clusters.load]
+requests_per_minute = 1000000000
+requests_per_hour = 1000000000
+requests_per_day = 1000000000
+
+[control.clusters.dream-state]
+requests_per_minute = 60
+";
+
+/// Concurrent keep-alive clients per run (as in the issue's `wrk -c32`).
+const CLIENTS: usize = 32;
+
+/// The bare server's echo: the same JSON shape as the project's, no layers.
+async fn bare_echo(Path(cluster): Path<String>, method: Method, body: Bytes) -> Json<Value> {
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    };
+    Json(json!({ "cluster": cluster, "method": method.as_str(), "traceId": null, "body": body }))
+}
+
+async fn start_bare() -> SocketAddr {
+    let router = Router::new().route("/api/{cluster}/echo", any(bare_echo));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// The example server on memory stores; the `App` is returned to be kept alive (it owns the
+/// background tasks its router relies on).
+async fn start_project() -> (SocketAddr, App) {
+    let config = Config {
+        file: FileConfig::from_toml(CONFIG).expect("a valid config"),
+        admin_token: Some("load-bench-admin-token-0123456789".to_owned()),
+        ..Config::default()
+    };
+    let app = App::build(config).await.expect("the app builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = app.router();
+    tokio::spawn(serve(
+        listener,
+        router,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    (addr, app)
+}
+
+/// What one run measured.
+struct Run {
+    per_sec: f64,
+    p99: Duration,
+}
+
+/// `CLIENTS` clients send `keyed` POSTs or plain GETs to `addr` for `window`.
+async fn run(addr: SocketAddr, keyed: bool, window: Duration) -> Run {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let uri = format!("http://{addr}/api/load/echo");
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (client, uri, counter) = (client.clone(), uri.clone(), Arc::clone(&counter));
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while started.elapsed() < window {
+                    let mut request = Request::builder().uri(uri.as_str());
+                    let body = if keyed {
+                        let key = format!("k{}", counter.fetch_add(1, Ordering::Relaxed));
+                        request = request
+                            .method(Method::POST)
+                            .header("idempotency-key", key)
+                            .header("content-type", "application/json");
+                        Bytes::from_static(b"{\"n\":1}")
+                    } else {
+                        Bytes::new()
+                    };
+                    let request = request.body(Full::new(body)).expect("a valid request");
+                    let t = Instant::now();
+                    let response = client.request(request).await.expect("an HTTP answer");
+                    let status = response.status();
+                    response.into_body().collect().await.expect("a body");
+                    assert!(status.is_success(), "{status}");
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("a client task"));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort();
+    let p99 = all[((all.len() as f64 * 0.99) as usize).min(all.len() - 1)];
+    Run {
+        per_sec: all.len() as f64 / secs,
+        p99,
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let window = Duration::from_secs_f64(env_or("DREAMNET_LOAD_SECS", 2.0));
+    let rounds: usize = env_or("DREAMNET_LOAD_ROUNDS", 3);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let bare = start_bare().await;
+        let (project, _app) = start_project().await;
+        for (label, keyed) in [("guarded GET echo", false), ("keyed POST echo", true)] {
+            let mut ratios = Vec::new();
+            for round in 1..=rounds {
+                let b = run(bare, keyed, window).await;
+                let p = run(project, keyed, window).await;
+                let ratio = p.per_sec / b.per_sec;
+                ratios.push(ratio);
+                println!(
+                    "{label:<18} round {round}: bare {:>7.0} req/s p99 {:>6.2?} | project {:>7.0} req/s p99 {:>6.2?} | project/bare {ratio:.3}",
+                    b.per_sec, b.p99, p.per_sec, p.p99
+                );
+            }
+            println!("{label:<18} median project/bare over {rounds} rounds: {:.3}", median(ratios));
+        }
+    });
+}
