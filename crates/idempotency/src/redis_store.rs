@@ -126,7 +126,8 @@ pub struct RedisStoreBuilder {
 }
 
 impl RedisStoreBuilder {
-    /// The key prefix (default `dreamnet:`).
+    /// The key prefix (default `dreamnet:`). Keep braces out of it: a `{...}` in the prefix
+    /// would become every record's hash tag (one Redis Cluster slot for all).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -150,7 +151,8 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Connects now; fails if Redis cannot be reached.
+    /// Connects now; fails if Redis cannot be reached (on a cluster: if any master does
+    /// not answer `PING`).
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] for an invalid URL or an unreachable server.
