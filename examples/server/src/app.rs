@@ -29,7 +29,6 @@ use crate::{
     config::{redact_url, Config},
     handlers::{self, MintKind},
     metrics::{
-        self,
         stores::{TimedControl, TimedIdempotency, TimedLedger},
         HttpMetrics, Scrape, StoreMetrics,
     },
@@ -208,25 +207,21 @@ impl App {
             .route("/metrics", get(render_metrics))
             .with_state(shared.clone());
 
-        let router = Router::new()
+        let routes = Router::new()
             .merge(open_routes)
             .merge(crate::console::routes())
             .merge(admin_routes)
             .merge(mint_routes)
-            .merge(cluster_routes)
-            // After every merge, so it wraps every route (the nested admin APIs' too):
-            // the matched template travels out to the metrics layer in the response.
-            .route_layer(middleware::from_fn(metrics::tag_route))
+            .merge(cluster_routes);
+        // After every merge, so it wraps every route (the nested admin APIs' too): the
+        // matched template travels out to the metrics layer in the response.
+        let inner = HttpMetrics::tag_routes(routes)
             .fallback(problem::not_found)
             .method_not_allowed_fallback(problem::method_not_allowed)
             .layer(crate::edge::request_limits(&config.edge))
             .layer(middleware::from_fn(problem::problem_errors))
-            .layer(telemetry::access_log())
-            .layer(middleware::from_fn_with_state(
-                shared.http.clone(),
-                metrics::observe,
-            ))
-            .layer(TraceIdLayer::new());
+            .layer(telemetry::access_log());
+        let router = shared.http.observe(inner).layer(TraceIdLayer::new());
 
         Ok(Self {
             router,
