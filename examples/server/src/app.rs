@@ -49,6 +49,9 @@ pub enum BuildError {
     /// The billing ledger could not be set up (PostgreSQL unreachable, migration failed).
     #[error("billing ledger: {0}")]
     Ledger(String),
+    /// `--otlp-endpoint` is not an `http://` URL.
+    #[error("OTLP export: {0}")]
+    Otlp(String),
     /// `DREAMNET_ADMIN_TOKEN` is too short to be safe (unset, one is generated instead).
     #[error("DREAMNET_ADMIN_TOKEN: {0}")]
     AdminToken(#[source] WeakToken),
@@ -61,6 +64,8 @@ pub struct App {
     admin_token: String,
     token_generated: bool,
     tasks: Vec<JoinHandle<()>>,
+    #[cfg(feature = "otlp")]
+    otlp: Option<crate::otlp::Flush>,
 }
 
 impl std::fmt::Debug for App {
@@ -221,7 +226,29 @@ impl App {
             .layer(crate::edge::request_limits(&config.edge))
             .layer(middleware::from_fn(problem::problem_errors))
             .layer(telemetry::access_log());
-        let router = shared.http.observe(inner).layer(TraceIdLayer::new());
+        let router = shared.http.observe(inner);
+        #[cfg(feature = "otlp")]
+        let (router, otlp) = match config.otlp_endpoint.as_deref() {
+            Some(endpoint) => {
+                let (exporter, flush) =
+                    crate::otlp::Exporter::spawn(endpoint).map_err(BuildError::Otlp)?;
+                let router = router.layer(middleware::from_fn_with_state(
+                    exporter,
+                    crate::otlp::record,
+                ));
+                (router, Some(flush))
+            }
+            None => (router, None),
+        };
+        // Not an error: OTEL_EXPORTER_OTLP_ENDPOINT is often set for a whole deployment,
+        // and a replica built without export must still start.
+        #[cfg(not(feature = "otlp"))]
+        if config.otlp_endpoint.is_some() {
+            tracing::warn!(
+                "an OTLP endpoint is set, but this server was built without the `otlp` feature: no spans are exported"
+            );
+        }
+        let router = router.layer(TraceIdLayer::new());
 
         Ok(Self {
             router,
@@ -229,6 +256,8 @@ impl App {
             admin_token,
             token_generated,
             tasks: vec![sweeper],
+            #[cfg(feature = "otlp")]
+            otlp,
         })
     }
 
@@ -256,7 +285,13 @@ impl App {
     /// Stops the background tasks (the sweeper). A sweep cut short is harmless: every
     /// ledger transition it makes is atomic and the next sweep (here or on another
     /// replica) picks up what is left.
+    ///
+    /// With OTLP export on, the spans still queued are sent first (for at most 2 s).
     pub async fn shutdown(self) {
+        #[cfg(feature = "otlp")]
+        if let Some(flush) = self.otlp {
+            flush.flush(Duration::from_secs(2)).await;
+        }
         for task in self.tasks {
             task.abort();
             let _ = task.await;

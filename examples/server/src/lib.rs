@@ -27,6 +27,8 @@ mod console;
 mod edge;
 mod handlers;
 mod metrics;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod problem;
 mod readiness;
 mod serve;

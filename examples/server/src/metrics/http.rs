@@ -198,6 +198,12 @@ impl HttpMetrics {
     }
 }
 
+/// The problem `type` of an error response, left in its extensions for the layers outside
+/// (the OTLP span reads it) so the body is parsed once.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
+pub(crate) struct ProblemType(pub(crate) String);
+
 /// Route middleware (a `route_layer`, so it runs after routing): copies the matched route
 /// template into the response, where [`observe`] outside the router reads it.
 async fn tag_route(request: Request, next: Next) -> Response {
@@ -224,8 +230,9 @@ async fn observe(State(metrics): State<HttpMetrics>, request: Request, next: Nex
         return response;
     }
     let fault = StoreFault::of(&response).copied();
-    let (response, problem_type) = problem_type(response).await;
-    metrics.reject(route, status, problem_type, fault.as_ref());
+    let (mut response, problem_type) = problem_type(response).await;
+    metrics.reject(route, status, problem_type.clone(), fault.as_ref());
+    response.extensions_mut().insert(ProblemType(problem_type));
     response
 }
 

@@ -15,6 +15,8 @@ use prometheus_client::{
 };
 
 pub use self::http::HttpMetrics;
+#[cfg(feature = "otlp")]
+pub(crate) use self::http::ProblemType;
 pub(crate) use self::http::UNMATCHED;
 pub(crate) use stores::StoreMetrics;
 
