@@ -29,7 +29,6 @@ use crate::{
     config::{redact_urls, Config},
     handlers::{self, MintKind},
     metrics::{
-        self,
         stores::{TimedControl, TimedIdempotency, TimedLedger},
         HttpMetrics, Scrape, StoreMetrics,
     },
@@ -50,6 +49,9 @@ pub enum BuildError {
     /// The billing ledger could not be set up (PostgreSQL unreachable, migration failed).
     #[error("billing ledger: {0}")]
     Ledger(String),
+    /// `--otlp-endpoint` is not an `http://` URL.
+    #[error("OTLP export: {0}")]
+    Otlp(String),
     /// `DREAMNET_ADMIN_TOKEN` is too short to be safe (unset, one is generated instead).
     #[error("DREAMNET_ADMIN_TOKEN: {0}")]
     AdminToken(#[source] WeakToken),
@@ -62,6 +64,8 @@ pub struct App {
     admin_token: String,
     token_generated: bool,
     tasks: Vec<JoinHandle<()>>,
+    #[cfg(feature = "otlp")]
+    otlp: Option<crate::otlp::Flush>,
 }
 
 impl std::fmt::Debug for App {
@@ -202,7 +206,7 @@ impl App {
             .route("/metrics", get(render_metrics))
             .with_state(shared.clone());
 
-        let router = Router::new()
+        let routes = Router::new()
             .merge(open_routes)
             .merge(crate::console::routes())
             .merge(crate::openapi::routes(&crate::openapi::document(
@@ -210,20 +214,38 @@ impl App {
             )))
             .merge(admin_routes)
             .merge(mint_routes)
-            .merge(cluster_routes)
-            // After every merge, so it wraps every route (the nested admin APIs' too):
-            // the matched template travels out to the metrics layer in the response.
-            .route_layer(middleware::from_fn(metrics::tag_route))
+            .merge(cluster_routes);
+        // After every merge, so it wraps every route (the nested admin APIs' too): the
+        // matched template travels out to the metrics layer in the response.
+        let inner = HttpMetrics::tag_routes(routes)
             .fallback(problem::not_found)
             .method_not_allowed_fallback(problem::method_not_allowed)
             .layer(crate::edge::request_limits(&config.edge))
             .layer(middleware::from_fn(problem::problem_errors))
-            .layer(telemetry::access_log())
-            .layer(middleware::from_fn_with_state(
-                shared.http.clone(),
-                metrics::observe,
-            ))
-            .layer(TraceIdLayer::new());
+            .layer(telemetry::access_log());
+        let router = shared.http.observe(inner);
+        #[cfg(feature = "otlp")]
+        let (router, otlp) = match config.otlp_endpoint.as_deref() {
+            Some(endpoint) => {
+                let (exporter, flush) =
+                    crate::otlp::Exporter::spawn(endpoint).map_err(BuildError::Otlp)?;
+                let router = router.layer(middleware::from_fn_with_state(
+                    exporter,
+                    crate::otlp::record,
+                ));
+                (router, Some(flush))
+            }
+            None => (router, None),
+        };
+        // Not an error: OTEL_EXPORTER_OTLP_ENDPOINT is often set for a whole deployment,
+        // and a replica built without export must still start.
+        #[cfg(not(feature = "otlp"))]
+        if config.otlp_endpoint.is_some() {
+            tracing::warn!(
+                "an OTLP endpoint is set, but this server was built without the `otlp` feature: no spans are exported"
+            );
+        }
+        let router = router.layer(TraceIdLayer::new());
 
         Ok(Self {
             router,
@@ -231,6 +253,8 @@ impl App {
             admin_token,
             token_generated,
             tasks: vec![sweeper],
+            #[cfg(feature = "otlp")]
+            otlp,
         })
     }
 
@@ -258,7 +282,13 @@ impl App {
     /// Stops the background tasks (the sweeper). A sweep cut short is harmless: every
     /// ledger transition it makes is atomic and the next sweep (here or on another
     /// replica) picks up what is left.
+    ///
+    /// With OTLP export on, the spans still queued are sent first (for at most 2 s).
     pub async fn shutdown(self) {
+        #[cfg(feature = "otlp")]
+        if let Some(flush) = self.otlp {
+            flush.flush(Duration::from_secs(2)).await;
+        }
         for task in self.tasks {
             task.abort();
             let _ = task.await;

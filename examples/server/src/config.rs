@@ -66,6 +66,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Connection and request limits at the edge.
     pub edge: crate::EdgeConfig,
+    /// Where to export a span of every request over OTLP/HTTP (`--otlp-endpoint`,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; the base URL, `/v1/traces` is appended). Needs the
+    /// `otlp` feature; `None`: no export.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -87,6 +91,10 @@ impl std::fmt::Debug for Config {
             .field("file", &self.file)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("edge", &self.edge)
+            .field(
+                "otlp_endpoint",
+                &self.otlp_endpoint.as_deref().map(redact_url),
+            )
             .finish()
     }
 }
@@ -156,6 +164,7 @@ impl Default for Config {
             file: FileConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             edge: crate::EdgeConfig::default(),
+            otlp_endpoint: None,
         }
     }
 }

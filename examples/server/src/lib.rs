@@ -28,6 +28,8 @@ mod edge;
 mod handlers;
 mod metrics;
 mod openapi;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod problem;
 mod readiness;
 mod serve;

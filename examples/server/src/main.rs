@@ -92,6 +92,12 @@ struct Cli {
     /// The largest request body of any route, in bytes (413 problem+json above).
     #[arg(long, env = "DREAMNET_MAX_BODY_BYTES", default_value_t = dreamnet_server::MAX_BODY_BYTES as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_body_bytes: u64,
+
+    /// Export a span of every request over OTLP/HTTP protobuf to this collector base URL
+    /// (`/v1/traces` is appended), e.g. http://127.0.0.1:4318. Needs a build with
+    /// `--features otlp`; without it the setting is logged and ignored.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[tokio::main]
@@ -136,6 +142,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             max_connections: usize::try_from(cli.max_connections).unwrap_or(usize::MAX),
             max_body_bytes: usize::try_from(cli.max_body_bytes).unwrap_or(usize::MAX),
         },
+        otlp_endpoint: cli.otlp_endpoint.filter(|url| !url.is_empty()),
     };
     let addr = config.addr;
     let grace = config.shutdown_grace;

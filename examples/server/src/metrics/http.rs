@@ -13,8 +13,9 @@ use std::{
 use axum::{
     body::Body,
     extract::{MatchedPath, Request, State},
-    middleware::Next,
+    middleware::{self, Next},
     response::Response,
+    Router,
 };
 use dreamnet_common::{problem::PROBLEM_JSON, StoreFault};
 use http::header;
@@ -146,6 +147,18 @@ impl HttpMetrics {
         }
     }
 
+    /// Tags every route of `router` with its template (call it after the last `route`,
+    /// `merge` and `nest`: it is a `route_layer`). [`HttpMetrics::observe`] reads the tag.
+    pub fn tag_routes<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+        router.route_layer(middleware::from_fn(tag_route))
+    }
+
+    /// Wraps `router` in the middleware that counts and times every response (put it outside
+    /// every layer whose work should be in the latency, and inside the trace-id layer).
+    pub fn observe<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
+        router.layer(middleware::from_fn_with_state(self.clone(), observe))
+    }
+
     fn reject(&self, route: &str, status: u16, problem_type: String, fault: Option<&StoreFault>) {
         self.rejections
             .get_or_create(&Rejection {
@@ -185,9 +198,15 @@ impl HttpMetrics {
     }
 }
 
+/// The problem `type` of an error response, left in its extensions for the layers outside
+/// (the OTLP span reads it) so the body is parsed once.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
+pub(crate) struct ProblemType(pub(crate) String);
+
 /// Route middleware (a `route_layer`, so it runs after routing): copies the matched route
 /// template into the response, where [`observe`] outside the router reads it.
-pub(crate) async fn tag_route(request: Request, next: Next) -> Response {
+async fn tag_route(request: Request, next: Next) -> Response {
     let path = request.extensions().get::<MatchedPath>().cloned();
     let mut response = next.run(request).await;
     if let Some(path) = path {
@@ -198,11 +217,7 @@ pub(crate) async fn tag_route(request: Request, next: Next) -> Response {
 
 /// Middleware around the whole router: counts and times every response; reads the problem
 /// `type` of error responses (small, already-built bodies) for the rejection counter.
-pub(crate) async fn observe(
-    State(metrics): State<HttpMetrics>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn observe(State(metrics): State<HttpMetrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
     let elapsed = started.elapsed();
@@ -215,8 +230,9 @@ pub(crate) async fn observe(
         return response;
     }
     let fault = StoreFault::of(&response).copied();
-    let (response, problem_type) = problem_type(response).await;
-    metrics.reject(route, status, problem_type, fault.as_ref());
+    let (mut response, problem_type) = problem_type(response).await;
+    metrics.reject(route, status, problem_type.clone(), fault.as_ref());
+    response.extensions_mut().insert(ProblemType(problem_type));
     response
 }
 

@@ -15,7 +15,9 @@ use prometheus_client::{
 };
 
 pub use self::http::HttpMetrics;
-pub(crate) use self::http::{observe, tag_route, UNMATCHED};
+#[cfg(feature = "otlp")]
+pub(crate) use self::http::ProblemType;
+pub(crate) use self::http::UNMATCHED;
 pub(crate) use stores::StoreMetrics;
 
 /// The content type of an OpenMetrics 1.0 exposition.
