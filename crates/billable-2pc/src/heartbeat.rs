@@ -10,16 +10,12 @@
 
 use std::{future::Future, time::Duration};
 
+use dreamnet_common::heartbeat::{period_for, while_running, Beat};
+
 use crate::ledger::{Action, Ledger, LedgerError};
 
-/// How often a reservation is extended: a third of its timeout, so two beats may be lost
-/// (a slow store, a busy runtime) before it lapses.
-pub(crate) fn interval(timeout: Duration) -> Duration {
-    (timeout / 3).max(Duration::from_millis(1))
-}
-
-/// Runs `work`; with `enabled`, extends `action`'s reservation by `timeout` every
-/// [`interval`] until `work` finishes.
+/// Runs `work`; with `enabled`, extends `action`'s reservation by `timeout` every third of
+/// it until `work` finishes.
 pub(crate) async fn beating<L, F>(
     ledger: &L,
     action: &Action,
@@ -34,33 +30,23 @@ where
     if !enabled {
         return work.await;
     }
-    let beats = async {
-        let mut ticks = tokio::time::interval(interval(timeout));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate; the reservation was just made.
-        ticks.tick().await;
-        loop {
-            ticks.tick().await;
-            match ledger.extend(&action.id, timeout).await {
-                Ok(_) => {}
-                // A store hiccup: the reservation keeps its timeout, the next beat may land.
-                Err(err) if err.is_backend() => {
-                    tracing::warn!(action_id = %action.id, error = %err,
-                        "billable: heartbeat failed; retrying at the next beat");
-                }
-                // Expired, voided or resolved under us: nothing left to keep alive.
-                Err(err) => {
-                    log_stop(action, &err);
-                    return std::future::pending::<()>().await;
-                }
+    let beat = || async {
+        match ledger.extend(&action.id, timeout).await {
+            Ok(_) => Beat::Kept,
+            // A store hiccup: the reservation keeps its timeout, the next beat may land.
+            Err(err) if err.is_backend() => {
+                tracing::warn!(action_id = %action.id, error = %err,
+                    "billable: heartbeat failed; retrying at the next beat");
+                Beat::Failed
+            }
+            // Expired, voided or resolved under us: nothing left to keep alive.
+            Err(err) => {
+                log_stop(action, &err);
+                Beat::Gone
             }
         }
     };
-    tokio::select! {
-        biased;
-        output = work => output,
-        () = beats => unreachable!("the heartbeat never ends by itself"),
-    }
+    while_running(period_for(timeout), beat, work).await
 }
 
 fn log_stop(action: &Action, err: &LedgerError) {

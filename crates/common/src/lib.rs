@@ -11,6 +11,7 @@
 //! - [`account`]: [`AccountId`], the one account-id rule, and its header.
 //! - [`time`]: RFC 3339 timestamps from Unix milliseconds.
 //! - [`fault`]: [`StoreFault`], the response marker of a rejection caused by our own store.
+//! - [`heartbeat`]: beats beside running work (lease and reservation extension).
 //! - `redis_connection` (feature `redis`): one connection type over a single Redis or a
 //!   Redis Cluster, for every Redis store.
 //!
@@ -31,6 +32,7 @@ pub mod body;
 pub mod clock;
 pub mod fault;
 pub mod grpc;
+pub mod heartbeat;
 pub mod problem;
 #[cfg(feature = "redis")]
 pub mod redis_connection;

@@ -29,6 +29,7 @@ pub(crate) struct Config {
     pub(crate) protocol: Protocol,
     pub(crate) ttl: Duration,
     pub(crate) lease: Duration,
+    pub(crate) heartbeat: bool,
     pub(crate) store_status: Arc<dyn Fn(StatusCode) -> bool + Send + Sync>,
 }
 
@@ -79,6 +80,7 @@ impl IdempotencyLayer {
             protocol: Protocol::new(),
             ttl: DEFAULT_TTL,
             lease: DEFAULT_LEASE,
+            heartbeat: true,
             store_status: Arc::new(|status: StatusCode| (200..500).contains(&status.as_u16())),
         }
     }
@@ -104,6 +106,7 @@ pub struct IdempotencyLayerBuilder {
     protocol: Protocol,
     ttl: Duration,
     lease: Duration,
+    heartbeat: bool,
     store_status: Arc<dyn Fn(StatusCode) -> bool + Send + Sync>,
 }
 
@@ -181,10 +184,21 @@ impl IdempotencyLayerBuilder {
     }
 
     /// How long a claim blocks retries if its attempt never completes, e.g. after a crash
-    /// (default 30 s). Set it above the handler's longest run: an attempt still running when
-    /// its lease ends can be overtaken by a retry, and its own response is then not stored.
+    /// (default 30 s). While the handler runs, the lease heartbeat (see
+    /// [`lease_heartbeat`](Self::lease_heartbeat)) keeps pushing it forward, so a slow
+    /// handler is not overtaken; the lease only has to outlast a crashed attempt.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// Whether a running attempt extends its lease every third of it (default `true`), so
+    /// a handler slower than the lease is neither taken over by a retry nor run twice. The
+    /// beats stop with the request (and with the process), so a crashed replica's key still
+    /// frees itself after one lease. Off, an attempt still running when its lease ends can
+    /// be overtaken by a retry, and its own response is then not stored.
+    pub fn lease_heartbeat(mut self, enabled: bool) -> Self {
+        self.heartbeat = enabled;
         self
     }
 
@@ -229,6 +243,7 @@ impl IdempotencyLayerBuilder {
                 protocol: self.protocol,
                 ttl: self.ttl,
                 lease: self.lease,
+                heartbeat: self.heartbeat,
                 store_status: self.store_status,
             }),
         }

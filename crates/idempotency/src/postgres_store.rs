@@ -57,6 +57,7 @@ struct Sql {
     claim: String,
     complete: String,
     release: String,
+    extend: String,
     purge: String,
     migrate: String,
 }
@@ -222,6 +223,13 @@ impl Sql {
             ),
             release: format!(
                 "DELETE FROM {table} WHERE scope = $1 AND key = $2 AND state = 'in_flight' AND token = $3"
+            ),
+            // A live lease of this token, pushed out but never shortened.
+            extend: format!(
+                "UPDATE {table} SET expires_at = GREATEST(expires_at,
+                    now() + $4::bigint * interval '1 millisecond')
+                 WHERE scope = $1 AND key = $2 AND state = 'in_flight' AND token = $3
+                   AND expires_at > now()"
             ),
             purge: format!("DELETE FROM {table} WHERE expires_at <= now()"),
             migrate: format!(
@@ -491,6 +499,26 @@ impl IdempotencyStore for PostgresStore {
                 .await
                 .map_err(StoreError::unavailable)?;
             Ok(deleted == 1)
+        }))
+    }
+
+    fn extend<'a>(
+        &'a self,
+        scope: &'a str,
+        key: &'a str,
+        token: FencingToken,
+        lease: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(self.with_deadline(async move {
+            self.migrate().await?;
+            let (client, statement) = self.prepared(&self.inner.sql.extend).await?;
+            let token = i64::try_from(token.0).unwrap_or(i64::MAX);
+            let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+            let updated = client
+                .execute(&statement, &[&scope, &key, &token, &lease])
+                .await
+                .map_err(StoreError::unavailable)?;
+            Ok(updated == 1)
         }))
     }
 }

@@ -72,6 +72,25 @@ redis.call('DEL', KEYS[1])
 return 1
 ";
 
+/// Pushes the lease of the token's in-flight record to `ARGV[2]` ms from now (Redis time),
+/// never shortening it; 0 when the token no longer holds a live lease.
+const EXTEND: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return 0 end
+local r = redis.call('HMGET', KEYS[1], 'state', 'token', 'until')
+if r[1] ~= 'p' or r[2] ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = tonumber(r[3])
+if not until_ms or until_ms <= now_ms then return 0 end
+local wanted = now_ms + tonumber(ARGV[2])
+if wanted > until_ms then
+  redis.call('HSET', KEYS[1], 'until', string.format('%.0f', wanted))
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+return 1
+";
+
 /// A Redis [`IdempotencyStore`].
 ///
 /// - One Lua script per operation (`EVALSHA`, loaded on first use): a claim, a completion
@@ -103,6 +122,7 @@ struct Inner {
     claim: LuaScript,
     complete: LuaScript,
     release: LuaScript,
+    extend: LuaScript,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -236,6 +256,7 @@ impl RedisStore {
                 claim: LuaScript::new(CLAIM),
                 complete: LuaScript::new(COMPLETE),
                 release: LuaScript::new(RELEASE),
+                extend: LuaScript::new(EXTEND),
             }),
         }
     }
@@ -444,6 +465,27 @@ impl IdempotencyStore for RedisStore {
                     &self.inner.release,
                     self.record_key(scope, key),
                     &[token.as_bytes()],
+                )
+                .await?;
+            parse_flag(&value)
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        scope: &'a str,
+        key: &'a str,
+        token: FencingToken,
+        lease: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let token = token.0.to_string();
+            let lease = millis_arg(lease);
+            let value = self
+                .run(
+                    &self.inner.extend,
+                    self.record_key(scope, key),
+                    &[token.as_bytes(), lease.as_bytes()],
                 )
                 .await?;
             parse_flag(&value)

@@ -138,24 +138,28 @@ where
         ..
     } = prepared;
     let settlement = Settlement::new(Arc::clone(&config.store), scope, key, token, trace_id);
-    let response =
-        match protocol::run(inner, Request::from_parts(parts, RequestBody::full(body))).await {
-            Ran::Response(response) => response,
-            Ran::Error(err) => {
-                settlement.release("handler error").await;
-                return Err(err);
-            }
-            Ran::Panic(panic) => {
-                settlement.release("handler panicked").await;
-                std::panic::resume_unwind(panic);
-            }
-        };
+    let heartbeat = config.heartbeat.then_some(config.lease);
+    let handled = protocol::run(inner, Request::from_parts(parts, RequestBody::full(body)));
+    let response = match settlement.keep_alive(heartbeat, handled).await {
+        Ran::Response(response) => response,
+        Ran::Error(err) => {
+            settlement.release("handler error").await;
+            return Err(err);
+        }
+        Ran::Panic(panic) => {
+            settlement.release("handler panicked").await;
+            std::panic::resume_unwind(panic);
+        }
+    };
     // A gRPC error is HTTP 200 with its grpc-status in the headers: decide by that.
     if !(config.store_status)(effective_status(response.status(), response.headers())) {
         settlement.release("status not stored").await;
         return Ok(ResponseBody::from_inner_response(response));
     }
-    match config.protocol.capture(response).await {
+    match settlement
+        .keep_alive(heartbeat, config.protocol.capture(response))
+        .await
+    {
         Captured::Kept { head, body, stored } => {
             settlement.complete(&stored, config.ttl).await;
             Ok(Response::from_parts(head, ResponseBody::full(body)))

@@ -118,6 +118,24 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         key: &'a str,
         token: FencingToken,
     ) -> StoreFuture<'a, bool>;
+
+    /// Pushes the lease of the attempt holding `token` to `lease` from now (never shortens
+    /// it): the layer's heartbeat while a handler runs, so a handler slower than the lease
+    /// is not taken over and run a second time. `false` when `token` no longer holds a live
+    /// lease (completed, released, lapsed or taken over): nothing was changed.
+    ///
+    /// The default keeps no heartbeat (`false`: the lease runs out as it always did), so a
+    /// store written before this method still works unchanged.
+    fn extend<'a>(
+        &'a self,
+        scope: &'a str,
+        key: &'a str,
+        token: FencingToken,
+        lease: Duration,
+    ) -> StoreFuture<'a, bool> {
+        let _ = (scope, key, token, lease);
+        Box::pin(std::future::ready(Ok(false)))
+    }
 }
 
 impl<T: IdempotencyStore + ?Sized> IdempotencyStore for std::sync::Arc<T> {
@@ -143,5 +161,15 @@ impl<T: IdempotencyStore + ?Sized> IdempotencyStore for std::sync::Arc<T> {
         token: FencingToken,
     ) -> StoreFuture<'a, bool> {
         (**self).release(scope, key, token)
+    }
+
+    fn extend<'a>(
+        &'a self,
+        scope: &'a str,
+        key: &'a str,
+        token: FencingToken,
+        lease: Duration,
+    ) -> StoreFuture<'a, bool> {
+        (**self).extend(scope, key, token, lease)
     }
 }

@@ -26,6 +26,7 @@ macro_rules! layer_conformance {
             t06_failures_release_the_key,
             t06b_dropped_request_releases_the_key,
             t07_lease_end_unblocks_and_late_completion_is_rejected,
+            t07b_a_handler_slower_than_its_lease_runs_once,
             t08_key_is_new_after_ttl,
             t09_body_limits,
             t10_safe_methods_pass_through,

@@ -148,6 +148,7 @@ macro_rules! idempotency_store_tests {
             a_completed_key_replays_its_response,
             scopes_and_keys_never_collide,
             release_needs_the_holding_token,
+            extend_pushes_out_only_the_holders_live_lease,
             a_released_key_cannot_be_completed,
             unknown_keys_cannot_be_completed_or_released,
             a_lease_end_lets_a_retry_take_over_and_fences_the_late_attempt,

@@ -253,6 +253,62 @@ pub async fn release_needs_the_holding_token(harness: &Harness) {
     ));
 }
 
+/// `extend` pushes out only the live lease of the token holding it, and never shortens it:
+/// a wrong token, a released or a completed key are left as they are.
+pub async fn extend_pushes_out_only_the_holders_live_lease(harness: &Harness) {
+    let store = &*harness.store;
+    let key = fresh("extend");
+    let a = fp("a");
+    // Shorter than LONG, so an extension shows in the next claim's `retry_after`.
+    let lease = Duration::from_secs(2);
+    let token = proceeded(claim(store, "s", &key, &a, "t-slow", lease).await);
+    let left = |claimed: Claim| match claimed {
+        Claim::InFlight { retry_after, .. } => retry_after,
+        other => panic!("expected in flight, got {other:?}"),
+    };
+    let wrong = FencingToken(token.0.wrapping_add(1));
+    assert!(
+        !extend(store, &key, wrong, LONG).await,
+        "a wrong token extended"
+    );
+    assert!(left(claim(store, "s", &key, &a, "t", LONG).await) <= lease);
+
+    assert!(extend(store, &key, token, LONG).await, "the holder extends");
+    let extended = left(claim(store, "s", &key, &a, "t", LONG).await);
+    assert!(extended > lease && extended <= LONG, "{extended:?}");
+    assert!(extend(store, &key, token, Duration::from_millis(1)).await);
+    let kept = left(claim(store, "s", &key, &a, "t", LONG).await);
+    assert!(kept > lease, "never shortened: {kept:?}");
+
+    assert_eq!(
+        complete(store, "s", &key, token, &response("done"), LONG).await,
+        Completion::Stored
+    );
+    assert!(
+        !extend(store, &key, token, LONG).await,
+        "a completed key has no lease"
+    );
+    let other = fresh("extend-released");
+    let released = proceeded(claim(store, "s", &other, &a, "t", lease).await);
+    assert!(release(store, "s", &other, released).await);
+    assert!(
+        !extend(store, &other, released, LONG).await,
+        "a released key has no lease"
+    );
+}
+
+async fn extend(
+    store: &dyn IdempotencyStore,
+    key: &str,
+    token: FencingToken,
+    lease: Duration,
+) -> bool {
+    store
+        .extend("s", key, token, lease)
+        .await
+        .expect("the store answers")
+}
+
 /// A released key cannot be completed by its former holder.
 pub async fn a_released_key_cannot_be_completed(harness: &Harness) {
     let store = &*harness.store;

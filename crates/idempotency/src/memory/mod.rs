@@ -272,6 +272,22 @@ impl MemoryStore {
         Ok(Completion::Stored)
     }
 
+    fn extend_now(&self, scope: &str, key: &str, token: FencingToken, lease: Duration) -> bool {
+        let id = record_id(scope, key);
+        let now = self.inner.clock.now_millis();
+        let mut shard = self.shard(&id).lock();
+        match shard.records.get_mut(&id) {
+            Some(record)
+                if matches!(record.state, State::InFlight(held) if held == token)
+                    && record.expires_at > now =>
+            {
+                record.expires_at = record.expires_at.max(now.saturating_add(millis(lease)));
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn release_now(&self, scope: &str, key: &str, token: FencingToken) -> bool {
         let id = record_id(scope, key);
         let mut shard = self.shard(&id).lock();
@@ -399,6 +415,17 @@ impl IdempotencyStore for MemoryStore {
     ) -> StoreFuture<'a, bool> {
         let released = self.release_now(scope, key, token);
         Box::pin(std::future::ready(Ok(released)))
+    }
+
+    fn extend<'a>(
+        &'a self,
+        scope: &'a str,
+        key: &'a str,
+        token: FencingToken,
+        lease: Duration,
+    ) -> StoreFuture<'a, bool> {
+        let extended = self.extend_now(scope, key, token, lease);
+        Box::pin(std::future::ready(Ok(extended)))
     }
 }
 

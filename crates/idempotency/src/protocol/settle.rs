@@ -3,7 +3,10 @@
 use std::{any::Any, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use dreamnet_common::body::exact_len_within;
+use dreamnet_common::{
+    body::exact_len_within,
+    heartbeat::{period_for, while_running, Beat},
+};
 use futures_util::FutureExt;
 use http::{response, Response};
 use http_body::Body;
@@ -163,6 +166,39 @@ impl Settlement {
             }
         }
         false
+    }
+
+    /// Runs `work` (the handler, the reading of its response) while extending this claim's
+    /// lease to `lease` from now every third of it, so a handler slower than the lease is
+    /// neither taken over by a retry nor run twice. The beats stop with `work`, with its
+    /// future, and with the process (a crashed replica's lease still runs out); a store
+    /// without [`extend`](crate::IdempotencyStore::extend) keeps no heartbeat, nor does a
+    /// `lease` of `None` (`work` just runs).
+    pub async fn keep_alive<F: std::future::Future>(
+        &self,
+        lease: Option<Duration>,
+        work: F,
+    ) -> F::Output {
+        let Some(lease) = lease else {
+            return work.await;
+        };
+        let key = self.key.as_str();
+        let beat = || async move {
+            match self.store.extend(&self.scope, key, self.token, lease).await {
+                Ok(true) => Beat::Kept,
+                Ok(false) => {
+                    tracing::debug!(target: LOG_TARGET, idempotency_key = key,
+                        fencing_token = self.token.0, "lease heartbeat stopped: the claim is no longer held");
+                    Beat::Gone
+                }
+                Err(err) => {
+                    tracing::warn!(target: LOG_TARGET, idempotency_key = key, error = %err,
+                        "lease heartbeat failed; retrying at the next beat");
+                    Beat::Failed
+                }
+            }
+        };
+        while_running(period_for(lease), beat, work).await
     }
 
     /// Frees the key (if the token still holds it), so a retry runs again.

@@ -341,12 +341,72 @@ pub async fn t06b_dropped_request_releases_the_key(backend: &Backend) {
     assert_eq!(handler.calls(), 2);
 }
 
+/// Behaviour 7b: a handler that runs three times its lease keeps the key (the lease
+/// heartbeat): every retry meanwhile gets 409, the handler runs once, and its response is
+/// the one replayed.
+pub async fn t07b_a_handler_slower_than_its_lease_runs_once(backend: &Backend) {
+    // The heartbeat beats on the runtime's timer: on the memory backend (a fake clock) the
+    // test uses a memory store on the system clock.
+    let store: std::sync::Arc<dyn dreamnet_idempotency::IdempotencyStore> =
+        if backend.clock.is_some() {
+            std::sync::Arc::new(dreamnet_idempotency::MemoryStore::new())
+        } else {
+            backend.store.clone()
+        };
+    let lease = Duration::from_millis(600);
+    let handler = Handler::new();
+    let layer = IdempotencyLayer::builder().shared_store(store).lease(lease);
+    let svc = service(&layer.build(), &handler);
+    let account = unique("acct");
+    let key = unique("k7b");
+    let mut slow = post("/ok", Some(&key), &account, "x");
+    slow.headers_mut().insert("x-block", "1".parse().unwrap());
+    let svc2 = svc.clone();
+    let slow = tokio::spawn(async move { send(&svc2, slow).await });
+    eventually("slow attempt in handler", DEADLINE, || async {
+        (handler.calls() == 1).then_some(())
+    })
+    .await;
+
+    let until = std::time::Instant::now() + lease * 3;
+    let mut retries = 0;
+    while std::time::Instant::now() < until {
+        let (status, _, _) = send(&svc, post("/ok", Some(&key), &account, "x")).await;
+        assert_eq!(
+            status,
+            StatusCode::CONFLICT,
+            "{}: retry {retries} while the slow attempt runs",
+            backend.name
+        );
+        retries += 1;
+        tokio::time::sleep(lease / 4).await;
+    }
+    assert!(retries >= 8, "{retries} retries");
+
+    handler.gate.add_permits(1);
+    let (status, _, body) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, headers, replay) = send(&svc, post("/ok", Some(&key), &account, "x")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replayed"], "true", "{}", backend.name);
+    assert_eq!(
+        replay, body,
+        "{}: the slow attempt's response is kept",
+        backend.name
+    );
+    assert_eq!(handler.calls(), 1, "{}: run once", backend.name);
+}
+
 /// Behaviour 7: An attempt that never completes blocks retries only until its lease ends; its late
 /// completion is rejected (fencing token), so the retry's response is the one kept.
 pub async fn t07_lease_end_unblocks_and_late_completion_is_rejected(backend: &Backend) {
     let handler = Handler::new();
     let lease = backend.short_lease();
-    let svc = service(&layer(backend).lease(lease).build(), &handler);
+    // No heartbeat: the attempt is stuck as a crashed replica's would be, so its lease ends.
+    let svc = service(
+        &layer(backend).lease(lease).lease_heartbeat(false).build(),
+        &handler,
+    );
     let account = unique("acct");
     let key = unique("k7");
     let mut stuck = post("/ok", Some(&key), &account, "x");

@@ -9,12 +9,13 @@ use dreamnet_idempotency::{
 
 use super::{Op, StoreMetrics};
 
-/// Times the wrapped store's `claim`, `complete` and `release`.
+/// Times the wrapped store's `claim`, `complete`, `release` and `extend`.
 pub(crate) struct TimedIdempotency {
     inner: Arc<dyn IdempotencyStore>,
     claim: Op,
     complete: Op,
     release: Op,
+    extend: Op,
 }
 
 impl TimedIdempotency {
@@ -30,6 +31,7 @@ impl TimedIdempotency {
             claim: op("claim"),
             complete: op("complete"),
             release: op("release"),
+            extend: op("extend"),
         }
     }
 }
@@ -69,5 +71,16 @@ impl IdempotencyStore for TimedIdempotency {
         token: FencingToken,
     ) -> StoreFuture<'a, bool> {
         timed(&self.release, self.inner.release(scope, key, token))
+    }
+
+    // Forwarded, or the lease heartbeat would get the trait's default (no heartbeat).
+    fn extend<'a>(
+        &'a self,
+        scope: &'a str,
+        key: &'a str,
+        token: FencingToken,
+        lease: Duration,
+    ) -> StoreFuture<'a, bool> {
+        timed(&self.extend, self.inner.extend(scope, key, token, lease))
     }
 }

@@ -1,7 +1,10 @@
 //! [`TimedLedger`]: the billing ledger, every call timed; only backend failures (not state
 //! conflicts such as "already charged") count as errors.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use dreamnet_billable::{
@@ -29,12 +32,14 @@ struct Ops {
     charge: Op,
     void: Op,
     find: Op,
+    extend: Op,
     action: Op,
     stats: Op,
     account: Op,
     add_credit: Op,
     set_credit: Op,
     due_for_recovery: Op,
+    prune: Op,
 }
 
 impl TimedLedger {
@@ -54,12 +59,14 @@ impl TimedLedger {
                 charge: op("charge"),
                 void: op("void"),
                 find: op("find"),
+                extend: op("extend"),
                 action: op("action"),
                 stats: op("stats"),
                 account: op("account"),
                 add_credit: op("add_credit"),
                 set_credit: op("set_credit"),
                 due_for_recovery: op("due_for_recovery"),
+                prune: op("prune"),
             },
         }
     }
@@ -115,6 +122,11 @@ impl Ledger for TimedLedger {
     ) -> BoxFuture<'a, LedgerResult<Option<Action>>> {
         timed(&self.ops.find, self.inner.find(scope, idempotency_key))
     }
+
+    // Forwarded, or the reservation heartbeat would get the trait's default refusal.
+    fn extend<'a>(&'a self, id: &'a ActionId, by: Duration) -> BoxFuture<'a, LedgerResult<Action>> {
+        timed(&self.ops.extend, self.inner.extend(id, by))
+    }
 }
 
 impl LedgerAdmin for TimedLedger {
@@ -162,5 +174,10 @@ impl LedgerAdmin for TimedLedger {
             &self.ops.due_for_recovery,
             self.inner.due_for_recovery(limit),
         )
+    }
+
+    // Forwarded, or the sweeper's pruning would get the trait's default (forget nothing).
+    fn prune(&self, limit: usize) -> BoxFuture<'_, LedgerResult<u64>> {
+        timed(&self.ops.prune, self.inner.prune(limit))
     }
 }
