@@ -30,7 +30,7 @@ use crate::{
     handlers::{self, MintKind},
     metrics::{
         stores::{TimedControl, TimedIdempotency, TimedLedger},
-        HttpMetrics, Scrape, StoreMetrics,
+        HttpMetrics, LastStats, Scrape, StoreMetrics,
     },
     problem,
     readiness::{Probe, Readiness},
@@ -84,6 +84,7 @@ struct Shared {
     plane: ControlPlane,
     admin_throttle: AuthThrottle,
     edge: crate::edge::EdgeMetrics,
+    last_stats: LastStats,
 }
 
 impl App {
@@ -138,6 +139,7 @@ impl App {
             plane: plane.clone(),
             admin_throttle: admin_throttle.clone(),
             edge: crate::edge::EdgeMetrics::default(),
+            last_stats: LastStats::default(),
         };
         // /api/{cluster}/...: the cluster comes from the path; an unknown one is 404.
         let by_path = ControlLayer::dynamic(plane.clone(), PathSegment::new(1));
@@ -424,6 +426,7 @@ async fn render_metrics(State(shared): State<Shared>, headers: HeaderMap) -> Res
         admin: &shared.admin_throttle,
         edge: &shared.edge,
         ledger: shared.ledger.as_ref(),
+        last_stats: &shared.last_stats,
     }
     .respond(&headers)
     .await

@@ -18,6 +18,7 @@ pub use self::http::HttpMetrics;
 #[cfg(feature = "otlp")]
 pub(crate) use self::http::ProblemType;
 pub(crate) use self::http::UNMATCHED;
+pub(crate) use snapshot::LastStats;
 pub(crate) use stores::StoreMetrics;
 
 /// The content type of an OpenMetrics 1.0 exposition.
@@ -31,6 +32,7 @@ pub(crate) struct Scrape<'a> {
     pub(crate) admin: &'a dreamnet_admin::AuthThrottle,
     pub(crate) edge: &'a crate::edge::EdgeMetrics,
     pub(crate) ledger: &'a dyn dreamnet_billable::LedgerAdmin,
+    pub(crate) last_stats: &'a LastStats,
 }
 
 impl Scrape<'_> {
@@ -47,7 +49,7 @@ impl Scrape<'_> {
         snapshot::admin(&mut registry, self.admin);
         snapshot::edge(&mut registry, self.edge);
         self.stores.register(&mut registry);
-        snapshot::billing(&mut registry, self.ledger).await;
+        snapshot::billing(&mut registry, self.ledger, self.last_stats).await;
         registry
     }
 

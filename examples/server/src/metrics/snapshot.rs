@@ -2,8 +2,17 @@
 //! the admin auth counters, the edge's connections and the ledger's stats. Each scrape
 //! builds them afresh from the owners' own counters (nothing is counted twice).
 
-use dreamnet_billable::{ledger::ActionState, LedgerAdmin};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use dreamnet_billable::{
+    ledger::{ActionState, Stats},
+    LedgerAdmin,
+};
 use dreamnet_control_core::{views::MetricsSnapshot, BreakerState, RejectReason};
+use parking_lot::Mutex;
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
@@ -156,19 +165,52 @@ pub(crate) fn edge(registry: &mut Registry, edge: &crate::edge::EdgeMetrics) {
     );
 }
 
+/// How long a scrape waits for the ledger's stats before it serves the last known ones: a
+/// hung PostgreSQL must not hang `/metrics` (Prometheus would time the whole scrape out).
+pub(crate) const STATS_DEADLINE: Duration = Duration::from_secs(1);
+
+/// The last stats the ledger answered, and when: what a scrape serves, marked stale, while
+/// the ledger does not answer.
+#[derive(Clone, Default)]
+pub(crate) struct LastStats(Arc<Mutex<Option<(Stats, Instant)>>>);
+
 /// The ledger's counts and amounts per state (`dreamnet_billable_actions{state}`,
-/// `dreamnet_billable_amount{state,currency}`, minor units) and whether the ledger answered.
-pub(crate) async fn billing(registry: &mut Registry, ledger: &dyn LedgerAdmin) {
-    let stats = ledger.stats().await;
+/// `dreamnet_billable_amount{state,currency}`, minor units), whether the ledger answered
+/// within [`STATS_DEADLINE`], and, when it did not, the last figures it gave with their age
+/// (`dreamnet_billable_stats_stale 1`, `dreamnet_billable_stats_age_seconds`).
+pub(crate) async fn billing(registry: &mut Registry, ledger: &dyn LedgerAdmin, last: &LastStats) {
+    let answered = tokio::time::timeout(STATS_DEADLINE, ledger.stats())
+        .await
+        .ok()
+        .and_then(Result::ok);
     gauge(
         registry,
         "dreamnet_billable_ledger_up",
-        "1 when the billing ledger answered the stats query, 0 otherwise",
-        i64::from(stats.is_ok()),
+        "1 when the billing ledger answered the stats query in time, 0 otherwise",
+        i64::from(answered.is_some()),
     );
-    let Ok(stats) = stats else {
-        return;
+    let (stats, age) = match answered {
+        Some(stats) => {
+            *last.0.lock() = Some((stats.clone(), Instant::now()));
+            (stats, None)
+        }
+        None => match last.0.lock().clone() {
+            Some((stats, at)) => (stats, Some(at.elapsed())),
+            None => return,
+        },
     };
+    gauge(
+        registry,
+        "dreamnet_billable_stats_stale",
+        "1 when the billing figures below are the last known ones (the ledger did not answer)",
+        i64::from(age.is_some()),
+    );
+    gauge(
+        registry,
+        "dreamnet_billable_stats_age_seconds",
+        "How old the billing figures below are (0 when fresh)",
+        age.map_or(0, |age| i64::try_from(age.as_secs()).unwrap_or(i64::MAX)),
+    );
     let actions = Family::<Labels, Gauge>::default();
     for state in ActionState::ALL {
         actions
