@@ -10,7 +10,7 @@ use axum::{
     Router,
 };
 use dreamnet_billable::{
-    api::BillableApi, ledger::postgres::pool_for, MemoryLedger, PostgresLedger, Sweeper,
+    api::BillableApi, ledger::postgres::pool_with_deadline, MemoryLedger, PostgresLedger, Sweeper,
 };
 use dreamnet_control_core::MemoryStore;
 use dreamnet_control_core::{
@@ -308,8 +308,9 @@ async fn ledger(
         let ledger = TimedLedger::new(Arc::new(MemoryLedger::new()), "memory", stores);
         return Ok((Arc::new(ledger), Probe::Memory));
     };
-    let pool = pool_for(url).map_err(|e| BuildError::Ledger(e.to_string()))?;
-    let mut builder = PostgresLedger::builder(pool);
+    let pool = pool_with_deadline(url, config.database_timeout)
+        .map_err(|e| BuildError::Ledger(e.to_string()))?;
+    let mut builder = PostgresLedger::builder(pool).deadline(config.database_timeout);
     if let Some(schema) = &config.database_schema {
         builder = builder.schema(schema.clone());
     }
@@ -344,6 +345,10 @@ async fn control_plane(config: &Config, stores: &StoreMetrics) -> Result<Control
         .await
         .map_err(|e| BuildError::Control(format!("Redis at {}: {e}", redis_at(config))))?
         .prefix(&config.redis_prefix);
+    let store = match config.redis_timeout {
+        Some(timeout) => store.timeout(timeout),
+        None => store,
+    };
     let plane = builder
         .store(TimedControl::new(store, "redis", stores))
         .build();
@@ -366,8 +371,12 @@ async fn idempotency_store(
         return Ok(Arc::new(TimedIdempotency::new(store, "memory", stores)));
     };
     let cluster = endpoint.is_cluster();
-    let store = dreamnet_idempotency::RedisStore::builder_for(endpoint)
-        .prefix(config.redis_prefix.clone())
+    let mut builder =
+        dreamnet_idempotency::RedisStore::builder_for(endpoint).prefix(config.redis_prefix.clone());
+    if let Some(timeout) = config.redis_timeout {
+        builder = builder.op_timeout(timeout);
+    }
+    let store = builder
         .connect()
         .await
         .map_err(|e| BuildError::Idempotency(format!("Redis at {}: {e}", redis_at(config))))?;

@@ -58,6 +58,13 @@ pub struct Config {
     pub database_url: Option<String>,
     /// PostgreSQL schema for the ledger tables.
     pub database_schema: Option<String>,
+    /// The longest one Redis call may take (`--redis-timeout-ms`); past it the call is a
+    /// store fault (idempotency 503, rate limits fail open). `None`: each store's own
+    /// default (idempotency 2 s, control 500 ms, the admission path fails open quickly).
+    pub redis_timeout: Option<Duration>,
+    /// The longest one ledger call may take, pool waits and `statement_timeout` included
+    /// (`--database-timeout-ms`, default 5 s); past it a mint is 503 with `Retry-After`.
+    pub database_timeout: Duration,
     /// The admin bearer token; generated when `None`.
     pub admin_token: Option<String>,
     /// The parsed `--config` file (defaults when no file is given).
@@ -160,6 +167,8 @@ impl Default for Config {
             redis_prefix: "dreamnet:".to_owned(),
             database_url: None,
             database_schema: None,
+            redis_timeout: None,
+            database_timeout: dreamnet_billable::ledger::postgres::DEFAULT_DEADLINE,
             admin_token: None,
             file: FileConfig::default(),
             shutdown_grace: Duration::from_secs(10),

@@ -43,6 +43,17 @@ struct Cli {
     #[arg(long, env = "DREAMNET_REDIS_PREFIX", default_value = "dreamnet:")]
     redis_prefix: String,
 
+    /// Milliseconds one Redis call may take; past it the call counts as Redis being down
+    /// (keyed requests 503, rate limits fail open). Default: 2000 for idempotency records,
+    /// 500 for the control plane (the admission path fails open quickly).
+    #[arg(long, env = "DREAMNET_REDIS_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    redis_timeout_ms: Option<u64>,
+
+    /// Milliseconds one billing-ledger call may take (pool wait, connect and
+    /// statement_timeout included); past it a mint is 503 with Retry-After.
+    #[arg(long, env = "DREAMNET_DATABASE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    database_timeout_ms: u64,
+
     /// PostgreSQL URL (e.g. postgres://postgres@127.0.0.1:5432/dreamnet). Moves the billing
     /// ledger to PostgreSQL (durable, shared by replicas). In memory when unset.
     #[arg(long, env = "DREAMNET_DATABASE_URL")]
@@ -129,6 +140,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         redis_prefix: cli.redis_prefix,
         database_url: cli.database_url.filter(|url| !url.is_empty()),
         database_schema: cli.database_schema.filter(|s| !s.is_empty()),
+        redis_timeout: cli.redis_timeout_ms.map(Duration::from_millis),
+        database_timeout: Duration::from_millis(cli.database_timeout_ms),
         admin_token: std::env::var("DREAMNET_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),

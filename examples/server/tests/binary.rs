@@ -155,6 +155,8 @@ async fn help_explains_every_flag() {
         "--body-read-timeout",
         "--max-connections",
         "--max-body-bytes",
+        "--redis-timeout-ms",
+        "--database-timeout-ms",
         "DREAMNET_MAX_CONNECTIONS",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");

@@ -12,8 +12,8 @@ use dreamnet_server::Config;
 use dreamnet_test_support::{backends, unique_schema};
 
 const MINT: &str = r#"{"dreamId": "dream-hung", "wallet": "0x1"}"#;
-/// The PostgreSQL ledger's default deadline on every call.
-const LEDGER_DEADLINE: Duration = Duration::from_secs(5);
+/// The ledger's deadline on every call (`--database-timeout-ms`), short for the test.
+const LEDGER_DEADLINE: Duration = Duration::from_secs(2);
 
 fn sample(metrics: &str, name: &str) -> Option<f64> {
     metrics
@@ -30,6 +30,7 @@ async fn a_hung_postgres_gives_503s_within_the_deadline_and_stale_metrics() {
     let server = TestServer::start_with(Config {
         database_url: Some(backends::database_url()),
         database_schema: Some(schema.clone()),
+        database_timeout: LEDGER_DEADLINE,
         ..Config::default()
     })
     .await;
