@@ -53,28 +53,8 @@ impl Probe {
         let probe = async {
             match self {
                 Self::Memory => Ok(()),
-                Self::Redis(client) => {
-                    let mut conn = client
-                        .get_multiplexed_async_connection()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    redis::cmd("PING")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                }
-                Self::RedisCluster(client) => {
-                    let mut conn = client
-                        .get_async_connection()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    redis::cmd("PING")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                }
+                Self::Redis(client) => ping(client.get_multiplexed_async_connection().await).await,
+                Self::RedisCluster(client) => ping(client.get_async_connection().await).await,
                 Self::Postgres(pool) => {
                     let conn = pool.get().await.map_err(|e| e.to_string())?;
                     conn.simple_query("SELECT 1")
@@ -92,6 +72,18 @@ impl Probe {
             )),
         }
     }
+}
+
+/// `PING` on a freshly opened connection (single server or cluster).
+async fn ping<C: redis::aio::ConnectionLike>(
+    connection: redis::RedisResult<C>,
+) -> Result<(), String> {
+    let mut connection = connection.map_err(|e| e.to_string())?;
+    redis::cmd("PING")
+        .query_async::<String>(&mut connection)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// The stores of this replica, each with its probe.

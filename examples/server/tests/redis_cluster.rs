@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Backends, Process, TOKEN};
-use dreamnet_test_support::{holds_within, redis_cluster::OwnRedisCluster};
+use dreamnet_test_support::redis_cluster::OwnRedisCluster;
 
 const MINT: &str = r#"{"dreamId": "dream-123", "wallet": "0xabc"}"#;
 
@@ -49,42 +47,8 @@ async fn two_replicas_on_a_redis_cluster_share_limits_and_idempotency_records() 
     .await;
 
     // An exact day limit of 10 across both replicas.
-    let set = a
-        .http
-        .admin_post(
-            "/api/control/cluster/whale-pack/rate-limit",
-            r#"{"requestsPerMinute": 1000, "requestsPerHour": 1000, "requestsPerDay": 10}"#,
-        )
-        .await;
-    assert_eq!(set.status, 200, "{}", set.text());
-    assert!(
-        holds_within(Duration::from_secs(1), || async {
-            b.http
-                .admin_get("/api/control/cluster/whale-pack/rate-limit")
-                .await
-                .json()["requestsPerDay"]
-                == 10
-        })
-        .await,
-        "the new limit reaches replica B"
-    );
-    let tasks: Vec<_> = (0..30)
-        .map(|i| {
-            let http = if i % 2 == 0 {
-                a.http.clone()
-            } else {
-                b.http.clone()
-            };
-            tokio::spawn(async move { http.get("/api/whale-pack/echo").await.status.as_u16() })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for task in tasks {
-        statuses.push(task.await.unwrap());
-    }
-    let admitted = statuses.iter().filter(|&&s| s == 200).count();
-    let limited = statuses.iter().filter(|&&s| s == 429).count();
-    assert_eq!((admitted, limited), (10, 20), "{statuses:?}");
+    let (admitted, limited) = common::exact_day_limit_across(&a.http, &b.http).await;
+    assert_eq!((admitted, limited), (10, 20));
 
     // A retried mint through the other replica replays and charges once.
     for i in 0..12 {

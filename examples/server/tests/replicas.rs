@@ -81,48 +81,9 @@ async fn rate_limit_is_shared_exactly() {
     };
     let (a, b) = (&replicas.a, &replicas.b);
 
-    // A day window of 10 (the day boundary is the only one a burst could straddle).
-    let set = a
-        .http
-        .admin_post(
-            "/api/control/cluster/whale-pack/rate-limit",
-            r#"{"requestsPerMinute": 1000, "requestsPerHour": 1000, "requestsPerDay": 10}"#,
-        )
-        .await;
-    assert_eq!(set.status, 200, "{}", set.text());
-    assert!(
-        holds_within(Duration::from_secs(1), || async {
-            b.http
-                .admin_get("/api/control/cluster/whale-pack/rate-limit")
-                .await
-                .json()["requestsPerDay"]
-                == 10
-        })
-        .await,
-        "the new limit reaches replica B"
-    );
-
-    // 30 concurrent requests spread over both replicas: exactly 10 admitted.
-    let mut tasks = Vec::new();
-    for i in 0..30 {
-        let http = if i % 2 == 0 {
-            a.http.clone()
-        } else {
-            b.http.clone()
-        };
-        tasks.push(tokio::spawn(async move {
-            http.get("/api/whale-pack/echo").await.status.as_u16()
-        }));
-    }
-    let mut admitted = 0;
-    let mut limited = 0;
-    for task in tasks {
-        match task.await.unwrap() {
-            200 => admitted += 1,
-            429 => limited += 1,
-            other => panic!("unexpected status {other}"),
-        }
-    }
+    // A day window of 10 (the day boundary is the only one a burst could straddle), 30
+    // concurrent requests spread over both replicas: exactly 10 admitted.
+    let (admitted, limited) = common::exact_day_limit_across(&a.http, &b.http).await;
     assert_eq!((admitted, limited), (10, 20));
     let usage = b.http.admin_get("/api/control").await.json();
     let windows = &usage["clusters"]["whale-pack"]["usage"]["windows"];

@@ -464,3 +464,41 @@ impl Backends {
         }
     }
 }
+
+/// Sets a day limit of 10 on `whale-pack` through replica `a`, waits until `b` enforces it,
+/// then sends 30 concurrent guarded GETs spread over both: the (admitted, limited) counts
+/// (exactly (10, 20) when the replicas share the counters). Panics on another status.
+pub async fn exact_day_limit_across(a: &Http, b: &Http) -> (usize, usize) {
+    let set = a
+        .admin_post(
+            "/api/control/cluster/whale-pack/rate-limit",
+            r#"{"requestsPerMinute": 1000, "requestsPerHour": 1000, "requestsPerDay": 10}"#,
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    assert!(
+        dreamnet_test_support::holds_within(Duration::from_secs(1), || async {
+            b.admin_get("/api/control/cluster/whale-pack/rate-limit")
+                .await
+                .json()["requestsPerDay"]
+                == 10
+        })
+        .await,
+        "the new limit reaches replica B"
+    );
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let http = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { http.get("/api/whale-pack/echo").await.status.as_u16() })
+        })
+        .collect();
+    let (mut admitted, mut limited) = (0, 0);
+    for task in tasks {
+        match task.await.expect("the request task") {
+            200 => admitted += 1,
+            429 => limited += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    (admitted, limited)
+}
