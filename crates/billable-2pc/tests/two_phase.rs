@@ -289,6 +289,17 @@ pub async fn dropped_request_voids_at_once_when_asked(f: &Fixture) {
         async move { send(svc, req).await }
     });
     let id = wait_for_state(ledger, &acct, "k", ActionState::Pending).await;
+    // The handler runs, so the layer holds the reservation (a batch commit is visible in
+    // the table a moment before its callers are woken; a drop in that moment is left to
+    // recovery, as a crash would be).
+    let started = tokio::time::Instant::now();
+    while runs.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the handler never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     hanging.abort();
     let _ = hanging.await;
     // No clock movement, no sweep: the drop itself released the hold.
