@@ -8,46 +8,24 @@
 #![allow(missing_docs)]
 
 use std::{
-    collections::BTreeMap,
     hint::black_box,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use dreamnet_benches::{bare_handler, poll_now};
-use dreamnet_control_core::{ClusterConfig, ControlConfig, ControlPlane, Outcome, WindowConfig};
+use dreamnet_benches::{bare_handler, poll_now, unlimited_plane};
+use dreamnet_control_core::Outcome;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use tower::{service_fn, Service, ServiceBuilder};
-
-/// One cluster with 3 windows so large that no request is ever rate limited: every
-/// iteration measures the full admission path (all 3 windows checked and taken).
-fn plane() -> ControlPlane {
-    let mut clusters = BTreeMap::new();
-    clusters.insert(
-        "wolf-pack".to_owned(),
-        ClusterConfig {
-            windows: vec![
-                WindowConfig::new("minute", 1_000_000_000_000, 60),
-                WindowConfig::new("hour", 1_000_000_000_000, 3600),
-                WindowConfig::new("day", 1_000_000_000_000, 86_400),
-            ],
-            ..ClusterConfig::per_minute_hour_day(1, 1, 1)
-        },
-    );
-    ControlPlane::new(ControlConfig {
-        clusters,
-        ..ControlConfig::default()
-    })
-}
 
 fn request() -> Request<Full<Bytes>> {
     Request::new(Full::new(Bytes::new()))
 }
 
 fn decision(c: &mut Criterion) {
-    let plane = plane();
+    let plane = unlimited_plane();
     let mut guarded = ServiceBuilder::new()
         .layer(plane.layer("wolf-pack"))
         .service(service_fn(bare_handler));
@@ -108,7 +86,7 @@ fn decision(c: &mut Criterion) {
     });
     // A 503 from the kill switch: problem+json plus `RateLimit-Policy` (no `RateLimit`:
     // the counters are not read).
-    let stopped = crate::plane();
+    let stopped = unlimited_plane();
     poll_now(stopped.engage_kill_switch("bench", "bench", None)).unwrap();
     let mut stopped_svc = ServiceBuilder::new()
         .layer(stopped.layer("wolf-pack"))

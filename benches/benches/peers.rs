@@ -84,7 +84,7 @@ fn trace_id(c: &mut Criterion) {
 }
 
 fn control(c: &mut Criterion) {
-    let plane = services::plane();
+    let plane = dreamnet_benches::unlimited_plane();
     let mut group = c.benchmark_group("peers/control");
     case(&mut group, "bare", services::bare(), Incoming::Nothing);
     case(

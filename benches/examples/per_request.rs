@@ -89,7 +89,7 @@ fn interleaved(mut args: impl Iterator<Item = String>) {
     let n: u64 = args.next().map_or(20_000, |n| n.parse().expect("N"));
     let cases: Vec<String> = args.collect();
     assert!(cases.len() >= 2, "ab ROUNDS N BASELINE CASE...");
-    let plane = services::plane();
+    let plane = dreamnet_benches::unlimited_plane();
     let mut loops: Vec<Timed> = cases.iter().map(|c| timed(c, &plane)).collect();
     for run in &mut loops {
         run(n); // warm up
@@ -132,7 +132,7 @@ fn main() {
     let n: u64 = args
         .next()
         .map_or(100_000, |n| n.parse().expect("N: a number of requests"));
-    let plane = services::plane();
+    let plane = dreamnet_benches::unlimited_plane();
     match case.as_str() {
         "bare" => drive(&mut services::bare(), n, Incoming::Nothing),
         "bare_header" => drive(&mut services::bare(), n, Incoming::TraceId),

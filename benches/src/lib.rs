@@ -23,6 +23,18 @@ pub async fn bare_handler<B>(_request: Request<B>) -> Result<Response<Full<Bytes
     ))))
 }
 
+/// A plane with one cluster, `wolf-pack`, whose 3 windows (minute, hour, day) are so large
+/// that no request is ever rate limited: every request takes the full admission path (all 3
+/// windows checked and taken, the breaker ticket recorded, both rate-limit headers written).
+pub fn unlimited_plane() -> dreamnet_control_core::ControlPlane {
+    use dreamnet_control_core::{ClusterConfig, ControlConfig, ControlPlane, MAX_LIMIT};
+    let cluster = ClusterConfig::per_minute_hour_day(MAX_LIMIT, MAX_LIMIT, MAX_LIMIT);
+    ControlPlane::new(ControlConfig {
+        clusters: [("wolf-pack".to_owned(), cluster)].into(),
+        ..ControlConfig::default()
+    })
+}
+
 /// A multi-threaded tokio runtime with 2 workers, as on the CI machine.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -5,11 +5,11 @@
 //! minus bare" is the layer's own cost.
 #![allow(dead_code, unreachable_pub)]
 
-use std::{collections::BTreeMap, convert::Infallible, future::Ready};
+use std::{convert::Infallible, future::Ready};
 
 use axum::body::Body;
 use bytes::Bytes;
-use dreamnet_control_core::{ClusterConfig, ControlConfig, ControlPlane, WindowConfig};
+use dreamnet_control_core::ControlPlane;
 use dreamnet_trace_id::TraceIdLayer;
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Service, ServiceBuilder};
@@ -88,28 +88,6 @@ pub fn tower_http_request_id() -> impl Service<Request<()>, Error = Infallible> 
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .service(bare())
-}
-
-/// One cluster with 3 windows so large that no request is ever rate limited: every
-/// request takes the full admission path (all 3 windows checked and taken, the breaker
-/// ticket recorded, both rate-limit headers written).
-pub fn plane() -> ControlPlane {
-    let mut clusters = BTreeMap::new();
-    clusters.insert(
-        "wolf-pack".to_owned(),
-        ClusterConfig {
-            windows: vec![
-                WindowConfig::new("minute", 1_000_000_000_000, 60),
-                WindowConfig::new("hour", 1_000_000_000_000, 3600),
-                WindowConfig::new("day", 1_000_000_000_000, 86_400),
-            ],
-            ..ClusterConfig::per_minute_hour_day(1, 1, 1)
-        },
-    );
-    ControlPlane::new(ControlConfig {
-        clusters,
-        ..ControlConfig::default()
-    })
 }
 
 /// Our control layer on the memory store (kill switch, breaker, 3 windows, both headers).

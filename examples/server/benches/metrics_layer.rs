@@ -5,12 +5,12 @@
 //! Run: `cargo bench -p dreamnet-server --bench metrics_layer -- --warm-up-time 1 --measurement-time 3`
 #![allow(missing_docs)]
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use axum::{body::Body, routing::any, Router};
 use criterion::{criterion_group, criterion_main, Criterion};
 use dreamnet_control_core::{
-    ClusterConfig, ControlConfig, ControlLayer, ControlPlane, PathSegment, WindowConfig,
+    ClusterConfig, ControlConfig, ControlLayer, ControlPlane, PathSegment, MAX_LIMIT,
 };
 use dreamnet_idempotency::{DefaultScope, IdempotencyLayer, MemoryStore};
 use dreamnet_server::HttpMetrics;
@@ -20,20 +20,9 @@ use tower::{ServiceBuilder, ServiceExt};
 
 /// Windows so large that no request is ever limited: every iteration takes all three.
 fn plane() -> ControlPlane {
-    let mut clusters = BTreeMap::new();
-    clusters.insert(
-        "wolf-pack".to_owned(),
-        ClusterConfig {
-            windows: vec![
-                WindowConfig::new("minute", 1_000_000_000_000, 60),
-                WindowConfig::new("hour", 1_000_000_000_000, 3600),
-                WindowConfig::new("day", 1_000_000_000_000, 86_400),
-            ],
-            ..ClusterConfig::per_minute_hour_day(1, 1, 1)
-        },
-    );
+    let cluster = ClusterConfig::per_minute_hour_day(MAX_LIMIT, MAX_LIMIT, MAX_LIMIT);
     ControlPlane::new(ControlConfig {
-        clusters,
+        clusters: [("wolf-pack".to_owned(), cluster)].into(),
         ..ControlConfig::default()
     })
 }
