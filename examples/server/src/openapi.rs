@@ -20,7 +20,7 @@ use utoipa::{
         security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme},
         OpenApi as Document, RefOr, Response,
     },
-    IntoResponses, OpenApi, ToSchema,
+    IntoParams, IntoResponses, OpenApi, ToSchema,
 };
 
 use crate::{
@@ -191,13 +191,23 @@ fn echo_post() {}
 #[allow(dead_code)]
 fn status() {}
 
+/// The request headers of both mints.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // a parameter list: the layers read these headers themselves
+struct MintHeaders {
+    /// RFC 8941 sf-string (a bare token is accepted); required.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: String,
+    /// The account charged (default: the configured one).
+    #[param(rename = "X-Account-Id")]
+    account: Option<String>,
+}
+
 #[utoipa::path(
     post, path = "/api/mint-dream", tag = "public",
     summary = "Mint a dream: billable (charged once per Idempotency-Key), guarded by dream-state",
-    params(
-        ("Idempotency-Key" = String, Header, description = "RFC 8941 sf-string (a bare token is accepted); required"),
-        ("X-Account-Id" = Option<String>, Header, description = "The account charged (default: the configured one)"),
-    ),
+    params(MintHeaders),
     request_body = MintRequest,
     responses(
         (status = 201, description = "Minted and charged (a replay carries Idempotent-Replayed: true)", body = MintResponse),
@@ -210,10 +220,7 @@ fn mint_dream() {}
 #[utoipa::path(
     post, path = "/api/mint-dream-token", tag = "public",
     summary = "Mint a dream token: billable, guarded by dream-state",
-    params(
-        ("Idempotency-Key" = String, Header, description = "RFC 8941 sf-string (a bare token is accepted); required"),
-        ("X-Account-Id" = Option<String>, Header, description = "The account charged (default: the configured one)"),
-    ),
+    params(MintHeaders),
     request_body = MintRequest,
     responses(
         (status = 201, description = "Minted and charged", body = MintResponse),
