@@ -51,6 +51,10 @@ fn direct(c: &mut Criterion) {
         .layer(IdempotencyLayer::default())
         .service(service_fn(bare_handler));
     poll_now(layered.clone().oneshot(post("replayed"))).expect("seed");
+    // The lease heartbeat's own cost on a handler that answers at once (it arms no timer).
+    let no_heartbeat = ServiceBuilder::new()
+        .layer(IdempotencyLayer::builder().lease_heartbeat(false).build())
+        .service(service_fn(bare_handler));
     let counter = AtomicU64::new(0);
 
     let mut group = c.benchmark_group("idempotency/direct");
@@ -62,6 +66,12 @@ fn direct(c: &mut Criterion) {
         b.iter(|| {
             let request = post(&fresh_key(&counter));
             black_box(poll_now(layered.clone().oneshot(request)).expect("ok"))
+        });
+    });
+    group.bench_function("layer/first_call_no_heartbeat", |b| {
+        b.iter(|| {
+            let request = post(&fresh_key(&counter));
+            black_box(poll_now(no_heartbeat.clone().oneshot(request)).expect("ok"))
         });
     });
     group.bench_function("layer/replay", |b| {

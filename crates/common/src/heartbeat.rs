@@ -48,13 +48,13 @@ where
     B: FnMut() -> F,
     F: Future<Output = Beat>,
 {
+    // Polled only once `work` is pending (the select is biased), so work that is ready at
+    // once never arms a timer; a plain sleep, not an interval, so arming one allocates
+    // nothing. Each period starts when the last beat ended.
+    let period = period.max(Duration::from_millis(1));
     let beats = async {
-        let mut ticks = tokio::time::interval(period.max(Duration::from_millis(1)));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate; the lease was just taken.
-        ticks.tick().await;
         loop {
-            ticks.tick().await;
+            tokio::time::sleep(period).await;
             if beat().await == Beat::Gone {
                 return std::future::pending::<()>().await;
             }
