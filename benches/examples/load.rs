@@ -8,10 +8,17 @@
 //! DREAMNET_LOAD_SECS=5 DREAMNET_LOAD_ROUNDS=3 cargo run --release -p dreamnet-benches --example load
 //! ```
 //!
-//! Memory stores only (no Redis or PostgreSQL URL is configured). Routes: the guarded
-//! `GET /api/load/echo` (trace id, control plane with three windows, the idempotency layer
-//! passing a GET through) and a keyed `POST /api/load/echo` with a fresh `Idempotency-Key`
-//! per request (claim + store).
+//! Memory stores, and with `DREAMNET_LOAD_REDIS=redis://127.0.0.1:6379` a second project
+//! server whose control plane and idempotency records live in that Redis (under a fresh
+//! prefix). Routes: the guarded `GET /api/load/echo` (trace id, control plane with three
+//! windows, the idempotency layer passing a GET through) and a keyed `POST /api/load/echo`
+//! with a fresh `Idempotency-Key` per request (claim + store). Each line prints every
+//! round's ratio, then the median and the spread (lowest-highest) over the rounds.
+//!
+//! ```text
+//! DREAMNET_LOAD_REDIS=redis://127.0.0.1:6379 DREAMNET_LOAD_SECS=3 DREAMNET_LOAD_ROUNDS=5 \
+//!     cargo run --release -p dreamnet-benches --example load
+//! ```
 #![allow(missing_docs, clippy::print_stdout)]
 
 use std::{
@@ -36,15 +43,7 @@ use serde_json::{json, Value};
 
 /// One cluster whose windows never refuse, so every request takes the full path (and
 /// `dream-state`, which the server's mint routes need).
-const CONFIG: &str = r"
-[control.clusters.load]
-requests_per_minute = 1000000000
-requests_per_hour = 1000000000
-requests_per_day = 1000000000
-
-[control.clusters.dream-state]
-requests_per_minute = 60
-";
+const CONFIG: &str = include_str!("../../examples/server/fixtures/unlimited-load.toml");
 
 /// Concurrent keep-alive clients per run (as in the issue's `wrk -c32`).
 const CLIENTS: usize = 32;
@@ -69,12 +68,18 @@ async fn start_bare() -> SocketAddr {
     addr
 }
 
-/// The example server on memory stores; the `App` is returned to be kept alive (it owns the
-/// background tasks its router relies on).
-async fn start_project() -> (SocketAddr, App) {
+/// The example server, on memory stores or (with `redis`) on that Redis under a fresh
+/// prefix; the `App` is returned to be kept alive (it owns the background tasks its router
+/// relies on).
+async fn start_project(redis: Option<&str>) -> (SocketAddr, App) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let config = Config {
         file: FileConfig::from_toml(CONFIG).expect("a valid config"),
         admin_token: Some("load-bench-admin-token-0123456789".to_owned()),
+        redis_url: redis.map(str::to_owned),
+        redis_prefix: format!("dreamnet-load-{nanos}:"),
         ..Config::default()
     };
     let app = App::build(config).await.expect("the app builds");
@@ -154,9 +159,10 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The median and the spread (lowest, highest) of `values`.
+fn median_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    (values[values.len() / 2], values[0], values[values.len() - 1])
 }
 
 fn main() {
@@ -169,20 +175,27 @@ fn main() {
         .expect("a runtime");
     runtime.block_on(async {
         let bare = start_bare().await;
-        let (project, _app) = start_project().await;
-        for (label, keyed) in [("guarded GET echo", false), ("keyed POST echo", true)] {
-            let mut ratios = Vec::new();
-            for round in 1..=rounds {
-                let b = run(bare, keyed, window).await;
-                let p = run(project, keyed, window).await;
-                let ratio = p.per_sec / b.per_sec;
-                ratios.push(ratio);
-                println!(
-                    "{label:<18} round {round}: bare {:>7.0} req/s p99 {:>6.2?} | project {:>7.0} req/s p99 {:>6.2?} | project/bare {ratio:.3}",
-                    b.per_sec, b.p99, p.per_sec, p.p99
-                );
+        let mut projects = vec![("memory", start_project(None).await)];
+        if let Ok(url) = std::env::var("DREAMNET_LOAD_REDIS") {
+            projects.push(("redis", start_project(Some(&url)).await));
+        }
+        for (store, (project, _app)) in &projects {
+            for (route, keyed) in [("guarded GET echo", false), ("keyed POST echo", true)] {
+                let label = format!("{route}, {store}");
+                let mut ratios = Vec::new();
+                for round in 1..=rounds {
+                    let b = run(bare, keyed, window).await;
+                    let p = run(*project, keyed, window).await;
+                    let ratio = p.per_sec / b.per_sec;
+                    ratios.push(ratio);
+                    println!(
+                        "{label:<24} round {round}: bare {:>7.0} req/s p99 {:>6.2?} | project {:>7.0} req/s p99 {:>6.2?} | project/bare {ratio:.3}",
+                        b.per_sec, b.p99, p.per_sec, p.p99
+                    );
+                }
+                let (median, low, high) = median_spread(ratios);
+                println!("{label:<24} project/bare over {rounds} rounds: median {median:.3} (spread {low:.3}-{high:.3})");
             }
-            println!("{label:<18} median project/bare over {rounds} rounds: {:.3}", median(ratios));
         }
     });
 }

@@ -19,15 +19,7 @@ use hyper_util::rt::TokioIo;
 use tower::ServiceExt;
 
 /// A cluster whose limits are never reached, so every iteration is admitted.
-const CONFIG: &str = r"
-[control.clusters.load]
-requests_per_minute = 1000000000
-requests_per_hour = 1000000000
-requests_per_day = 1000000000
-
-[control.clusters.dream-state]
-requests_per_minute = 60
-";
+const CONFIG: &str = include_str!("../fixtures/unlimited-load.toml");
 
 /// An OTLP/HTTP endpoint that reads each export and answers 200.
 async fn sink() -> String {

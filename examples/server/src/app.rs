@@ -217,37 +217,50 @@ impl App {
             .merge(admin_routes)
             .merge(mint_routes)
             .merge(cluster_routes);
-        // After every merge, so it wraps every route (the nested admin APIs' too): the
-        // matched template travels out to the metrics layer in the response.
-        let inner = HttpMetrics::tag_routes(routes)
+        // The matched template travels out to the metrics layer in the response; the
+        // fallbacks answer problem+json. `with_state(())` turns every handler into a ready
+        // route once: a `Router` served without it (as hyper-util's builder serves it;
+        // `axum::serve` does it itself) clones and converts the matched handler and each
+        // fallback on every request.
+        let routes = HttpMetrics::tag_routes(routes)
             .fallback(problem::not_found)
             .method_not_allowed_fallback(problem::method_not_allowed)
-            .layer(crate::edge::request_limits(&config.edge))
-            .layer(middleware::from_fn(problem::problem_errors))
-            .layer(telemetry::access_log());
-        let router = shared.http.observe(inner);
+            .with_state(());
+
         #[cfg(feature = "otlp")]
-        let (router, otlp) = match config.otlp_endpoint.as_deref() {
+        let (otlp_layer, otlp) = match config.otlp_endpoint.as_deref() {
             Some(endpoint) => {
                 let (exporter, flush) =
                     crate::otlp::Exporter::spawn(endpoint).map_err(BuildError::Otlp)?;
-                let router = router.layer(middleware::from_fn_with_state(
-                    exporter,
-                    crate::otlp::record,
-                ));
-                (router, Some(flush))
+                let record = middleware::from_fn_with_state(exporter, crate::otlp::record);
+                (tower::util::option_layer(Some(record)), Some(flush))
             }
-            None => (router, None),
+            None => (tower::util::option_layer(None), None),
         };
         // Not an error: OTEL_EXPORTER_OTLP_ENDPOINT is often set for a whole deployment,
         // and a replica built without export must still start.
         #[cfg(not(feature = "otlp"))]
-        if config.otlp_endpoint.is_some() {
-            tracing::warn!(
-                "an OTLP endpoint is set, but this server was built without the `otlp` feature: no spans are exported"
-            );
-        }
-        let router = router.layer(TraceIdLayer::new());
+        let otlp_layer = {
+            if config.otlp_endpoint.is_some() {
+                tracing::warn!(
+                    "an OTLP endpoint is set, but this server was built without the `otlp` feature: no spans are exported"
+                );
+            }
+            tower::layer::util::Identity::new()
+        };
+
+        // The server-wide layers, outermost first, around the whole router as one service
+        // (not `Router::layer` once each: that boxes every route once more per layer, and
+        // each request then clones the nested boxes, quadratic in the depth).
+        let stack = ServiceBuilder::new()
+            .layer(TraceIdLayer::new())
+            .layer(otlp_layer)
+            .layer(shared.http.observe_layer())
+            .layer(telemetry::access_log())
+            .layer(problem::problem_errors())
+            .layer(crate::edge::request_limits(&config.edge))
+            .service(routes);
+        let router = Router::new().fallback_service(stack);
 
         Ok(Self {
             router,

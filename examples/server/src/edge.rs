@@ -191,7 +191,7 @@ mod tests {
                 axum::routing::post(|body: String| async move { body }),
             )
             .layer(request_limits(&edge))
-            .layer(middleware::from_fn(crate::problem::problem_errors))
+            .layer(crate::problem::problem_errors())
             .layer(TraceIdLayer::new())
     }
 

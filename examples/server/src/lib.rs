@@ -19,6 +19,7 @@
 //! mapping -> per route: admin auth (control and billable APIs), or control(cluster) ->
 //! idempotency (cluster routes) / mint validation -> billable (mints) -> handler.
 
+mod after;
 mod app;
 mod billing;
 mod config;

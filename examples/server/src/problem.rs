@@ -3,13 +3,14 @@
 use axum::{
     body::Body,
     extract::Request,
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 use dreamnet_common::{problem::PROBLEM_JSON, Problem};
 use dreamnet_trace_id::TraceContext;
 use http::{header, Extensions, StatusCode};
 use http_body_util::BodyExt;
+
+use crate::after::{After, AfterLayer, Then};
 
 /// The trace id of a request, from the [`TraceContext`] the trace-id layer stored.
 pub(crate) fn trace_id(extensions: &Extensions) -> Option<String> {
@@ -35,13 +36,34 @@ const MAX_QUOTED_DETAIL: usize = 512;
 /// Middleware: any error response (status >= 400) that is not already problem+json (axum's
 /// 405, extractor rejections, a layer's plain-text error) is rewritten as problem+json with
 /// the trace id, keeping its status and headers (`Allow`, `WWW-Authenticate`, ...).
-pub(crate) async fn problem_errors(request: Request, next: Next) -> Response {
-    let trace = trace_id(request.extensions());
-    let response = next.run(request).await;
-    let status = response.status();
-    if status.as_u16() < 400 || is_problem(response.headers()) {
-        return response;
+pub(crate) fn problem_errors() -> AfterLayer<ProblemErrors> {
+    AfterLayer::new(ProblemErrors)
+}
+
+/// The [`After`] of [`problem_errors`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ProblemErrors;
+
+impl After for ProblemErrors {
+    /// The request's trace context (a clone of shared ids), for the rare rewrite.
+    type Seed = Option<TraceContext>;
+
+    fn seed<B>(&self, request: &http::Request<B>) -> Self::Seed {
+        TraceContext::from_extensions(request.extensions()).cloned()
     }
+
+    fn after(&self, trace: Self::Seed, response: Response) -> Then {
+        if response.status().as_u16() < 400 || is_problem(response.headers()) {
+            return Then::Done(response);
+        }
+        Then::Later(Box::pin(rewrite(response, trace)))
+    }
+}
+
+/// `response` (an error that is not problem+json) as problem+json, its body quoted as the
+/// detail when short.
+async fn rewrite(response: Response, trace: Option<TraceContext>) -> Response {
+    let status = response.status();
     let (mut parts, body) = response.into_parts();
     let text = match http_body_util::Limited::new(body, MAX_QUOTED_DETAIL)
         .collect()
@@ -57,7 +79,7 @@ pub(crate) async fn problem_errors(request: Request, next: Next) -> Response {
     };
     let problem = Problem::from_status(status)
         .detail(detail)
-        .maybe_trace_id(trace);
+        .maybe_trace_id(trace.map(|ctx| ctx.trace_id().to_owned()));
     let body = problem.to_json();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(

@@ -24,15 +24,7 @@ use common::TestServer;
 use dreamnet_server::{Config, FileConfig};
 use http::Method;
 
-const CONFIG: &str = r"
-[control.clusters.load]
-requests_per_minute = 1000000000
-requests_per_hour = 1000000000
-requests_per_day = 1000000000
-
-[control.clusters.dream-state]
-requests_per_minute = 60
-";
+const CONFIG: &str = include_str!("../fixtures/unlimited-load.toml");
 
 async fn run(server: &TestServer, label: &str, method: Method, path: &'static str, keyed: bool) {
     let clients = 32;

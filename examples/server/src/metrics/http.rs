@@ -10,13 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{
-    body::Body,
-    extract::{MatchedPath, Request, State},
-    middleware::{self, Next},
-    response::Response,
-    Router,
-};
+use crate::after::{After, AfterLayer, Then};
+use axum::{body::Body, extract::MatchedPath, response::Response, Router};
 use dreamnet_common::{problem::PROBLEM_JSON, StoreFault};
 use http::header;
 use http_body::Body as _;
@@ -150,13 +145,19 @@ impl HttpMetrics {
     /// Tags every route of `router` with its template (call it after the last `route`,
     /// `merge` and `nest`: it is a `route_layer`). [`HttpMetrics::observe`] reads the tag.
     pub fn tag_routes<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
-        router.route_layer(middleware::from_fn(tag_route))
+        router.route_layer(AfterLayer::new(TagRoute))
     }
 
     /// Wraps `router` in the middleware that counts and times every response (put it outside
     /// every layer whose work should be in the latency, and inside the trace-id layer).
     pub fn observe<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
-        router.layer(middleware::from_fn_with_state(self.clone(), observe))
+        router.layer(self.observe_layer())
+    }
+
+    /// The middleware of [`HttpMetrics::observe`] as a layer, for a stack around a whole
+    /// router.
+    pub(crate) fn observe_layer(&self) -> AfterLayer<Observe> {
+        AfterLayer::new(Observe(self.clone()))
     }
 
     fn reject(&self, route: &str, status: u16, problem_type: String, fault: Option<&StoreFault>) {
@@ -204,36 +205,58 @@ impl HttpMetrics {
 #[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 pub(crate) struct ProblemType(pub(crate) String);
 
-/// Route middleware (a `route_layer`, so it runs after routing): copies the matched route
-/// template into the response, where [`observe`] outside the router reads it.
-async fn tag_route(request: Request, next: Next) -> Response {
-    let path = request.extensions().get::<MatchedPath>().cloned();
-    let mut response = next.run(request).await;
-    if let Some(path) = path {
-        response.extensions_mut().insert(path);
+/// Route middleware: copies the matched template into the response, where
+/// [`Observe`] (outside the router) finds it.
+#[derive(Clone, Copy, Debug)]
+struct TagRoute;
+
+impl After for TagRoute {
+    type Seed = Option<MatchedPath>;
+
+    fn seed<B>(&self, request: &http::Request<B>) -> Self::Seed {
+        request.extensions().get::<MatchedPath>().cloned()
     }
-    response
+
+    fn after(&self, path: Self::Seed, mut response: Response) -> Then {
+        if let Some(path) = path {
+            response.extensions_mut().insert(path);
+        }
+        Then::Done(response)
+    }
 }
 
 /// Middleware around the whole router: counts and times every response; reads the problem
 /// `type` of error responses (small, already-built bodies) for the rejection counter.
-async fn observe(State(metrics): State<HttpMetrics>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let elapsed = started.elapsed();
-    let status = response.status().as_u16();
-    // A clone of the template (an `Arc<str>` inside), not a copy of the text.
-    let matched = response.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-    metrics.record(route, status, elapsed);
-    if status < 400 {
-        return response;
+#[derive(Clone)]
+pub(crate) struct Observe(HttpMetrics);
+
+impl After for Observe {
+    type Seed = Instant;
+
+    fn seed<B>(&self, _: &http::Request<B>) -> Instant {
+        Instant::now()
     }
-    let fault = StoreFault::of(&response).copied();
-    let (mut response, problem_type) = problem_type(response).await;
-    metrics.reject(route, status, problem_type.clone(), fault.as_ref());
-    response.extensions_mut().insert(ProblemType(problem_type));
-    response
+
+    fn after(&self, started: Instant, response: Response) -> Then {
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        // A clone of the template (an `Arc<str>` inside), not a copy of the text.
+        let matched = response.extensions().get::<MatchedPath>().cloned();
+        let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+        self.0.record(route, status, elapsed);
+        if status < 400 {
+            return Then::Done(response);
+        }
+        let metrics = self.0.clone();
+        Then::Later(Box::pin(async move {
+            let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+            let fault = StoreFault::of(&response).copied();
+            let (mut response, problem_type) = problem_type(response).await;
+            metrics.reject(route, status, problem_type.clone(), fault.as_ref());
+            response.extensions_mut().insert(ProblemType(problem_type));
+            response
+        }))
+    }
 }
 
 /// The `type` of a problem+json response (the body is read and put back), `unknown` when
