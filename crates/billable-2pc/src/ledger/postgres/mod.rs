@@ -75,13 +75,14 @@ use super::{
 };
 
 mod batch;
+mod batch_functions;
 mod calls;
 mod functions;
 mod rows;
 mod sql;
 
 use batch::{BatchConfig, Batcher};
-pub use batch::{DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT};
+pub use batch::{BatchCounts, DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT};
 use calls::Settle;
 use rows::backend;
 use sql::Sql;
@@ -189,6 +190,16 @@ impl PostgresLedger {
     /// since the ledger was built: the figure a server exports as a metric.
     pub fn pruned_total(&self) -> u64 {
         self.inner.core.pruned.load(Ordering::Relaxed)
+    }
+
+    /// The reserve batches sent so far and the reserves they carried.
+    pub fn reserve_batches(&self) -> BatchCounts {
+        self.inner.reserves.counts()
+    }
+
+    /// The settle batches sent so far and the settles they carried.
+    pub fn settle_batches(&self) -> BatchCounts {
+        self.inner.settles.counts()
     }
 
     /// Bounds a batched call by the deadline.
