@@ -59,6 +59,13 @@ pub async fn postgres_with(configure: Configure) -> Option<Fixture> {
     Some(postgres_in_schema(configure).await?.0)
 }
 
+/// A PostgreSQL ledger whose batches are cut only when 6 calls are queued, or after 2 s:
+/// six concurrent calls are one batch.
+#[cfg(feature = "postgres")]
+pub async fn batched_by_6() -> Option<Fixture> {
+    postgres_with(|b| b.max_batch(6).max_wait(Duration::from_secs(2))).await
+}
+
 /// [`postgres_with`], and the schema of the ledger.
 #[cfg(feature = "postgres")]
 pub async fn postgres_in_schema(configure: Configure) -> Option<(Fixture, String)> {
