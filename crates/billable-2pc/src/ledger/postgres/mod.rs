@@ -40,8 +40,8 @@
 //!
 //! | call | round trips |
 //! |---|---|
-//! | `reserve` | 1 per batch: `dreamnet_billable_reserve_batch` (per request: upsert + lock the account, lock the key's live action, void it if expired, check funds, insert, hold) |
-//! | `settle` | 1 per batch: `dreamnet_billable_resolve_batch` (per request: lock account, lock action, check, store the response and post the charge) |
+//! | `reserve` | 1 per batch: `dreamnet_billable_reserve_batch` (per account: upsert + lock its row, post its holds to a slot; per fresh key on an unlimited account: a lock-free read and an insert; anything else as one `dreamnet_billable_reserve`: lock the key's live action, void it if expired, check funds, insert, hold) |
+//! | `settle` | 1 per batch: `dreamnet_billable_resolve_batch` (the accounts locked `FOR SHARE` once; per live hold: one update storing the response and the charge; per account: its sums to a slot; anything else as one `dreamnet_billable_resolve`) |
 //! | `confirm`, `charge`, `void` | 1: `dreamnet_billable_resolve` |
 //! | replay (same key) | a `reserve` that finds the existing action with a plain, lock-free read first; it writes nothing |
 //!
