@@ -10,7 +10,11 @@
 //! 2. `clients` tasks minting through [`BillableLayer`] on a [`PostgresLedger`] (fresh key
 //!    each, account `i % accounts`), printing charged mints/s, p50/p99 and commits per mint
 //!    (`pg_stat_database.xact_commit` before and after: other sessions on the server count
-//!    too, so it is an upper bound).
+//!    too, so it is an upper bound);
+//! 3. where the time goes: CPU seconds per mint of this process (client, layer, ledger) and
+//!    of the ledger's PostgreSQL backends (found by their `application_name`, read from
+//!    `/proc/<pid>/stat`: the server must run on this machine), steadier than the rate on a
+//!    shared machine.
 #![allow(missing_docs, clippy::print_stdout)]
 
 use std::{
@@ -58,9 +62,53 @@ fn args() -> Args {
 }
 
 fn pool(size: usize) -> Pool {
-    let pool = pool_for(&dreamnet_test_support::database_url()).expect("pool");
+    pool_at(&dreamnet_test_support::database_url(), size)
+}
+
+fn pool_at(url: &str, size: usize) -> Pool {
+    let pool = pool_for(url).expect("pool");
     pool.resize(size);
     pool
+}
+
+/// User + system CPU seconds of process `pid` (`/proc/<pid>/stat` fields 14 and 15, in
+/// clock ticks of 1/100 s on Linux), 0 when it cannot be read.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces; the fields after its `)` are plain.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // fields[0] is field 3 (state): utime is field 14, stime field 15.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// CPU seconds, per pid, of the backends named `application` (the ledger's connections).
+async fn backend_cpu(admin: &Pool, application: &str) -> std::collections::HashMap<i32, f64> {
+    let client = admin.get().await.expect("connection");
+    client
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            &[&application],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|row| {
+            let pid: i32 = row.get(0);
+            (pid, cpu_seconds(&pid.to_string()))
+        })
+        .collect()
 }
 
 async fn commits(pool: &Pool) -> i64 {
@@ -124,15 +172,23 @@ async fn main() {
     let spread = ceiling(&admin, &table, args.clients, 64, args.seconds).await;
 
     let schema = format!("t_bill_load_{:016x}", rand::random::<u64>());
+    let application = schema.clone();
+    let url = dreamnet_test_support::database_url();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let ledger_url = format!("{url}{separator}application_name={application}");
     let ledger = Arc::new(
-        PostgresLedger::builder(pool(8))
+        PostgresLedger::builder(pool_at(&ledger_url, 8))
             .schema(schema.clone())
             .build()
             .await
             .expect("ledger"),
     );
     let svc = ServiceBuilder::new()
-        .layer(BillableLayer::with_shared_ledger(ledger, "mint-dream", 1))
+        .layer(BillableLayer::with_shared_ledger(
+            ledger.clone(),
+            "mint-dream",
+            1,
+        ))
         .service(tower::service_fn(
             |_r: Request<RequestBody<Full<Bytes>>>| async {
                 Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
@@ -141,6 +197,8 @@ async fn main() {
             },
         ));
     let before = commits(&admin).await;
+    let backends_before = backend_cpu(&admin, &application).await;
+    let client_before = cpu_seconds("self");
     let started = Instant::now();
     let until = started + Duration::from_secs(args.seconds);
     let tasks: Vec<_> = (0..args.clients)
@@ -171,7 +229,14 @@ async fn main() {
         latencies.extend(task.await.expect("client"));
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let client_cpu = cpu_seconds("self") - client_before;
+    let backends_cpu: f64 = backend_cpu(&admin, &application)
+        .await
+        .iter()
+        .map(|(pid, cpu)| cpu - backends_before.get(pid).copied().unwrap_or(0.0))
+        .sum();
     let after = commits(&admin).await;
+    let (reserves, settles) = (ledger.reserve_batches(), ledger.settle_batches());
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     let charged = latencies.len() as f64;
@@ -186,6 +251,27 @@ async fn main() {
         pct(0.50).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
         (after - before) as f64 / charged
+    );
+    let mean = |b: dreamnet_billable::ledger::postgres::BatchCounts| {
+        b.calls as f64 / b.batches.max(1) as f64
+    };
+    println!(
+        "batches: {} reserve batches of {:.1} on average, {} settle batches of {:.1}: \
+         {:.3} ledger commits per mint",
+        reserves.batches,
+        mean(reserves),
+        settles.batches,
+        mean(settles),
+        (reserves.batches + settles.batches) as f64 / charged
+    );
+    println!(
+        "CPU per mint: {:.1} us in this process, {:.1} us in the ledger's PostgreSQL backends \
+         ({:.2} + {:.2} of {} cores busy)",
+        client_cpu / charged * 1e6,
+        backends_cpu / charged * 1e6,
+        client_cpu / elapsed,
+        backends_cpu / elapsed,
+        std::thread::available_parallelism().map_or(0, usize::from),
     );
     println!(
         "ratio: {:.2}x the hot-row ceiling, {:.2}x the spread ceiling",

@@ -20,11 +20,6 @@ use http::StatusCode;
 
 mod common;
 
-/// A ledger whose batches are cut only when 6 (4) calls are queued, or after 2 s.
-async fn batched_by_6() -> Option<Fixture> {
-    postgres_with(|b| b.max_batch(6).max_wait(Duration::from_secs(2))).await
-}
-
 /// Five holds of 100 on a credit of 250, one batch: checked in order, the first two are
 /// covered, the other three get 402 (the available 50 named), and a replay of a live key in
 /// the same batch is still its existing action.

@@ -151,16 +151,21 @@ macro_rules! ledger_conformance {
 
 /// An account id no other scenario (or process) uses, so backends shared by parallel tests
 /// never collide.
-fn account(tag: &str) -> AccountId {
+///
+/// # Panics
+/// When `tag` holds characters an account id may not.
+pub fn account(tag: &str) -> AccountId {
     AccountId::try_from(format!("{tag}-{:016x}", rand::random::<u64>()))
         .expect("a tag of id characters")
 }
 
-fn scope_of(account: &AccountId) -> String {
+/// The scope `DefaultScope` derives from `X-Account-Id`, as the scenarios reserve in.
+pub fn scope_of(account: &AccountId) -> String {
     format!("account:{account}")
 }
 
-fn reserve_request(account: &AccountId, key: &str, amount: i64) -> ReserveRequest {
+/// A reservation of `amount` USD on `account` for `key` (a mint, timeout [`TIMEOUT`]).
+pub fn reserve_request(account: &AccountId, key: &str, amount: i64) -> ReserveRequest {
     ReserveRequest {
         scope: scope_of(account),
         idempotency_key: key.to_owned(),
@@ -174,7 +179,11 @@ fn reserve_request(account: &AccountId, key: &str, amount: i64) -> ReserveReques
     }
 }
 
-async fn reserved<L: Ledger + ?Sized>(
+/// Reserves as [`reserve_request`] asks and returns the new action's id.
+///
+/// # Panics
+/// When the ledger fails or answers anything but a new reservation.
+pub async fn reserved<L: Ledger + ?Sized>(
     ledger: &L,
     account: &AccountId,
     key: &str,

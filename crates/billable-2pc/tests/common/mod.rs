@@ -2,7 +2,7 @@
 //! when reachable, one fresh schema each), a test handler whose behaviour the request
 //! picks, and request helpers.
 
-#![allow(dead_code, unreachable_pub, clippy::missing_panics_doc)]
+#![allow(dead_code, unused_imports, unreachable_pub, clippy::missing_panics_doc)]
 
 use std::{
     sync::{
@@ -16,9 +16,9 @@ use std::{
 pub mod reply_cutter;
 
 use bytes::Bytes;
-pub use dreamnet_billable::conformance::TIMEOUT;
+pub use dreamnet_billable::conformance::{account, reserve_request, reserved, scope_of, TIMEOUT};
 use dreamnet_billable::{
-    ledger::{ActionId, ActionState, Reservation, ReserveRequest},
+    ledger::{ActionId, ActionState},
     ActualCost, BillableLayer, LedgerAdmin, MemoryLedger, ReservedAction,
 };
 use dreamnet_common::{AccountId, ManualClock, ResponseBody};
@@ -57,6 +57,13 @@ type Configure = fn(
 #[cfg(feature = "postgres")]
 pub async fn postgres_with(configure: Configure) -> Option<Fixture> {
     Some(postgres_in_schema(configure).await?.0)
+}
+
+/// A PostgreSQL ledger whose batches are cut only when 6 calls are queued, or after 2 s:
+/// six concurrent calls are one batch.
+#[cfg(feature = "postgres")]
+pub async fn batched_by_6() -> Option<Fixture> {
+    postgres_with(|b| b.max_batch(6).max_wait(Duration::from_secs(2))).await
 }
 
 /// [`postgres_with`], and the schema of the ledger.
@@ -210,46 +217,6 @@ pub async fn send(svc: Svc, req: Request<Full<Bytes>>) -> (StatusCode, http::Hea
         parts.headers,
         body.collect().await.unwrap().to_bytes(),
     )
-}
-
-/// A unique account name per test, so backends shared by parallel tests never collide.
-pub fn account(name: &str) -> AccountId {
-    AccountId::try_from(format!("{name}-{:x}", rand::random::<u64>())).unwrap()
-}
-
-/// The scope `DefaultScope` derives from `X-Account-Id`.
-pub fn scope_of(account: &AccountId) -> String {
-    format!("account:{account}")
-}
-
-pub fn reserve_request(account: &AccountId, key: &str, amount: i64) -> ReserveRequest {
-    ReserveRequest {
-        scope: scope_of(account),
-        idempotency_key: key.to_owned(),
-        fingerprint: "f".repeat(64),
-        action: "mint-dream".to_owned(),
-        account: account.clone(),
-        amount,
-        currency: "USD".to_owned(),
-        trace_id: Some("trace-1".to_owned()),
-        timeout: TIMEOUT,
-    }
-}
-
-pub async fn reserved(
-    ledger: &dyn LedgerAdmin,
-    account: &AccountId,
-    key: &str,
-    amount: i64,
-) -> ActionId {
-    match ledger
-        .reserve(reserve_request(account, key, amount))
-        .await
-        .unwrap()
-    {
-        Reservation::Reserved(action) => action.id,
-        other => panic!("expected a reservation, got {other:?}"),
-    }
 }
 
 pub async fn state_of(ledger: &dyn LedgerAdmin, id: &ActionId) -> ActionState {

@@ -10,7 +10,14 @@
 //! handler runs. A batch that fails gives every caller in it the error, and nothing of it
 //! is applied (one transaction).
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -39,6 +46,26 @@ struct Job<Req, Out> {
 /// queue is drained.
 pub(super) struct Batcher<Req, Out> {
     queue: mpsc::Sender<Job<Req, Out>>,
+    counts: Arc<Counts>,
+}
+
+/// How many batches one writer sent, carrying how many calls (whatever their outcome).
+#[derive(Default)]
+struct Counts {
+    batches: AtomicU64,
+    calls: AtomicU64,
+}
+
+/// How many batches (transactions) a writer sent and how many calls they carried, since
+/// the ledger was built: `calls / batches` is the mean batch size, the number of requests
+/// that share one commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchCounts {
+    /// Batches sent, i.e. transactions (each one commit, or one rollback).
+    pub batches: u64,
+    /// Calls those batches carried.
+    pub calls: u64,
 }
 
 impl<Req: Send + 'static, Out: Send + 'static> Batcher<Req, Out> {
@@ -51,6 +78,8 @@ impl<Req: Send + 'static, Out: Send + 'static> Batcher<Req, Out> {
     {
         let max_batch = config.max_batch.max(1);
         let (queue, mut rx) = mpsc::channel::<Job<Req, Out>>(max_batch.saturating_mul(4));
+        let counts = Arc::new(Counts::default());
+        let counted = counts.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut jobs = vec![first];
@@ -58,6 +87,8 @@ impl<Req: Send + 'static, Out: Send + 'static> Batcher<Req, Out> {
                 let (requests, replies): (Vec<_>, Vec<_>) =
                     jobs.into_iter().map(|j| (j.request, j.reply)).unzip();
                 let count = requests.len();
+                counted.batches.fetch_add(1, Ordering::Relaxed);
+                counted.calls.fetch_add(count as u64, Ordering::Relaxed);
                 match run(requests).await {
                     Ok(outcomes) if outcomes.len() == count => {
                         for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -77,7 +108,15 @@ impl<Req: Send + 'static, Out: Send + 'static> Batcher<Req, Out> {
                 }
             }
         });
-        Self { queue }
+        Self { queue, counts }
+    }
+
+    /// The batches this writer sent so far.
+    pub(super) fn counts(&self) -> BatchCounts {
+        BatchCounts {
+            batches: self.counts.batches.load(Ordering::Relaxed),
+            calls: self.counts.calls.load(Ordering::Relaxed),
+        }
     }
 
     /// Queues `request` and waits for its batch's outcome.

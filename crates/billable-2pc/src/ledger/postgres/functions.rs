@@ -14,21 +14,31 @@
 //!   (`pg_backend_pid() % 16`), so an unlimited account is not one hot row. Setting a credit
 //!   line locks `FOR UPDATE`, waiting for those, and folds.
 
+// Every function runs with `SET enable_seqscan = off`: plpgsql caches each statement's plan
+// per connection, made at the first calls, i.e. on the empty tables of a fresh schema, where
+// a scan looks cheapest; nothing replans it until an autovacuum ANALYZE, so every batch
+// scanned the whole actions table (0.3: 613 us of backend CPU per mint; 160 us with index
+// lookups only). Every statement of the functions is a keyed lookup, so no plan loses by it
+// (tests/batch_paths.rs checks the scans).
+
+/// The action columns as the functions return them.
+const OUT: &str = "o_id TEXT, o_scope TEXT, o_idem_key TEXT, o_fingerprint TEXT, o_action TEXT,
+     o_account TEXT, o_reserved BIGINT, o_amount BIGINT, o_currency TEXT, o_state TEXT,
+     o_trace_id TEXT, o_created_at BIGINT, o_updated_at BIGINT, o_expires_at BIGINT,
+     o_response BYTEA";
+
 /// The functions, created (or replaced in place) by the migration. Signatures and result
 /// types of `dreamnet_billable_reserve` / `_resolve` / `_transition` are those of 0.2, so a
 /// replica still on 0.2 keeps working against a migrated schema while replicas roll over.
 pub(super) fn functions(s: &str, acc: &str, act: &str, slots: &str) -> String {
-    let out = "o_id TEXT, o_scope TEXT, o_idem_key TEXT, o_fingerprint TEXT, o_action TEXT,
-         o_account TEXT, o_reserved BIGINT, o_amount BIGINT, o_currency TEXT, o_state TEXT,
-         o_trace_id TEXT, o_created_at BIGINT, o_updated_at BIGINT, o_expires_at BIGINT,
-         o_response BYTEA";
+    let out = OUT;
     // A row of NULL action columns, for outcomes without an action.
     let no_action = format!("FROM (SELECT 1) AS one LEFT JOIN {act} AS a ON FALSE");
     format!(
         "
          -- Locks the account FOR UPDATE and folds its slots into its row: exact totals.
          CREATE OR REPLACE FUNCTION {s}.dreamnet_billable_fold(p_account TEXT)
-         RETURNS SETOF {acc} LANGUAGE plpgsql AS $fn$
+         RETURNS SETOF {acc} LANGUAGE plpgsql SET enable_seqscan = off AS $fn$
          DECLARE
              v_pending BIGINT;
              v_charged BIGINT;
@@ -54,7 +64,7 @@ pub(super) fn functions(s: &str, acc: &str, act: &str, slots: &str) -> String {
          CREATE OR REPLACE FUNCTION {s}.dreamnet_billable_add(
              p_account TEXT, p_pending BIGINT, p_charged BIGINT, p_exclusive BOOLEAN,
              p_now BIGINT
-         ) RETURNS VOID LANGUAGE plpgsql AS $fn$
+         ) RETURNS VOID LANGUAGE plpgsql SET enable_seqscan = off AS $fn$
          BEGIN
              IF p_pending = 0 AND p_charged = 0 THEN
                  RETURN;
@@ -77,7 +87,7 @@ pub(super) fn functions(s: &str, acc: &str, act: &str, slots: &str) -> String {
          CREATE OR REPLACE FUNCTION {s}.dreamnet_billable_transition(
              p_id TEXT, p_account TEXT, p_from TEXT, p_from_amount BIGINT, p_to TEXT,
              p_amount BIGINT, p_response BYTEA, p_now BIGINT
-         ) RETURNS VOID LANGUAGE plpgsql AS $fn$
+         ) RETURNS VOID LANGUAGE plpgsql SET enable_seqscan = off AS $fn$
          BEGIN
              UPDATE {act} SET state = p_to, amount = p_amount,
                  response = COALESCE(p_response, response), updated_at = p_now
@@ -98,7 +108,7 @@ pub(super) fn functions(s: &str, acc: &str, act: &str, slots: &str) -> String {
              p_account TEXT, p_amount BIGINT, p_currency TEXT, p_trace TEXT, p_now BIGINT,
              p_expires BIGINT, p_default_credit BIGINT
          ) RETURNS TABLE (o_outcome TEXT, o_account_currency TEXT, o_available BIGINT, {out})
-         LANGUAGE plpgsql AS $fn$
+         LANGUAGE plpgsql SET enable_seqscan = off AS $fn$
          DECLARE
              v_acc {acc}%ROWTYPE;
              v_live {act}%ROWTYPE;
@@ -177,7 +187,7 @@ pub(super) fn functions(s: &str, acc: &str, act: &str, slots: &str) -> String {
          CREATE OR REPLACE FUNCTION {s}.dreamnet_billable_resolve(
              p_id TEXT, p_to TEXT, p_actual BIGINT, p_response BYTEA, p_now BIGINT
          ) RETURNS TABLE (o_outcome TEXT, {out})
-         LANGUAGE plpgsql AS $fn$
+         LANGUAGE plpgsql SET enable_seqscan = off AS $fn$
          DECLARE
              v_act {act}%ROWTYPE;
              v_amount BIGINT;
@@ -214,45 +224,6 @@ pub(super) fn functions(s: &str, acc: &str, act: &str, slots: &str) -> String {
                  v_outcome := 'refused';
              END IF;
              RETURN QUERY SELECT v_outcome, a.* FROM {act} AS a WHERE a.id = p_id;
-         END $fn$;
-
-         -- A batch of reservations in one transaction, in account order (each account row
-         -- locked once, in a global order), in request order within an account (each hold
-         -- checked against what the earlier ones left). o_ord is the request's index (1-based).
-         CREATE OR REPLACE FUNCTION {s}.dreamnet_billable_reserve_batch(
-             p_ids TEXT[], p_scopes TEXT[], p_keys TEXT[], p_fingerprints TEXT[],
-             p_actions TEXT[], p_accounts TEXT[], p_amounts BIGINT[], p_currencies TEXT[],
-             p_traces TEXT[], p_now BIGINT, p_expires BIGINT[], p_default_credit BIGINT
-         ) RETURNS TABLE (o_ord INT, o_outcome TEXT, o_account_currency TEXT,
-             o_available BIGINT, {out})
-         LANGUAGE plpgsql AS $fn$
-         DECLARE
-             i INT;
-         BEGIN
-             FOR i IN SELECT u.ord::INT FROM unnest(p_accounts) WITH ORDINALITY AS u(account, ord)
-                 ORDER BY u.account, u.ord
-             LOOP
-                 RETURN QUERY SELECT i, r.* FROM {s}.dreamnet_billable_reserve(p_ids[i],
-                     p_scopes[i], p_keys[i], p_fingerprints[i], p_actions[i], p_accounts[i],
-                     p_amounts[i], p_currencies[i], p_traces[i], p_now, p_expires[i],
-                     p_default_credit) AS r;
-             END LOOP;
-         END $fn$;
-
-         -- A batch of resolves (settles) in one transaction, in account order.
-         CREATE OR REPLACE FUNCTION {s}.dreamnet_billable_resolve_batch(
-             p_ids TEXT[], p_tos TEXT[], p_actuals BIGINT[], p_responses BYTEA[], p_now BIGINT
-         ) RETURNS TABLE (o_ord INT, o_outcome TEXT, {out})
-         LANGUAGE plpgsql AS $fn$
-         DECLARE
-             i INT;
-         BEGIN
-             FOR i IN SELECT u.ord::INT FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
-                 LEFT JOIN {act} AS a ON a.id = u.id ORDER BY a.account NULLS LAST, u.ord
-             LOOP
-                 RETURN QUERY SELECT i, r.* FROM {s}.dreamnet_billable_resolve(p_ids[i],
-                     p_tos[i], p_actuals[i], p_responses[i], p_now) AS r;
-             END LOOP;
          END $fn$;"
-    )
+    ) + &super::batch_functions::batch_functions(s, acc, act, OUT)
 }

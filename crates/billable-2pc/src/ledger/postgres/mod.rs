@@ -40,8 +40,8 @@
 //!
 //! | call | round trips |
 //! |---|---|
-//! | `reserve` | 1 per batch: `dreamnet_billable_reserve_batch` (per request: upsert + lock the account, lock the key's live action, void it if expired, check funds, insert, hold) |
-//! | `settle` | 1 per batch: `dreamnet_billable_resolve_batch` (per request: lock account, lock action, check, store the response and post the charge) |
+//! | `reserve` | 1 per batch: `dreamnet_billable_reserve_batch` (per account: upsert + lock its row, post its holds to a slot; per fresh key on an unlimited account: a lock-free read and an insert; anything else as one `dreamnet_billable_reserve`: lock the key's live action, void it if expired, check funds, insert, hold) |
+//! | `settle` | 1 per batch: `dreamnet_billable_resolve_batch` (the accounts locked `FOR SHARE` once; per live hold: one update storing the response and the charge; per account: its sums to a slot; anything else as one `dreamnet_billable_resolve`) |
 //! | `confirm`, `charge`, `void` | 1: `dreamnet_billable_resolve` |
 //! | replay (same key) | a `reserve` that finds the existing action with a plain, lock-free read first; it writes nothing |
 //!
@@ -75,13 +75,14 @@ use super::{
 };
 
 mod batch;
+mod batch_functions;
 mod calls;
 mod functions;
 mod rows;
 mod sql;
 
 use batch::{BatchConfig, Batcher};
-pub use batch::{DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT};
+pub use batch::{BatchCounts, DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT};
 use calls::Settle;
 use rows::backend;
 use sql::Sql;
@@ -189,6 +190,16 @@ impl PostgresLedger {
     /// since the ledger was built: the figure a server exports as a metric.
     pub fn pruned_total(&self) -> u64 {
         self.inner.core.pruned.load(Ordering::Relaxed)
+    }
+
+    /// The reserve batches sent so far and the reserves they carried.
+    pub fn reserve_batches(&self) -> BatchCounts {
+        self.inner.reserves.counts()
+    }
+
+    /// The settle batches sent so far and the settles they carried.
+    pub fn settle_batches(&self) -> BatchCounts {
+        self.inner.settles.counts()
     }
 
     /// Bounds a batched call by the deadline.
