@@ -78,7 +78,9 @@ where
                 (Arc::clone(rt), req)
             }
         };
-        let admission = self.plane.admit(&rt, trace_id(&req));
+        let client_key = &self.plane.inner.client_key;
+        let client = || client_key.of(req.headers(), req.extensions());
+        let admission = self.plane.admit(&rt, trace_id(&req), client);
         match admission {
             Admission::Ready(Decision::Deny(rejection)) => {
                 ResponseFuture::rejected(rejection, ProblemFormat::of(req.headers()))

@@ -7,11 +7,13 @@ use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
 use super::{
-    AuditEntry, ControlState, Count, CounterStore, StateStore, StoreError, StoreFuture, Versioned,
+    clients::{ClientTable, DEFAULT_CLIENT_CAPACITY},
+    AuditEntry, ClientQuota, ControlState, Count, CounterStore, StateStore, StoreError,
+    StoreFuture, Versioned,
 };
 use crate::{
-    config::WindowConfig,
-    window::{decide, window_start, Slot, Taken},
+    config::{WindowConfig, MAX_CLIENT_WINDOWS},
+    window::{decide, roll_over, take_one, window_start, Slot, Taken},
 };
 
 /// How many audit entries the memory store keeps (the oldest are dropped).
@@ -27,6 +29,8 @@ struct Counters {
     /// aligned" without comparing names; holding the `Arc` keeps its address from being
     /// reused by other windows.
     aligned: Option<Arc<[WindowConfig]>>,
+    /// Per-client counters, created by the cluster's first per-client decision.
+    clients: Option<Box<ClientTable>>,
 }
 
 impl Counters {
@@ -65,17 +69,21 @@ impl Counters {
         self.slots = slots;
     }
 
+    /// The slot counting `window`, if the cluster has one.
+    fn slot_of(&mut self, window: &WindowConfig) -> Option<&mut Slot> {
+        let i = self
+            .keys
+            .iter()
+            .position(|(n, s)| *n == window.name && *s == window.seconds)?;
+        Some(&mut self.slots[i])
+    }
+
     /// One unit back to each window still counting the window `at` fell in.
     fn give_back(&mut self, windows: &[WindowConfig], at: u64) {
         for w in windows {
-            let Some(i) = self
-                .keys
-                .iter()
-                .position(|(n, s)| *n == w.name && *s == w.seconds)
-            else {
+            let Some(slot) = self.slot_of(w) else {
                 continue;
             };
-            let slot = &mut self.slots[i];
             if slot.start == window_start(w, at) && slot.count > 0 {
                 slot.count -= 1;
             }
@@ -101,10 +109,26 @@ type ClusterCounters = FxHashMap<String, Arc<Mutex<Counters>>>;
 /// the cluster map is read without a lock (`ArcSwap`) and copied on write, which happens
 /// once per cluster (its first decision). Clusters never contend with each other, and
 /// requests of one cluster contend on its mutex only.
-#[derive(Debug, Default, Clone)]
+///
+/// Per-client counters live beside their cluster's, under the same mutex (one decision
+/// covers both), at 40 bytes a client in sharded maps that drop a client once its windows
+/// have rolled over, capped at [`with_client_capacity`](Self::with_client_capacity) clients
+/// per cluster (see `store/clients.rs` for the trade-offs).
+#[derive(Debug, Clone)]
 pub struct MemoryStore {
     counters: Arc<ArcSwap<ClusterCounters>>,
     document: Arc<Mutex<Document>>,
+    client_capacity: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            counters: Arc::default(),
+            document: Arc::default(),
+            client_capacity: DEFAULT_CLIENT_CAPACITY,
+        }
+    }
 }
 
 impl MemoryStore {
@@ -113,17 +137,81 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// [`decide`] under the cluster's mutex (borrowed from the loaded map: no `Arc` clone
-    /// per request).
-    fn decide(&self, cluster: &str, windows: &Arc<[WindowConfig]>, now_millis: u64) -> Taken {
+    /// Keeps at most `clients` clients' counters per cluster (default 4 Mi, about 160 MiB
+    /// at most): past it, a new client evicts the entry that expires first of a small
+    /// sample, whose counts then restart.
+    #[must_use]
+    pub fn with_client_capacity(mut self, clients: usize) -> Self {
+        self.client_capacity = clients.max(1);
+        self
+    }
+
+    /// Clients with counters in `cluster` (including expired ones not yet swept).
+    pub fn clients(&self, cluster: &str) -> usize {
+        self.counters
+            .load()
+            .get(cluster)
+            .and_then(|c| c.lock().clients.as_ref().map(|t| t.len()))
+            .unwrap_or(0)
+    }
+
+    /// Runs `f` on the cluster's counters under its mutex (borrowed from the loaded map: no
+    /// `Arc` clone per request), creating them on the cluster's first decision.
+    #[inline]
+    fn with_counters<T>(&self, cluster: &str, f: impl FnOnce(&mut Counters) -> T) -> T {
+        let mut f = Some(f);
         loop {
             if let Some(counters) = self.counters.load().get(cluster) {
-                let mut counters = counters.lock();
-                counters.align(windows);
-                return decide(&mut counters.slots, windows, now_millis);
+                let f = f.take().expect("runs once");
+                return f(&mut counters.lock());
             }
             self.add_cluster(cluster);
         }
+    }
+
+    /// [`decide`] under the cluster's mutex.
+    fn decide(&self, cluster: &str, windows: &Arc<[WindowConfig]>, now_millis: u64) -> Taken {
+        self.with_counters(cluster, |counters| {
+            counters.align(windows);
+            decide(&mut counters.slots, windows, now_millis)
+        })
+    }
+
+    /// [`decide`] over the cluster's windows and the client's together, under the cluster's
+    /// mutex: both roll over, and one unit is taken from each only if both have room.
+    fn decide_for_client(
+        &self,
+        cluster: &str,
+        windows: &Arc<[WindowConfig]>,
+        client: &ClientQuota,
+        now: u64,
+    ) -> Taken {
+        let capacity = self.client_capacity;
+        self.with_counters(cluster, |counters| {
+            counters.align(windows);
+            let table = counters
+                .clients
+                .get_or_insert_with(|| Box::new(ClientTable::new(capacity)));
+            table.align(&client.windows);
+            let key = table.key_of(&client.client);
+            let mut own = [Slot::default(); MAX_CLIENT_WINDOWS];
+            let own = &mut own[..client.windows.len()];
+            table.slots(key, own);
+            let cluster_has_room = roll_over(&mut counters.slots, windows, now);
+            let client_has_room = roll_over(own, &client.windows, now);
+            let admitted = cluster_has_room && client_has_room;
+            if admitted {
+                take_one(&mut counters.slots);
+                take_one(own);
+                table.store(key, own, &client.windows, now);
+            }
+            Taken {
+                admitted,
+                now_millis: now,
+                counts: counters.slots.iter().chain(own.iter()).map(|s| s.count).collect(),
+                epoch: None,
+            }
+        })
     }
 
     /// Adds `cluster`'s (empty) counters, unless a concurrent first decision just did:
@@ -136,23 +224,36 @@ impl MemoryStore {
         });
     }
 
-    /// The counts of `windows` at `now`, without taking (or realigning) anything.
-    fn peek_counts(&self, cluster: &str, windows: &[WindowConfig], now_millis: u64) -> Taken {
+    /// The counts of `windows` (and the client's) at `now`, without taking (or realigning,
+    /// or creating) anything.
+    fn peek_counts(
+        &self,
+        cluster: &str,
+        windows: &[WindowConfig],
+        client: Option<&ClientQuota>,
+        now_millis: u64,
+    ) -> Taken {
+        let current = |slot: Option<Slot>, w: &WindowConfig| {
+            slot.filter(|slot| slot.start == window_start(w, now_millis))
+                .map_or(0, |slot| slot.count)
+        };
         let map = self.counters.load();
-        let counters = map.get(cluster).map(|c| c.lock());
-        let counts = windows
+        let mut counters = map.get(cluster).map(|c| c.lock());
+        let mut counts: Vec<u64> = windows
             .iter()
-            .map(|w| {
-                let Some(counters) = &counters else { return 0 };
-                counters
-                    .keys
-                    .iter()
-                    .position(|(n, s)| *n == w.name && *s == w.seconds)
-                    .map(|i| counters.slots[i])
-                    .filter(|slot| slot.start == window_start(w, now_millis))
-                    .map_or(0, |slot| slot.count)
-            })
+            .map(|w| current(counters.as_mut().and_then(|c| c.slot_of(w).copied()), w))
             .collect();
+        if let Some(client) = client {
+            let mut own = [Slot::default(); MAX_CLIENT_WINDOWS];
+            let own = &mut own[..client.windows.len()];
+            let table = counters.as_ref().and_then(|c| c.clients.as_deref());
+            // Entries are laid out for the windows last taken with: only read them in
+            // that layout (otherwise the client has counted nothing in these windows yet).
+            if let Some(table) = table.filter(|t| t.laid_out_for(&client.windows)) {
+                table.slots(table.key_of(&client.client), own);
+            }
+            counts.extend(own.iter().zip(client.windows.iter()).map(|(s, w)| current(Some(*s), w)));
+        }
         Taken {
             admitted: false,
             now_millis,
@@ -168,12 +269,16 @@ impl CounterStore for MemoryStore {
         &self,
         cluster: &Arc<str>,
         windows: &Arc<[WindowConfig]>,
+        client: Option<&ClientQuota>,
         now_millis: u64,
         mode: Count,
     ) -> StoreFuture<'static, Result<Taken, StoreError>> {
-        StoreFuture::ready(Ok(match mode {
-            Count::Take => self.decide(cluster, windows, now_millis),
-            Count::Peek => self.peek_counts(cluster, windows, now_millis),
+        StoreFuture::ready(Ok(match (mode, client) {
+            (Count::Take, None) => self.decide(cluster, windows, now_millis),
+            (Count::Take, Some(client)) => {
+                self.decide_for_client(cluster, windows, client, now_millis)
+            }
+            (Count::Peek, client) => self.peek_counts(cluster, windows, client, now_millis),
         }))
     }
 
@@ -181,11 +286,19 @@ impl CounterStore for MemoryStore {
         &'a self,
         cluster: &'a str,
         windows: &'a [WindowConfig],
+        client: Option<&'a ClientQuota>,
         taken: &'a Taken,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         if taken.admitted {
             if let Some(counters) = self.counters.load().get(cluster) {
-                counters.lock().give_back(windows, taken.now_millis);
+                let mut counters = counters.lock();
+                counters.give_back(windows, taken.now_millis);
+                if let (Some(client), Some(table)) = (client, counters.clients.as_deref_mut()) {
+                    if table.laid_out_for(&client.windows) {
+                        let key = table.key_of(&client.client);
+                        table.give_back(key, &client.windows, taken.now_millis);
+                    }
+                }
             }
         }
         StoreFuture::ready(Ok(()))
@@ -242,7 +355,7 @@ mod tests {
 
     fn take(store: &MemoryStore, windows: &Arc<[WindowConfig]>, now: u64) -> Taken {
         store
-            .count(&Arc::from("c"), windows, now, Count::Take)
+            .count(&Arc::from("c"), windows, None, now, Count::Take)
             .into_ready()
             .expect("the memory store never waits")
             .unwrap()
@@ -298,7 +411,7 @@ mod tests {
                     for i in 0..200 {
                         let cluster: Arc<str> = Arc::from(format!("c{}", i % 4));
                         let taken = store
-                            .count(&cluster, &windows, now, Count::Take)
+                            .count(&cluster, &windows, None, now, Count::Take)
                             .into_ready()
                             .expect("the memory store never waits")
                             .unwrap();
@@ -309,7 +422,7 @@ mod tests {
         });
         for c in 0..4 {
             let peek = store
-                .count(&Arc::from(format!("c{c}")), &windows, now, Count::Peek)
+                .count(&Arc::from(format!("c{c}")), &windows, None, now, Count::Peek)
                 .into_ready()
                 .expect("the memory store never waits")
                 .unwrap();
