@@ -12,17 +12,14 @@
 //! `load` runs the three services in turn every round (bare, memory, cluster: the machine's
 //! load hits them alike), 64 requests in flight, and prints each one's median requests per
 //! second and its ratio to the bare echo of the same round (median, min, max). `footprint`
-//! counts the bytes the store holds (a counting global allocator: live bytes after the
-//! takes minus before) for that many distinct clients, each admitted once.
+//! measures the store's bytes for that many distinct clients, each admitted once, as the
+//! growth of the process's resident set (`VmRSS`; the clients' keys are freed after each
+//! take, so what stays is the store's table).
 #![allow(missing_docs, clippy::print_stdout)]
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
     convert::Infallible,
-    sync::{
-        atomic::{AtomicIsize, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::Instant,
 };
 
@@ -37,27 +34,16 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower::{service_fn, util::BoxCloneService, ServiceBuilder, ServiceExt};
 
-/// Live heap bytes, for `footprint`.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
+/// This process's resident set (bytes), from `/proc/self/status` (Linux).
+fn rss() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: i64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
 }
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 const CLIENTS: usize = 10_000;
 const IN_FLIGHT: usize = 64;
@@ -67,12 +53,16 @@ type Svc = BoxCloneService<Request<()>, http::StatusCode, Infallible>;
 
 /// The cluster: unlimited aggregate windows, and a per-client minute and day no client of
 /// the run exhausts (every request does the full per-client decision).
-fn config() -> ControlConfig {
+/// Without `per_client`, the same cluster with its aggregate windows only (the baseline of
+/// the per-client cost).
+fn config(per_client: bool) -> ControlConfig {
     let mut cluster = ClusterConfig::per_minute_hour_day(MAX_LIMIT, MAX_LIMIT, MAX_LIMIT);
-    cluster.per_client = vec![
-        WindowConfig::new("minute", MAX_CLIENT_LIMIT, 60),
-        WindowConfig::new("day", MAX_CLIENT_LIMIT, 86_400),
-    ];
+    if per_client {
+        cluster.per_client = vec![
+            WindowConfig::new("minute", MAX_CLIENT_LIMIT, 60),
+            WindowConfig::new("day", MAX_CLIENT_LIMIT, 86_400),
+        ];
+    }
     ControlConfig {
         clusters: [("echo".to_owned(), cluster)].into_iter().collect(),
         ..ControlConfig::default()
@@ -123,15 +113,26 @@ async fn load(rounds: usize, n: usize) {
     let cluster = OwnRedisCluster::start().expect("redis-server for the cluster");
     let redis = RedisStore::connect_to(&RedisEndpoint::cluster(cluster.urls()))
         .await
-        .expect("the cluster answers")
-        .prefix("bench-per-client:");
-    let memory = ControlPlane::builder().config(config()).build();
-    let on_cluster = ControlPlane::builder()
-        .config(config())
-        .store(redis)
-        .build();
-    on_cluster.sync().await.expect("the cluster answers");
-    let cases = [("bare", echo()), ("memory", guarded(&memory)), ("cluster", guarded(&on_cluster))];
+        .expect("the cluster answers");
+    let plane = |per_client: bool, redis: Option<&RedisStore>| {
+        let builder = ControlPlane::builder().config(config(per_client));
+        match redis {
+            Some(redis) => builder.store(redis.clone().prefix(if per_client { "bench-pc:" } else { "bench-agg:" })),
+            None => builder,
+        }
+        .build()
+    };
+    let planes = [
+        ("memory, aggregate only", plane(false, None)),
+        ("memory, per client", plane(true, None)),
+        ("cluster, aggregate only", plane(false, Some(&redis))),
+        ("cluster, per client", plane(true, Some(&redis))),
+    ];
+    let mut cases = vec![("bare", echo())];
+    for (name, plane) in &planes {
+        plane.sync().await.expect("the store answers");
+        cases.push((name, guarded(plane)));
+    }
     for (_, svc) in &cases {
         round(svc, CLIENTS).await; // warm up: every client's counters exist
     }
@@ -145,7 +146,7 @@ async fn load(rounds: usize, n: usize) {
         let ratios: Vec<f64> = rates[0].iter().zip(&rates[i]).map(|(b, r)| b / r).collect();
         let (lo, hi) = ratios.iter().fold((f64::MAX, 0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
         println!(
-            "{name:8} {:>9.0} req/s  bare/this {:.2}x (min {lo:.2}, max {hi:.2})",
+            "{name:24} {:>9.0} req/s  bare/this {:.2}x (min {lo:.2}, max {hi:.2})",
             median(rates[i].clone()),
             median(ratios),
         );
@@ -174,11 +175,11 @@ fn footprint(clients: usize) {
         assert!(taken.admitted);
     };
     take("warm-up".to_owned()); // the cluster's own counters and table
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = rss();
     for i in 0..clients {
         take(format!("account:acct-{i}"));
     }
-    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    let bytes = rss() - before;
     println!(
         "{} clients kept, {bytes} bytes: {:.1} bytes per client",
         store.clients("echo"),
