@@ -17,11 +17,7 @@
 //! take, so what stays is the store's table).
 #![allow(missing_docs, clippy::print_stdout)]
 
-use std::{
-    convert::Infallible,
-    sync::Arc,
-    time::Instant,
-};
+use std::{convert::Infallible, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use dreamnet_common::{redis_connection::RedisEndpoint, Clock, SystemClock};
@@ -78,7 +74,9 @@ fn echo() -> Svc {
 }
 
 fn guarded(plane: &ControlPlane) -> Svc {
-    let svc = ServiceBuilder::new().layer(plane.layer("echo")).service(service_fn(ok));
+    let svc = ServiceBuilder::new()
+        .layer(plane.layer("echo"))
+        .service(service_fn(ok));
     BoxCloneService::new(svc.map_response(|r| r.status()))
 }
 
@@ -117,7 +115,11 @@ async fn load(rounds: usize, n: usize) {
     let plane = |per_client: bool, redis: Option<&RedisStore>| {
         let builder = ControlPlane::builder().config(config(per_client));
         match redis {
-            Some(redis) => builder.store(redis.clone().prefix(if per_client { "bench-pc:" } else { "bench-agg:" })),
+            Some(redis) => builder.store(redis.clone().prefix(if per_client {
+                "bench-pc:"
+            } else {
+                "bench-agg:"
+            })),
             None => builder,
         }
         .build()
@@ -144,7 +146,9 @@ async fn load(rounds: usize, n: usize) {
     }
     for (i, (name, _)) in cases.iter().enumerate() {
         let ratios: Vec<f64> = rates[0].iter().zip(&rates[i]).map(|(b, r)| b / r).collect();
-        let (lo, hi) = ratios.iter().fold((f64::MAX, 0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, 0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
         println!(
             "{name:24} {:>9.0} req/s  bare/this {:.2}x (min {lo:.2}, max {hi:.2})",
             median(rates[i].clone()),
@@ -189,7 +193,8 @@ fn footprint(clients: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let arg =
+        |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     match args.get(1).map(String::as_str) {
         Some("footprint") => footprint(arg(2, 1_000_000)),
         Some("load") => tokio::runtime::Builder::new_multi_thread()

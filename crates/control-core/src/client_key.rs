@@ -142,7 +142,10 @@ mod tests {
             Some("account:acme")
         );
         let hashed = key(&[auth], with_peer()).unwrap();
-        assert!(hashed.starts_with("auth:") && hashed.len() == 5 + 32, "{hashed}");
+        assert!(
+            hashed.starts_with("auth:") && hashed.len() == 5 + 32,
+            "{hashed}"
+        );
         assert!(!hashed.contains("secret"), "the credential is hashed");
         assert_ne!(
             hashed,

@@ -206,8 +206,12 @@ pub const MAX_CLIENT_WINDOWS: usize = 4;
 pub const MAX_CLIENT_LIMIT: u64 = u32::MAX as u64;
 
 /// The per-client windows by name, and their length in seconds.
-const CLIENT_WINDOWS: [(&str, u64); MAX_CLIENT_WINDOWS] =
-    [("second", 1), ("minute", 60), ("hour", 3600), ("day", 86_400)];
+const CLIENT_WINDOWS: [(&str, u64); MAX_CLIENT_WINDOWS] = [
+    ("second", 1),
+    ("minute", 60),
+    ("hour", 3600),
+    ("day", 86_400),
+];
 
 /// A cluster's per-client quotas: every client (see [`ClientKey`](crate::ClientKey)) gets
 /// these windows of its own, checked together with the cluster's aggregate windows (a
@@ -219,19 +223,35 @@ const CLIENT_WINDOWS: [(&str, u64); MAX_CLIENT_WINDOWS] =
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PerClientLimits {
     /// Each client's `second` window.
-    #[serde(default, alias = "requests_per_second", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "requests_per_second",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[cfg_attr(feature = "openapi", schema(maximum = 4_294_967_295_u64))]
     pub requests_per_second: Option<u64>,
     /// Each client's `minute` window.
-    #[serde(default, alias = "requests_per_minute", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "requests_per_minute",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[cfg_attr(feature = "openapi", schema(maximum = 4_294_967_295_u64))]
     pub requests_per_minute: Option<u64>,
     /// Each client's `hour` window.
-    #[serde(default, alias = "requests_per_hour", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "requests_per_hour",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[cfg_attr(feature = "openapi", schema(maximum = 4_294_967_295_u64))]
     pub requests_per_hour: Option<u64>,
     /// Each client's `day` window.
-    #[serde(default, alias = "requests_per_day", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "requests_per_day",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[cfg_attr(feature = "openapi", schema(maximum = 4_294_967_295_u64))]
     pub requests_per_day: Option<u64>,
 }

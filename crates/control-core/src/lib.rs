@@ -73,8 +73,8 @@ pub use config::{
 pub use future::ResponseFuture;
 pub use layer::ControlLayer;
 pub use plane::{
-    ControlError, ControlPlane, ControlPlaneBuilder, Decision, Permit, RateLimitStatus,
-    PerClientUpdate, RateLimitUpdate, RejectReason, Rejection, DEFAULT_REFRESH_INTERVAL,
+    ControlError, ControlPlane, ControlPlaneBuilder, Decision, PerClientUpdate, Permit,
+    RateLimitStatus, RateLimitUpdate, RejectReason, Rejection, DEFAULT_REFRESH_INTERVAL,
 };
 pub use render::{RATELIMIT, RATELIMIT_POLICY};
 pub use resolve::{PathSegment, ResolveCluster};

@@ -466,7 +466,10 @@ mod tests {
             }),
             ..RateLimitUpdate::default()
         };
-        plane.set_rate_limit("alpha", &update, "ops", None).await.unwrap();
+        plane
+            .set_rate_limit("alpha", &update, "ops", None)
+            .await
+            .unwrap();
         let svc = guarded(&plane, "alpha", ok_status());
         clock.advance(Duration::from_secs(19));
         let call = |build: fn(http::request::Builder) -> http::request::Builder| {

@@ -124,7 +124,12 @@ async fn clear_of_a_minute_boundary() {
 
 /// Sends `n` concurrent echo requests of `account`, alternating replicas; (admitted, the
 /// `RateLimit` window names of the 429s).
-async fn burst_of(a: &common::Http, b: &common::Http, account: &str, n: usize) -> (usize, Vec<String>) {
+async fn burst_of(
+    a: &common::Http,
+    b: &common::Http,
+    account: &str,
+    n: usize,
+) -> (usize, Vec<String>) {
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let http = if i % 2 == 0 { a.clone() } else { b.clone() };
@@ -133,7 +138,13 @@ async fn burst_of(a: &common::Http, b: &common::Http, account: &str, n: usize) -
                 let reply = http
                     .get_with_headers("/api/orca-pack/echo", &[("x-account-id", &account)])
                     .await;
-                let window = reply.header("ratelimit").map(|v| v.split(';').next().unwrap_or("").trim_matches('"').to_owned());
+                let window = reply.header("ratelimit").map(|v| {
+                    v.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim_matches('"')
+                        .to_owned()
+                });
                 (reply.status.as_u16(), window.unwrap_or_default())
             })
         })

@@ -142,9 +142,15 @@ pub async fn give_back_returns_one_unit_per_window(store: Arc<dyn CounterStore>)
     let refused = take(&*store, "c1", &windows).await;
     assert!(!refused.admitted);
     // Giving back a refused attempt changes nothing (it took nothing).
-    store.give_back("c1", &windows, None, &refused).await.unwrap();
+    store
+        .give_back("c1", &windows, None, &refused)
+        .await
+        .unwrap();
     assert_eq!(peek(&*store, "c1", &windows).await.counts, vec![2, 2]);
-    store.give_back("c1", &windows, None, &second).await.unwrap();
+    store
+        .give_back("c1", &windows, None, &second)
+        .await
+        .unwrap();
     assert_eq!(peek(&*store, "c1", &windows).await.counts, vec![1, 1]);
     let again = take(&*store, "c1", &windows).await;
     assert!(again.admitted, "the unit given back is usable");

@@ -38,7 +38,11 @@ async fn count(
         .expect("count")
 }
 
-async fn take(store: &dyn CounterStore, windows: &Arc<[WindowConfig]>, client: &ClientQuota) -> Taken {
+async fn take(
+    store: &dyn CounterStore,
+    windows: &Arc<[WindowConfig]>,
+    client: &ClientQuota,
+) -> Taken {
     count(store, windows, client, Count::Take).await
 }
 
@@ -53,7 +57,11 @@ pub async fn each_client_gets_its_own_limit(store: Arc<dyn CounterStore>) {
     }
     let refused = take(&*store, &windows, &x).await;
     assert!(!refused.admitted, "client x over its limit was admitted");
-    assert_eq!(refused.counts, vec![3, 3, 3], "a rejected request took quota");
+    assert_eq!(
+        refused.counts,
+        vec![3, 3, 3],
+        "a rejected request took quota"
+    );
     for i in 1..=3u64 {
         let taken = take(&*store, &windows, &y).await;
         assert!(taken.admitted, "client y was limited by client x's use");
@@ -120,11 +128,20 @@ pub async fn give_back_returns_the_clients_unit_too(store: Arc<dyn CounterStore>
         .give_back("c1", &windows, Some(&x), &refused)
         .await
         .unwrap();
-    assert_eq!(count(&*store, &windows, &x, Count::Peek).await.counts, vec![2, 2, 2]);
+    assert_eq!(
+        count(&*store, &windows, &x, Count::Peek).await.counts,
+        vec![2, 2, 2]
+    );
     store
         .give_back("c1", &windows, Some(&x), &second)
         .await
         .unwrap();
-    assert_eq!(count(&*store, &windows, &x, Count::Peek).await.counts, vec![1, 1, 1]);
-    assert!(take(&*store, &windows, &x).await.admitted, "the unit given back is usable");
+    assert_eq!(
+        count(&*store, &windows, &x, Count::Peek).await.counts,
+        vec![1, 1, 1]
+    );
+    assert!(
+        take(&*store, &windows, &x).await.admitted,
+        "the unit given back is usable"
+    );
 }

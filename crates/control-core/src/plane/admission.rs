@@ -179,7 +179,8 @@ impl Inner {
                 let cluster = Arc::clone(&permit.cluster);
                 if let Some(rejection) = self.switched_off(&cluster, now, trace_id.as_deref()) {
                     drop(permit); // a refused request keeps no half-open probe permit
-                    self.give_back(&cluster, &limits, client.as_ref(), spent).await;
+                    self.give_back(&cluster, &limits, client.as_ref(), spent)
+                        .await;
                     return Decision::Deny(rejection);
                 }
             }

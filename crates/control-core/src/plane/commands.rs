@@ -85,8 +85,12 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>
 }
 
 /// The standard windows a `requestsPer*` field names.
-const NAMED_WINDOWS: [(&str, u64); 4] =
-    [("second", 1), ("minute", 60), ("hour", 3600), ("day", 86_400)];
+const NAMED_WINDOWS: [(&str, u64); 4] = [
+    ("second", 1),
+    ("minute", 60),
+    ("hour", 3600),
+    ("day", 86_400),
+];
 
 /// Sets (`Some(Some)`), removes (`Some(None)`) or keeps (`None`) each named window, then
 /// orders the windows shortest first.

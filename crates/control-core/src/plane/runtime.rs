@@ -50,7 +50,11 @@ impl Limits {
             Arc::clone(&windows)
         } else {
             let client = settings.per_client.iter().map(|w| {
-                WindowConfig::new(format!("{CLIENT_WINDOW_PREFIX}{}", w.name), w.limit, w.seconds)
+                WindowConfig::new(
+                    format!("{CLIENT_WINDOW_PREFIX}{}", w.name),
+                    w.limit,
+                    w.seconds,
+                )
             });
             settings.windows.iter().cloned().chain(client).collect()
         };

@@ -19,6 +19,7 @@ use std::{hash::BuildHasher, sync::Arc};
 use foldhash::fast::RandomState;
 use rustc_hash::FxHashMap;
 
+use super::layout::WindowLayout;
 use crate::{
     config::{WindowConfig, MAX_CLIENT_WINDOWS},
     window::{window_millis, window_start, Slot},
@@ -82,10 +83,8 @@ pub(crate) struct ClientTable {
     shards: Box<[Shard]>,
     per_shard_capacity: usize,
     hasher: RandomState,
-    /// The windows entries are laid out for (by position), and the `Arc` last lined up
-    /// with (same pointer: nothing to compare).
-    keys: Vec<(String, u64)>,
-    aligned: Option<Arc<[WindowConfig]>>,
+    /// The windows entries are laid out for.
+    layout: WindowLayout,
 }
 
 impl ClientTable {
@@ -94,33 +93,16 @@ impl ClientTable {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             per_shard_capacity: capacity.div_ceil(SHARDS).max(1),
             hasher: RandomState::default(),
-            keys: Vec::new(),
-            aligned: None,
+            layout: WindowLayout::default(),
         }
     }
 
     /// Lines entries up with `windows`: a window that stays keeps its counts (moved to its
     /// new position), a new one starts empty. O(clients), only when the settings change.
     pub(crate) fn align(&mut self, windows: &Arc<[WindowConfig]>) {
-        if self
-            .aligned
-            .as_ref()
-            .is_some_and(|seen| Arc::ptr_eq(seen, windows))
-        {
+        let Some(from) = self.layout.realign(windows) else {
             return;
-        }
-        self.aligned = Some(Arc::clone(windows));
-        let keys: Vec<(String, u64)> = windows
-            .iter()
-            .map(|w| (w.name.clone(), w.seconds))
-            .collect();
-        if keys == self.keys {
-            return;
-        }
-        let from: Vec<Option<usize>> = keys
-            .iter()
-            .map(|k| self.keys.iter().position(|old| old == k))
-            .collect();
+        };
         for shard in self.shards.iter_mut() {
             for entry in shard.entries.values_mut() {
                 let old = *entry;
@@ -133,17 +115,11 @@ impl ClientTable {
                 }
             }
         }
-        self.keys = keys;
     }
 
     /// Whether entries are laid out for `windows` (by name and length, in order).
     pub(crate) fn laid_out_for(&self, windows: &[WindowConfig]) -> bool {
-        self.keys.len() == windows.len()
-            && self
-                .keys
-                .iter()
-                .zip(windows)
-                .all(|((n, s), w)| *n == w.name && *s == w.seconds)
+        self.layout.fits(windows)
     }
 
     /// The key a client is stored under.
@@ -281,8 +257,14 @@ mod tests {
         table.align(&a);
         let key = table.key_of("c");
         let slots = [
-            Slot { start: T0, count: 3 },
-            Slot { start: T0, count: 4 },
+            Slot {
+                start: T0,
+                count: 3,
+            },
+            Slot {
+                start: T0,
+                count: 4,
+            },
         ];
         table.store(key, &slots, &a, T0);
         let b: Arc<[WindowConfig]> = Arc::from([
@@ -293,6 +275,12 @@ mod tests {
         let mut read = [Slot::default(); 2];
         table.slots(key, &mut read);
         assert_eq!(read[0].count, 0, "a new window starts empty");
-        assert_eq!(read[1], Slot { start: T0, count: 4 });
+        assert_eq!(
+            read[1],
+            Slot {
+                start: T0,
+                count: 4
+            }
+        );
     }
 }

@@ -8,6 +8,7 @@ use rustc_hash::FxHashMap;
 
 use super::{
     clients::{ClientTable, DEFAULT_CLIENT_CAPACITY},
+    layout::WindowLayout,
     AuditEntry, ClientQuota, ControlState, Count, CounterStore, StateStore, StoreError,
     StoreFuture, Versioned,
 };
@@ -19,62 +20,31 @@ use crate::{
 /// How many audit entries the memory store keeps (the oldest are dropped).
 pub const AUDIT_CAPACITY: usize = 1000;
 
-/// Counters of one cluster: `keys[i]` (window name, seconds) owns `slots[i]`.
+/// Counters of one cluster: `slots[i]` counts the window at position `i` of `layout`.
 #[derive(Debug, Default)]
 struct Counters {
-    keys: Vec<(String, u64)>,
+    layout: WindowLayout,
     slots: Vec<Slot>,
-    /// The windows the slots were last lined up with. The plane hands the same `Arc` on
-    /// every request until its settings change, so the same pointer means "already
-    /// aligned" without comparing names; holding the `Arc` keeps its address from being
-    /// reused by other windows.
-    aligned: Option<Arc<[WindowConfig]>>,
     /// Per-client counters, created by the cluster's first per-client decision.
     clients: Option<Box<ClientTable>>,
 }
 
 impl Counters {
     /// Lines the slots up with `windows`, keeping the counters of windows that remain.
+    #[inline]
     fn align(&mut self, windows: &Arc<[WindowConfig]>) {
-        if self
-            .aligned
-            .as_ref()
-            .is_some_and(|seen| Arc::ptr_eq(seen, windows))
-        {
-            return;
-        }
-        self.aligned = Some(Arc::clone(windows));
-        let same = self.keys.len() == windows.len()
-            && self
-                .keys
+        if let Some(from) = self.layout.realign(windows) {
+            let old = &self.slots;
+            self.slots = from
                 .iter()
-                .zip(windows.iter())
-                .all(|((n, s), w)| *n == w.name && *s == w.seconds);
-        if same {
-            return;
+                .map(|i| i.map_or_else(Slot::default, |i| old[i]))
+                .collect();
         }
-        let mut slots = Vec::with_capacity(windows.len());
-        for w in windows.iter() {
-            let kept = self
-                .keys
-                .iter()
-                .position(|(n, s)| *n == w.name && *s == w.seconds)
-                .map(|i| self.slots[i]);
-            slots.push(kept.unwrap_or_default());
-        }
-        self.keys = windows
-            .iter()
-            .map(|w| (w.name.clone(), w.seconds))
-            .collect();
-        self.slots = slots;
     }
 
     /// The slot counting `window`, if the cluster has one.
     fn slot_of(&mut self, window: &WindowConfig) -> Option<&mut Slot> {
-        let i = self
-            .keys
-            .iter()
-            .position(|(n, s)| *n == window.name && *s == window.seconds)?;
+        let i = self.layout.position(window)?;
         Some(&mut self.slots[i])
     }
 
@@ -214,7 +184,12 @@ impl MemoryStore {
             Taken {
                 admitted,
                 now_millis: now,
-                counts: counters.slots.iter().chain(own.iter()).map(|s| s.count).collect(),
+                counts: counters
+                    .slots
+                    .iter()
+                    .chain(own.iter())
+                    .map(|s| s.count)
+                    .collect(),
                 epoch: None,
             }
         })
@@ -258,7 +233,11 @@ impl MemoryStore {
             if let Some(table) = table.filter(|t| t.laid_out_for(&client.windows)) {
                 table.slots(table.key_of(&client.client), own);
             }
-            counts.extend(own.iter().zip(client.windows.iter()).map(|(s, w)| current(Some(*s), w)));
+            counts.extend(
+                own.iter()
+                    .zip(client.windows.iter())
+                    .map(|(s, w)| current(Some(*s), w)),
+            );
         }
         Taken {
             admitted: false,
@@ -428,7 +407,13 @@ mod tests {
         });
         for c in 0..4 {
             let peek = store
-                .count(&Arc::from(format!("c{c}")), &windows, None, now, Count::Peek)
+                .count(
+                    &Arc::from(format!("c{c}")),
+                    &windows,
+                    None,
+                    now,
+                    Count::Peek,
+                )
                 .into_ready()
                 .expect("the memory store never waits")
                 .unwrap();

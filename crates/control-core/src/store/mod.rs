@@ -32,14 +32,15 @@ use crate::config::WindowConfig;
 
 mod clients;
 mod future;
+mod layout;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 mod state;
 
 pub use crate::window::{decide, Slot, Taken};
-pub use future::StoreFuture;
 pub use clients::DEFAULT_CLIENT_CAPACITY;
+pub use future::StoreFuture;
 pub use memory::AUDIT_CAPACITY;
 pub use state::{AuditEntry, ClusterState, ControlState, RateLimitSettings, Switch, Versioned};
 

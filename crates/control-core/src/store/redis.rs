@@ -379,7 +379,9 @@ impl RedisStore {
         windows: &'a [WindowConfig],
         client: Option<&'a ClientQuota>,
     ) -> impl Iterator<Item = (String, &'a WindowConfig)> + 'a {
-        let own = windows.iter().map(move |w| (self.counter_key(cluster, w), w));
+        let own = windows
+            .iter()
+            .map(move |w| (self.counter_key(cluster, w), w));
         let client = client.into_iter().flat_map(move |c| {
             c.windows.iter().map(move |w| {
                 let key = format!(
@@ -697,7 +699,10 @@ pub(crate) mod tests {
                 let (store, windows) = (store.clone(), Arc::clone(&windows));
                 let id: Arc<str> = Arc::from(id);
                 async move {
-                    store.count(&id, &windows, None, 0, Count::Peek).await.unwrap();
+                    store
+                        .count(&id, &windows, None, 0, Count::Peek)
+                        .await
+                        .unwrap();
                     store
                         .count(&id, &windows, None, 0, Count::Take)
                         .await
