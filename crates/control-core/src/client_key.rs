@@ -117,7 +117,7 @@ impl fmt::Debug for SharedClientKey {
 mod tests {
     use super::*;
 
-    fn key(headers: &[(&str, &str)], extensions: Extensions) -> Option<String> {
+    fn key(headers: &[(&str, &str)], extensions: &Extensions) -> Option<String> {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             map.insert(
@@ -125,7 +125,7 @@ mod tests {
                 value.parse().unwrap(),
             );
         }
-        DefaultClientKey.client_key(&map, &extensions)
+        DefaultClientKey.client_key(&map, extensions)
     }
 
     fn with_peer() -> Extensions {
@@ -138,10 +138,10 @@ mod tests {
     fn account_then_authorization_then_peer() {
         let auth = ("authorization", "Bearer secret-token");
         assert_eq!(
-            key(&[("x-account-id", "acme"), auth], with_peer()).as_deref(),
+            key(&[("x-account-id", "acme"), auth], &with_peer()).as_deref(),
             Some("account:acme")
         );
-        let hashed = key(&[auth], with_peer()).unwrap();
+        let hashed = key(&[auth], &with_peer()).unwrap();
         assert!(
             hashed.starts_with("auth:") && hashed.len() == 5 + 32,
             "{hashed}"
@@ -149,14 +149,14 @@ mod tests {
         assert!(!hashed.contains("secret"), "the credential is hashed");
         assert_ne!(
             hashed,
-            key(&[("authorization", "Bearer other")], Extensions::new()).unwrap()
+            key(&[("authorization", "Bearer other")], &Extensions::new()).unwrap()
         );
         // An invalid account id is not a key: the next rule decides.
         assert_eq!(
-            key(&[("x-account-id", "a b")], with_peer()).as_deref(),
+            key(&[("x-account-id", "a b")], &with_peer()).as_deref(),
             Some("ip:10.0.0.7")
         );
-        assert_eq!(key(&[], Extensions::new()), None);
+        assert_eq!(key(&[], &Extensions::new()), None);
     }
 
     #[cfg(feature = "axum")]
@@ -167,6 +167,6 @@ mod tests {
             [192, 0, 2, 1],
             80,
         ))));
-        assert_eq!(key(&[], extensions).as_deref(), Some("ip:192.0.2.1"));
+        assert_eq!(key(&[], &extensions).as_deref(), Some("ip:192.0.2.1"));
     }
 }

@@ -78,6 +78,7 @@ impl RateLimitStatus {
 
     /// Every window of the cluster's policy: its own, then the per-client ones (named
     /// `client-<name>`).
+    #[allow(clippy::misnamed_getters)] // the policy is every window, not only the cluster's
     pub fn windows(&self) -> &[WindowConfig] {
         &self.limits.reported
     }
