@@ -258,6 +258,13 @@ impl CounterStore for MemoryStore {
         now_millis: u64,
         mode: Count,
     ) -> StoreFuture<'static, Result<Taken, StoreError>> {
+        if client.is_some_and(|c| c.windows.len() > MAX_CLIENT_WINDOWS) {
+            // The plane never asks this (per-client windows are validated); a direct caller
+            // gets an error, not a panic, and nothing is counted.
+            return StoreFuture::ready(Err(StoreError::corrupt(format!(
+                "the memory store counts at most {MAX_CLIENT_WINDOWS} per-client windows"
+            ))));
+        }
         StoreFuture::ready(Ok(match (mode, client) {
             (Count::Take, None) => self.decide(cluster, windows, now_millis),
             (Count::Take, Some(client)) => {
@@ -419,6 +426,35 @@ mod tests {
                 .unwrap();
             assert_eq!(peek.counts, vec![400], "cluster c{c}");
         }
+    }
+
+    #[test]
+    fn more_per_client_windows_than_the_table_holds_are_refused() {
+        let store = MemoryStore::new();
+        let windows: Arc<[WindowConfig]> = Arc::from([WindowConfig::new("day", 9, 86_400)]);
+        let five: Vec<WindowConfig> = (1..=5)
+            .map(|s| WindowConfig::new(format!("w{s}"), 9, s))
+            .collect();
+        let quota = ClientQuota {
+            client: Arc::from("c"),
+            windows: Arc::from(five),
+        };
+        let taken = store
+            .count(
+                &Arc::from("c"),
+                &windows,
+                Some(&quota),
+                1_800_000_000_000,
+                Count::Take,
+            )
+            .into_ready()
+            .expect("the memory store never waits");
+        assert!(matches!(taken, Err(StoreError::Corrupt { .. })));
+        assert_eq!(
+            take(&store, &windows, 1_800_000_000_000).counts,
+            vec![1],
+            "nothing was counted"
+        );
     }
 
     #[test]
