@@ -16,6 +16,10 @@
 //! requests_per_hour = 1000
 //! requests_per_day = 10000
 //!
+//! [clusters.wolf-pack.per_client]  # each client's own windows, beside the cluster's
+//! requestsPerMinute = 5
+//! requestsPerDay = 100
+//!
 //! [clusters.shield-core]
 //! windows = [{ name = "second", limit = 50, seconds = 1 }, { name = "minute", limit = 1000, seconds = 60 }]
 //! breaker = { minimum_calls = 50 }
@@ -114,6 +118,7 @@ impl ControlConfig {
                 )));
             }
             validate_windows(&cluster.windows)
+                .and_then(|()| validate_client_windows(&cluster.per_client))
                 .map_err(|e| ConfigError::Invalid(format!("cluster {id}: {e}")))?;
             self.breaker_for(id)
                 .validate()
@@ -192,12 +197,128 @@ pub(crate) fn validate_windows(windows: &[WindowConfig]) -> Result<(), String> {
     Ok(())
 }
 
+/// The most per-client windows a cluster has (`second`, `minute`, `hour`, `day`): the memory
+/// store keeps each client's counters in a fixed array of this size.
+pub const MAX_CLIENT_WINDOWS: usize = 4;
+
+/// The largest per-client window limit: the memory store counts a client in 32 bits, which
+/// keeps a client's entry small with millions of clients.
+pub const MAX_CLIENT_LIMIT: u64 = u32::MAX as u64;
+
+/// The per-client windows by name, and their length in seconds.
+const CLIENT_WINDOWS: [(&str, u64); MAX_CLIENT_WINDOWS] = [
+    ("second", 1),
+    ("minute", 60),
+    ("hour", 3600),
+    ("day", 86_400),
+];
+
+/// A cluster's per-client quotas: every client (see [`ClientKey`](crate::ClientKey)) gets
+/// these windows of its own, checked together with the cluster's aggregate windows (a
+/// request is admitted only if all of them admit it). TOML `[clusters.<id>.per_client]`
+/// (camelCase as in the API, or snake_case as the cluster's own keys). In `RateLimit`
+/// headers the windows are named `client-<name>` (`client-minute`, ...).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PerClientLimits {
+    /// Each client's `second` window.
+    #[serde(
+        default,
+        alias = "requests_per_second",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(maximum = 4_294_967_295_u64))]
+    pub requests_per_second: Option<u64>,
+    /// Each client's `minute` window.
+    #[serde(
+        default,
+        alias = "requests_per_minute",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(maximum = 4_294_967_295_u64))]
+    pub requests_per_minute: Option<u64>,
+    /// Each client's `hour` window.
+    #[serde(
+        default,
+        alias = "requests_per_hour",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(maximum = 4_294_967_295_u64))]
+    pub requests_per_hour: Option<u64>,
+    /// Each client's `day` window.
+    #[serde(
+        default,
+        alias = "requests_per_day",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(maximum = 4_294_967_295_u64))]
+    pub requests_per_day: Option<u64>,
+}
+
+impl PerClientLimits {
+    fn limits(&self) -> [Option<u64>; MAX_CLIENT_WINDOWS] {
+        [
+            self.requests_per_second,
+            self.requests_per_minute,
+            self.requests_per_hour,
+            self.requests_per_day,
+        ]
+    }
+
+    /// The windows these limits describe, shortest first.
+    pub fn windows(&self) -> Vec<WindowConfig> {
+        CLIENT_WINDOWS
+            .iter()
+            .zip(self.limits())
+            .filter_map(|(&(name, seconds), limit)| {
+                limit.map(|limit| WindowConfig::new(name, limit, seconds))
+            })
+            .collect()
+    }
+
+    /// The limits of `windows` (per-client windows, as [`windows`](Self::windows) makes).
+    pub fn of_windows(windows: &[WindowConfig]) -> Self {
+        let find = |name: &str| windows.iter().find(|w| w.name == name).map(|w| w.limit);
+        Self {
+            requests_per_second: find("second"),
+            requests_per_minute: find("minute"),
+            requests_per_hour: find("hour"),
+            requests_per_day: find("day"),
+        }
+    }
+}
+
+/// Per-client windows: only the named ones of [`PerClientLimits`], each at most
+/// [`MAX_CLIENT_LIMIT`].
+pub(crate) fn validate_client_windows(windows: &[WindowConfig]) -> Result<(), String> {
+    validate_windows(windows)?;
+    for w in windows {
+        if !CLIENT_WINDOWS.contains(&(w.name.as_str(), w.seconds)) {
+            return Err(format!(
+                "per-client window {} must be one of second, minute, hour, day",
+                w.name
+            ));
+        }
+        if w.limit > MAX_CLIENT_LIMIT {
+            return Err(format!(
+                "per-client window {} allows at most {MAX_CLIENT_LIMIT} requests",
+                w.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// One cluster's initial settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "RawClusterConfig", into = "RawClusterConfig")]
 pub struct ClusterConfig {
     /// Rate-limit windows; a request is admitted only if every window admits it.
     pub windows: Vec<WindowConfig>,
+    /// Each client's own windows inside the cluster (empty: none), checked together with
+    /// `windows` (see [`PerClientLimits`]).
+    pub per_client: Vec<WindowConfig>,
     /// Whether the rate limit is enforced.
     pub rate_limit_enabled: bool,
     /// Whether the cluster starts enabled (before any shared state is loaded).
@@ -215,6 +336,7 @@ impl ClusterConfig {
                 WindowConfig::new("hour", hour, 3600),
                 WindowConfig::new("day", day, 86_400),
             ],
+            per_client: Vec::new(),
             rate_limit_enabled: true,
             enabled: true,
             breaker: None,
@@ -235,6 +357,8 @@ struct RawClusterConfig {
     requests_per_day: Option<u64>,
     #[serde(default)]
     windows: Vec<WindowConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    per_client: Option<PerClientLimits>,
     #[serde(default = "yes")]
     rate_limit_enabled: bool,
     #[serde(default = "yes")]
@@ -264,8 +388,11 @@ impl TryFrom<RawClusterConfig> for ClusterConfig {
         }
         windows.extend(raw.windows);
         validate_windows(&windows)?;
+        let per_client = raw.per_client.unwrap_or_default().windows();
+        validate_client_windows(&per_client)?;
         Ok(Self {
             windows,
+            per_client,
             rate_limit_enabled: raw.rate_limit_enabled,
             enabled: raw.enabled,
             breaker: raw.breaker,
@@ -277,6 +404,8 @@ impl From<ClusterConfig> for RawClusterConfig {
     fn from(c: ClusterConfig) -> Self {
         Self {
             windows: c.windows,
+            per_client: (!c.per_client.is_empty())
+                .then(|| PerClientLimits::of_windows(&c.per_client)),
             rate_limit_enabled: c.rate_limit_enabled,
             enabled: c.enabled,
             breaker: c.breaker,
@@ -488,6 +617,32 @@ mod tests {
     }
 
     #[test]
+    fn per_client_windows_come_from_their_own_table() {
+        let config = ControlConfig::from_toml_str(
+            r#"
+            [clusters.wolf-pack]
+            requests_per_day = 100
+            [clusters.wolf-pack.per_client]
+            requestsPerMinute = 5
+            requests_per_day = 20
+            "#,
+        )
+        .unwrap();
+        let wolf = &config.clusters["wolf-pack"];
+        assert_eq!(wolf.windows, vec![WindowConfig::new("day", 100, 86_400)]);
+        assert_eq!(
+            wolf.per_client,
+            vec![
+                WindowConfig::new("minute", 5, 60),
+                WindowConfig::new("day", 20, 86_400)
+            ]
+        );
+        // It survives a round trip through TOML (the server prints its effective config).
+        let again: ControlConfig = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
     fn empty_toml_is_the_default() {
         assert_eq!(
             ControlConfig::from_toml_str("").unwrap(),
@@ -505,6 +660,8 @@ mod tests {
             "[clusters.a]\nrequests_per_minute = 1\nwindows = [{ name = \"minute\", limit = 1, seconds = 60 }]",
             "[clusters.\"a b\"]\nrequests_per_minute = 1",
             "[breaker]\nhalf_open_calls = 0",
+            "[clusters.a.per_client]\nrequestsPerWeek = 1",
+            "[clusters.a.per_client]\nrequestsPerMinute = 4294967296",
             "[breaker]\nfailure_rate_threshold = 0.0",
             "[breaker]\nunknown = 1",
             "nonsense = 1",

@@ -37,7 +37,9 @@
 //! - checks run in order: global kill switch (503), cluster disabled (503), breaker (503),
 //!   rate limit (429); control, health and metrics routes are simply not wrapped;
 //! - rate limits: fixed windows aligned to the epoch (why: [`store`]); all windows admit or
-//!   nothing is taken; `Retry-After` >= 1 s;
+//!   nothing is taken; `Retry-After` >= 1 s; a cluster may add per-client windows
+//!   ([`PerClientLimits`], the client named by a [`ClientKey`] policy), checked in the same
+//!   atomic decision and reported as `client-<window>`;
 //! - breakers: resilience4j's state machine;
 //! - a change made through one plane is enforced by every plane on the same Redis within
 //!   one refresh interval (250 ms), usually on the next request.
@@ -45,6 +47,7 @@
 #[cfg(feature = "axum")]
 pub mod api;
 mod breaker;
+mod client_key;
 mod config;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -62,15 +65,16 @@ mod window;
 mod testing;
 
 pub use breaker::{BreakerState, Classification, ClassifyFailure, Outcome, ServerErrors};
+pub use client_key::{ClientKey, DefaultClientKey, ANONYMOUS_CLIENT};
 pub use config::{
-    BreakerConfig, BreakerOverrides, ClusterConfig, ConfigError, ControlConfig, SlidingWindow,
-    WindowConfig, MAX_LIMIT, SEED_CLUSTERS,
+    BreakerConfig, BreakerOverrides, ClusterConfig, ConfigError, ControlConfig, PerClientLimits,
+    SlidingWindow, WindowConfig, MAX_CLIENT_LIMIT, MAX_CLIENT_WINDOWS, MAX_LIMIT, SEED_CLUSTERS,
 };
 pub use future::ResponseFuture;
 pub use layer::ControlLayer;
 pub use plane::{
-    ControlError, ControlPlane, ControlPlaneBuilder, Decision, Permit, RateLimitStatus,
-    RateLimitUpdate, RejectReason, Rejection, DEFAULT_REFRESH_INTERVAL,
+    ControlError, ControlPlane, ControlPlaneBuilder, Decision, PerClientUpdate, Permit,
+    RateLimitStatus, RateLimitUpdate, RejectReason, Rejection, DEFAULT_REFRESH_INTERVAL,
 };
 pub use render::{RATELIMIT, RATELIMIT_POLICY};
 pub use resolve::{PathSegment, ResolveCluster};
@@ -78,4 +82,4 @@ pub use service::Control;
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;
-pub use store::{CounterStore, StateStore, StoreError};
+pub use store::{ClientQuota, CounterStore, StateStore, StoreError};

@@ -189,6 +189,7 @@ mod tests {
         let settings = RateLimitSettings {
             enabled: true,
             windows: vec![WindowConfig::new(name.clone(), 5, 60)],
+            per_client: Vec::new(),
         };
         let verdict = Verdict {
             admitted: true,

@@ -78,7 +78,9 @@ where
                 (Arc::clone(rt), req)
             }
         };
-        let admission = self.plane.admit(&rt, trace_id(&req));
+        let client_key = &self.plane.inner.client_key;
+        let client = || client_key.of(req.headers(), req.extensions());
+        let admission = self.plane.admit(&rt, trace_id(&req), client);
         match admission {
             Admission::Ready(Decision::Deny(rejection)) => {
                 ResponseFuture::rejected(rejection, ProblemFormat::of(req.headers()))
@@ -451,5 +453,83 @@ mod tests {
         let body = json(response).await;
         assert_eq!(body["traceId"], "trace-456");
         assert_eq!(body["status"], 503);
+    }
+
+    #[tokio::test]
+    async fn per_client_windows_limit_each_client_named_by_the_default_policy() {
+        let (plane, clock) = plane(1000);
+        let update = RateLimitUpdate {
+            requests_per_hour: Some(7),
+            per_client: Some(crate::PerClientUpdate {
+                requests_per_minute: Some(Some(3)),
+                ..Default::default()
+            }),
+            ..RateLimitUpdate::default()
+        };
+        plane
+            .set_rate_limit("alpha", &update, "ops", None)
+            .await
+            .unwrap();
+        let svc = guarded(&plane, "alpha", ok_status());
+        clock.advance(Duration::from_secs(19));
+        let call = |build: fn(http::request::Builder) -> http::request::Builder| {
+            let svc = svc.clone();
+            let req = build(Request::get("/")).body(Full::default()).unwrap();
+            async move { svc.oneshot(req).await.unwrap() }
+        };
+        let acme = |b: http::request::Builder| b.header("x-account-id", "acme");
+        for remaining in [2, 1, 0] {
+            let response = call(acme).await;
+            assert_eq!(response.status(), 200);
+            assert_eq!(
+                header(&response, "ratelimit"),
+                format!("\"client-minute\";r={remaining};t=41")
+            );
+        }
+        let refused = call(acme).await;
+        assert_eq!(refused.status(), 429);
+        assert_eq!(header(&refused, "ratelimit"), "\"client-minute\";r=0;t=41");
+        assert_eq!(header(&refused, "retry-after"), "41");
+        assert_eq!(
+            header(&refused, "ratelimit-policy"),
+            "\"minute\";q=1000;w=60, \"hour\";q=7;w=3600, \"day\";q=10000;w=86400, \"client-minute\";q=3;w=60"
+        );
+        // Another account, a credential and a peer address are three more clients; the
+        // cluster's hour (7) binds the fourth of them.
+        let token = |b: http::request::Builder| b.header("authorization", "Bearer t");
+        let peer = |b: http::request::Builder| {
+            b.extension(std::net::SocketAddr::from(([10, 0, 0, 1], 5000)))
+        };
+        let other = |b: http::request::Builder| b.header("x-account-id", "other");
+        assert_eq!(call(token).await.status(), 200);
+        assert_eq!(call(token).await.status(), 200);
+        assert_eq!(call(peer).await.status(), 200);
+        let last = call(other).await;
+        assert_eq!(last.status(), 200);
+        assert_eq!(header(&last, "ratelimit"), "\"hour\";r=0;t=3581");
+        let refused = call(other).await;
+        assert_eq!(refused.status(), 429);
+        assert_eq!(header(&refused, "ratelimit"), "\"hour\";r=0;t=3581");
+        assert_eq!(plane.usage("alpha").await.unwrap()[1].used, 7);
+        // Requests without any key share the anonymous client's quota.
+        let anonymous = |b: http::request::Builder| b;
+        plane
+            .set_rate_limit(
+                "alpha",
+                &RateLimitUpdate {
+                    requests_per_hour: Some(1000),
+                    ..RateLimitUpdate::default()
+                },
+                "ops",
+                None,
+            )
+            .await
+            .unwrap();
+        let statuses: Vec<u16> = futures_util::future::join_all((0..5).map(|_| call(anonymous)))
+            .await
+            .iter()
+            .map(|r| r.status().as_u16())
+            .collect();
+        assert_eq!(statuses, [200, 200, 200, 429, 429]);
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::{
     breaker::BreakerState,
-    config::{SlidingWindow, WindowConfig},
+    config::{PerClientLimits, SlidingWindow, WindowConfig},
     plane::{Limits, RejectReason},
     store::Switch,
 };
@@ -61,6 +61,8 @@ pub struct RateLimitView {
     pub enabled: bool,
     /// Every window.
     pub windows: Vec<WindowConfig>,
+    /// Each client's own windows (`{}` when the cluster has none).
+    pub per_client: PerClientLimits,
 }
 
 impl RateLimitView {
@@ -78,6 +80,7 @@ impl RateLimitView {
             requests_per_day: find("day"),
             enabled: limits.enabled,
             windows: limits.windows.to_vec(),
+            per_client: PerClientLimits::of_windows(&limits.per_client),
         }
     }
 }

@@ -51,6 +51,23 @@ pub(crate) fn window_start(window: &WindowConfig, now: u64) -> u64 {
 /// `decide` over the same window left it (its `start` aligned to the window); a slot
 /// counting an older window counts as empty.
 pub fn decide(slots: &mut [Slot], windows: &[WindowConfig], now: u64) -> Taken {
+    let admitted = roll_over(slots, windows, now);
+    if admitted {
+        take_one(slots);
+    }
+    Taken {
+        admitted,
+        now_millis: now,
+        counts: slots.iter().map(|s| s.count).collect(),
+        epoch: None,
+    }
+}
+
+/// The first half of [`decide`]: moves every slot to the window containing `now` (a slot
+/// counting an older window starts empty) and says whether every window has room. A
+/// decision over two sets of slots (a cluster's and a client's) rolls both, then takes from
+/// both only if both have room.
+pub(crate) fn roll_over(slots: &mut [Slot], windows: &[WindowConfig], now: u64) -> bool {
     debug_assert_eq!(slots.len(), windows.len());
     let mut admitted = true;
     for (slot, window) in slots.iter_mut().zip(windows) {
@@ -73,16 +90,13 @@ pub fn decide(slots: &mut [Slot], windows: &[WindowConfig], now: u64) -> Taken {
             admitted = false;
         }
     }
-    if admitted {
-        for slot in slots.iter_mut() {
-            slot.count += 1;
-        }
-    }
-    Taken {
-        admitted,
-        now_millis: now,
-        counts: slots.iter().map(|s| s.count).collect(),
-        epoch: None,
+    admitted
+}
+
+/// The second half of [`decide`]: one unit from every slot.
+pub(crate) fn take_one(slots: &mut [Slot]) {
+    for slot in slots {
+        slot.count += 1;
     }
 }
 

@@ -407,10 +407,16 @@
       const windows = (view.usage && view.usage.windows && view.usage.windows.length)
         ? view.usage.windows
         : rl.windows.map((w) => ({ ...w, used: 0, remaining: w.limit, resetSeconds: w.seconds }));
+      // Per-client quotas ({requestsPerMinute: 5, ...}): each client's own windows.
+      const perClient = Object.entries(rl.perClient || {})
+        .map(([field, limit]) => `${limit}/${field.replace('requestsPer', '').toLowerCase()}`);
       replace(c.windows,
         rl.enabled ? null : el('p', { class: 'muted', text: 'Rate limit not enforced' }),
         windows.length ? windows.map((w) => windowView(w, rl.enabled))
-          : el('p', { class: 'muted', text: 'No rate-limit windows' }));
+          : el('p', { class: 'muted', text: 'No rate-limit windows' }),
+        perClient.length
+          ? el('p', { class: 'muted', text: `Per client: ${perClient.join(', ')}` })
+          : null);
 
       const b = view.circuitBreaker;
       replace(c.breaker,

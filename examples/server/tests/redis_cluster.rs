@@ -1,7 +1,9 @@
 //! Two `dreamnet-server` processes on a 3-master Redis Cluster (of this test's own, started
 //! by `OwnRedisCluster`) + PostgreSQL: they start (a cluster used to stop the server at start
 //! with `MOVED`), share an exact rate limit and idempotency records whose keys live on
-//! different masters; a seed list without `--redis-cluster` is refused with a clear error.
+//! different masters; per-client quotas bind exactly across both replicas (the client's
+//! counters under the cluster's hash tag, one script with the aggregate ones); a seed list
+//! without `--redis-cluster` is refused with a clear error.
 
 mod common;
 
@@ -101,6 +103,117 @@ async fn two_replicas_on_a_redis_cluster_share_limits_and_idempotency_records() 
             .unwrap();
         assert!(!records.is_empty(), "no idempotency record on {url}");
     }
+
+    assert!(a.terminate().await.success());
+    assert!(b.terminate().await.success());
+    backends.drop_all().await;
+}
+
+/// Waits, when the minute is about to turn, for the next one: a per-client minute window
+/// that rolled over mid-burst would admit more than its limit (fixed windows), and this
+/// test checks exact counts.
+async fn clear_of_a_minute_boundary() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let into = now.as_millis() % 60_000;
+    if into > 40_000 {
+        tokio::time::sleep(std::time::Duration::from_millis(60_000 - into as u64 + 500)).await;
+    }
+}
+
+/// Sends `n` concurrent echo requests of `account`, alternating replicas; (admitted, the
+/// `RateLimit` window names of the 429s).
+async fn burst_of(
+    a: &common::Http,
+    b: &common::Http,
+    account: &str,
+    n: usize,
+) -> (usize, Vec<String>) {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let http = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let account = account.to_owned();
+            tokio::spawn(async move {
+                let reply = http
+                    .get_with_headers("/api/orca-pack/echo", &[("x-account-id", &account)])
+                    .await;
+                let window = reply.header("ratelimit").map(|v| {
+                    v.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim_matches('"')
+                        .to_owned()
+                });
+                (reply.status.as_u16(), window.unwrap_or_default())
+            })
+        })
+        .collect();
+    let (mut admitted, mut limited) = (0, Vec::new());
+    for task in tasks {
+        match task.await.expect("the request task") {
+            (200, _) => admitted += 1,
+            (429, window) => limited.push(window),
+            (other, _) => panic!("unexpected status {other}"),
+        }
+    }
+    (admitted, limited)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_limits_bind_exactly_across_two_replicas_on_a_redis_cluster() {
+    let Some(backends) = Backends::reserve().await else {
+        return;
+    };
+    let Some(cluster) = OwnRedisCluster::start() else {
+        return;
+    };
+    let mut args = args(&cluster, &backends);
+    args.push("--redis-cluster".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = [("DREAMNET_ADMIN_TOKEN", TOKEN)];
+    let a = Process::spawn(&args, &env).await;
+    let b = Process::spawn(&args, &env).await;
+
+    // 5 a minute per client, and 12 a day for the whole cluster.
+    let set = a
+        .http
+        .admin_post(
+            "/api/control/cluster/orca-pack/rate-limit",
+            r#"{"requestsPerMinute": 1000, "requestsPerHour": 1000, "requestsPerDay": 12, "perClient": {"requestsPerMinute": 5}}"#,
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    assert_eq!(set.json()["perClient"]["requestsPerMinute"], 5);
+    assert!(
+        dreamnet_test_support::holds_within(std::time::Duration::from_secs(1), || async {
+            b.http
+                .admin_get("/api/control/cluster/orca-pack/rate-limit")
+                .await
+                .json()["perClient"]["requestsPerMinute"]
+                == 5
+        })
+        .await,
+        "the per-client limit reaches replica B"
+    );
+
+    // Each client gets exactly 5 across both replicas, whatever the other one used...
+    clear_of_a_minute_boundary().await;
+    let (admitted, limited) = burst_of(&a.http, &b.http, "acct-one", 12).await;
+    assert_eq!(admitted, 5, "client one across both replicas");
+    assert!(limited.iter().all(|w| w == "client-minute"), "{limited:?}");
+    clear_of_a_minute_boundary().await;
+    let (admitted, _) = burst_of(&a.http, &b.http, "acct-two", 12).await;
+    assert_eq!(admitted, 5, "client two has its own 5");
+    // ...until the cluster's day (12, 10 used) binds: a third client gets the last 2.
+    let (admitted, limited) = burst_of(&a.http, &b.http, "acct-three", 12).await;
+    assert_eq!(admitted, 2, "the aggregate limit still binds");
+    assert!(limited.iter().all(|w| w == "day"), "{limited:?}");
+    let usage = b.http.admin_get("/api/control").await.json();
+    assert_eq!(
+        usage["clusters"]["orca-pack"]["usage"]["windows"][2]["used"], 12,
+        "rejections consumed nothing: {usage}"
+    );
 
     assert!(a.terminate().await.success());
     assert!(b.terminate().await.success());

@@ -4,7 +4,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::{config::WindowConfig, plane::RateLimitUpdate, store::AUDIT_CAPACITY};
+use crate::{
+    config::WindowConfig,
+    plane::{PerClientUpdate, RateLimitUpdate},
+    store::AUDIT_CAPACITY,
+};
 use dreamnet_admin::api::ApiError;
 
 /// Longest accepted `ttlSeconds` (one year).
@@ -96,6 +100,8 @@ pub(crate) struct RateLimitBody {
     /// Every window at once (replaces them all; at most 16).
     #[cfg_attr(feature = "openapi", schema(max_items = 16))]
     windows: Option<Vec<WindowConfig>>,
+    /// Each client's own windows (partial: a limit sets its window, `null` removes it).
+    per_client: Option<PerClientUpdate>,
     /// Why.
     reason: Option<String>,
     /// Who (default `api`).
@@ -111,10 +117,12 @@ impl RateLimitBody {
             requests_per_day: self.requests_per_day,
             enabled: self.enabled,
             windows: self.windows,
+            // `"perClient": {}` changes nothing either.
+            per_client: self.per_client.filter(|p| *p != PerClientUpdate::default()),
         };
         if update == RateLimitUpdate::default() {
             return Err(ApiError::bad_request(
-                "nothing to change: give requestsPerMinute, requestsPerHour, requestsPerDay, enabled or windows",
+                "nothing to change: give requestsPerMinute, requestsPerHour, requestsPerDay, enabled, windows or perClient",
             ));
         }
         let actor = actor(self.disabled_by.as_deref()).to_owned();

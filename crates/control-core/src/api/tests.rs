@@ -252,6 +252,31 @@ async fn invalid_input_is_refused_and_changes_nothing() {
             StatusCode::BAD_REQUEST,
         ),
         (
+            "/api/control/cluster/wolf-pack/rate-limit",
+            r#"{"perClient":{}}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/control/cluster/wolf-pack/rate-limit",
+            r#"{"perClient":{"requestsPerWeek":5}}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/control/cluster/wolf-pack/rate-limit",
+            r#"{"perClient":{"requestsPerMinute":4294967296}}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/control/cluster/wolf-pack/rate-limit",
+            r#"{"perClient":{"requestsPerMinute":-1}}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/control/cluster/wolf-pack/rate-limit",
+            r#"{"perClient":5}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
             "/api/control/cluster/wolf-pack/circuit-breaker/trip",
             r#"{"reason":5}"#,
             StatusCode::BAD_REQUEST,
@@ -294,6 +319,90 @@ async fn partial_rate_limit_update_keeps_other_fields() {
     assert_eq!(entry["reason"], "abuse");
     assert_eq!(entry["before"]["windows"][0]["limit"], 60);
     assert_eq!(entry["after"]["windows"][0]["limit"], 7);
+}
+
+#[tokio::test]
+async fn per_client_limits_are_set_partially_shown_audited_and_removed() {
+    let (api, plane) = api();
+    let path = "/api/control/cluster/wolf-pack/rate-limit";
+    let (status, body, _) = call(
+        &api,
+        "POST",
+        path,
+        r#"{"perClient": {"requestsPerMinute": 5}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["perClient"], json!({"requestsPerMinute": 5}));
+    assert_eq!(body["requestsPerMinute"], 60, "the aggregate windows stay");
+    let (status, body, _) = call(
+        &api,
+        "POST",
+        path,
+        r#"{"perClient": {"requestsPerDay": 50}}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["perClient"],
+        json!({"requestsPerMinute": 5, "requestsPerDay": 50})
+    );
+    let (_, shown, _) = call(&api, "GET", path, "").await;
+    assert_eq!(shown, body);
+    let (_, overview, _) = call(&api, "GET", "/api/control", "").await;
+    assert_eq!(
+        overview["clusters"]["wolf-pack"]["rateLimit"]["perClient"]["requestsPerDay"],
+        50
+    );
+    let (_, audit, _) = call(&api, "GET", "/api/control/audit?limit=1", "").await;
+    assert_eq!(
+        audit[0]["after"]["perClient"][1],
+        json!({"name": "day", "limit": 50, "seconds": 86400})
+    );
+    // Guarded traffic: the client's minute binds, named as the client's window.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        match plane.decide_for("wolf-pack", "account:acme", None).await {
+            crate::Decision::Admit(mut permit) => {
+                let mut headers = http::HeaderMap::new();
+                permit.decorate(&mut headers);
+                statuses.push(headers["ratelimit"].to_str().unwrap().to_owned());
+            }
+            crate::Decision::Deny(rejection) => {
+                let status = rejection.rate_limit().unwrap();
+                assert_eq!(status.reported().unwrap().name, "client-minute");
+                assert!(
+                    rejection.detail().contains("this client's rate limit"),
+                    "{}",
+                    rejection.detail()
+                );
+                statuses.push("429".to_owned());
+            }
+        }
+    }
+    assert!(
+        statuses[0].starts_with("\"client-minute\";r=4;"),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[5], "429");
+    assert!(matches!(
+        plane.decide_for("wolf-pack", "account:other", None).await,
+        crate::Decision::Admit(_)
+    ));
+    // `null` removes a per-client window; removing all of them leaves `{}`.
+    let (status, body, _) = call(
+        &api,
+        "POST",
+        path,
+        r#"{"perClient": {"requestsPerMinute": null, "requestsPerDay": null}}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["perClient"], json!({}));
+    assert!(matches!(
+        plane.decide_for("wolf-pack", "account:acme", None).await,
+        crate::Decision::Admit(_)
+    ));
 }
 
 #[tokio::test]

@@ -14,14 +14,14 @@ fn windows(list: &[WindowConfig]) -> Arc<[WindowConfig]> {
 
 async fn take(store: &dyn CounterStore, cluster: &str, windows: &Arc<[WindowConfig]>) -> Taken {
     store
-        .count(&Arc::from(cluster), windows, now(), Count::Take)
+        .count(&Arc::from(cluster), windows, None, now(), Count::Take)
         .await
         .expect("take")
 }
 
 async fn peek(store: &dyn CounterStore, cluster: &str, windows: &Arc<[WindowConfig]>) -> Taken {
     store
-        .count(&Arc::from(cluster), windows, now(), Count::Peek)
+        .count(&Arc::from(cluster), windows, None, now(), Count::Peek)
         .await
         .expect("peek")
 }
@@ -98,7 +98,7 @@ pub async fn concurrent_burst_admits_exactly_the_limit(store: Arc<dyn CounterSto
     ]);
     let cluster: Arc<str> = Arc::from("c1");
     let attempts = (0..200).map(|_| {
-        let future = store.count(&cluster, &windows, now(), Count::Take);
+        let future = store.count(&cluster, &windows, None, now(), Count::Take);
         tokio::spawn(async move { future.await.expect("take").admitted })
     });
     let results = futures_util::future::join_all(attempts).await;
@@ -142,9 +142,15 @@ pub async fn give_back_returns_one_unit_per_window(store: Arc<dyn CounterStore>)
     let refused = take(&*store, "c1", &windows).await;
     assert!(!refused.admitted);
     // Giving back a refused attempt changes nothing (it took nothing).
-    store.give_back("c1", &windows, &refused).await.unwrap();
+    store
+        .give_back("c1", &windows, None, &refused)
+        .await
+        .unwrap();
     assert_eq!(peek(&*store, "c1", &windows).await.counts, vec![2, 2]);
-    store.give_back("c1", &windows, &second).await.unwrap();
+    store
+        .give_back("c1", &windows, None, &second)
+        .await
+        .unwrap();
     assert_eq!(peek(&*store, "c1", &windows).await.counts, vec![1, 1]);
     let again = take(&*store, "c1", &windows).await;
     assert!(again.admitted, "the unit given back is usable");
@@ -152,6 +158,6 @@ pub async fn give_back_returns_one_unit_per_window(store: Arc<dyn CounterStore>)
     // A unit taken in an older window is not given back to the current one.
     let mut stale = again.clone();
     stale.now_millis -= YEAR * 1000;
-    store.give_back("c1", &windows, &stale).await.unwrap();
+    store.give_back("c1", &windows, None, &stale).await.unwrap();
     assert_eq!(peek(&*store, "c1", &windows).await.counts, vec![2, 2]);
 }

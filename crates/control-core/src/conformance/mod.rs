@@ -24,6 +24,7 @@
 //! [`StateStore`]: crate::StateStore
 
 pub mod counter;
+pub mod per_client;
 pub mod state;
 
 use dreamnet_common::{Clock, SystemClock};
@@ -34,7 +35,7 @@ fn now() -> u64 {
     SystemClock.now_millis()
 }
 
-/// Runs the [`counter`] suite: `$make` is an async expression giving `Option<S>` where
+/// Runs the [`counter`] and [`per_client`] suites: `$make` is an async expression giving `Option<S>` where
 /// `S: CounterStore` (a fresh, empty store; `None` skips the test, e.g. when the backend is
 /// unreachable), `$cleanup` an optional `async fn(Arc<S>)`.
 #[macro_export]
@@ -52,6 +53,12 @@ macro_rules! counter_store_tests {
             concurrent_burst_admits_exactly_the_limit,
             peek_reads_without_taking,
             give_back_returns_one_unit_per_window,
+        );
+        $crate::__store_suite!(per_client_conformance; per_client; CounterStore; $make; $cleanup;
+            each_client_gets_its_own_limit,
+            the_aggregate_still_binds_and_refusals_take_nothing,
+            concurrent_clients_admit_exactly_their_limits,
+            give_back_returns_the_clients_unit_too,
         );
     };
 }

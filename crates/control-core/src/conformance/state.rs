@@ -77,7 +77,9 @@ pub async fn notify_bumps_the_epoch(counters: Arc<dyn CounterStore>, state: Arc<
     let windows: Arc<[WindowConfig]> = Arc::from([WindowConfig::new("w", 100, 60)]);
     let cluster: Arc<str> = Arc::from("c1");
     let epoch = || async {
-        let taken = counters.count(&cluster, &windows, now(), Count::Take).await;
+        let taken = counters
+            .count(&cluster, &windows, None, now(), Count::Take)
+            .await;
         taken.unwrap().epoch
     };
     let before = epoch().await;

@@ -15,7 +15,7 @@ use super::{
     ControlPlane,
 };
 use crate::{
-    store::{Count, StoreError, Taken},
+    store::{ClientQuota, Count, StoreError, Taken},
     window::Verdict,
 };
 
@@ -82,23 +82,31 @@ impl Inner {
     /// every other rejection. One more round trip, only on this rare path; until it lands,
     /// a concurrent request may see that unit as used. If it fails the unit stays spent
     /// (counted in `store_errors`).
-    async fn give_back(&self, rt: &ClusterRuntime, limits: &Limits, taken: &Taken) {
+    async fn give_back(
+        &self,
+        rt: &ClusterRuntime,
+        limits: &Limits,
+        client: Option<&ClientQuota>,
+        taken: &Taken,
+    ) {
         if !taken.admitted {
             return;
         }
         if let Err(error) = self
             .counter_store
-            .give_back(&rt.id, &limits.windows, taken)
+            .give_back(&rt.id, &limits.windows, client, taken)
             .await
         {
             self.store_failed(&error);
         }
     }
 
+    /// `client` names the caller; it is asked only when the cluster has per-client windows.
     pub(crate) fn admit(
         self: &Arc<Self>,
         rt: &Arc<ClusterRuntime>,
         trace_id: Option<&str>,
+        client: impl FnOnce() -> Arc<str>,
     ) -> Admission {
         let now = self.clock.now_millis();
         if let Some(rejection) = self.switched_off(rt, now, trace_id) {
@@ -125,9 +133,13 @@ impl Inner {
         if !limits.enforced() {
             return Admission::Ready(Decision::Admit(self.admitted(permit)));
         }
-        let take = self
-            .counter_store
-            .count(&rt.id, &limits.windows, now, Count::Take);
+        let client = (!limits.per_client.is_empty()).then(|| ClientQuota {
+            client: client(),
+            windows: Arc::clone(&limits.per_client),
+        });
+        let take =
+            self.counter_store
+                .count(&rt.id, &limits.windows, client.as_ref(), now, Count::Take);
         match take.into_ready() {
             Ok(taken) => Admission::Ready(self.rate_limited(permit, limits, taken, trace_id)),
             Err(pending) => {
@@ -136,7 +148,7 @@ impl Inner {
                 Admission::Pending(Box::pin(async move {
                     let taken = pending.await;
                     plane
-                        .after_shared_take(permit, limits, taken, trace_id)
+                        .after_shared_take(permit, limits, client, taken, trace_id)
                         .await
                 }))
             }
@@ -150,6 +162,7 @@ impl Inner {
         self: Arc<Self>,
         permit: Permit,
         limits: Arc<Limits>,
+        client: Option<ClientQuota>,
         taken: Result<Taken, StoreError>,
         trace_id: Option<String>,
     ) -> Decision {
@@ -166,7 +179,8 @@ impl Inner {
                 let cluster = Arc::clone(&permit.cluster);
                 if let Some(rejection) = self.switched_off(&cluster, now, trace_id.as_deref()) {
                     drop(permit); // a refused request keeps no half-open probe permit
-                    self.give_back(&cluster, &limits, spent).await;
+                    self.give_back(&cluster, &limits, client.as_ref(), spent)
+                        .await;
                     return Decision::Deny(rejection);
                 }
             }
@@ -208,16 +222,21 @@ impl Inner {
                 return Decision::Deny(self.reject(&cluster, reason, detail, Some(1000), trace_id));
             }
         };
-        let verdict = Verdict::read(&taken, &limits.windows);
+        let verdict = Verdict::read(&taken, &limits.reported);
         let admitted = verdict.is_none_or(|v| v.admitted);
         if admitted {
             permit.rate_limit = Some(RateLimitStatus::new(limits, verdict));
             return Decision::Admit(self.admitted(permit));
         }
         let verdict = verdict.expect("a rejection has a verdict");
-        let window = &limits.windows[verdict.reported];
+        let window = &limits.reported[verdict.reported];
+        let whose = if verdict.reported < limits.windows.len() {
+            "its"
+        } else {
+            "this client's"
+        };
         let detail = format!(
-            "cluster {} is over its rate limit ({} requests per {} s)",
+            "cluster {} is over {whose} rate limit ({} requests per {} s)",
             permit.cluster.id, window.limit, window.seconds
         );
         let cluster = Arc::clone(&permit.cluster);
@@ -236,19 +255,38 @@ impl Inner {
 }
 
 impl ControlPlane {
-    pub(crate) fn admit(&self, rt: &Arc<ClusterRuntime>, trace_id: Option<&str>) -> Admission {
-        self.inner.admit(rt, trace_id)
+    pub(crate) fn admit(
+        &self,
+        rt: &Arc<ClusterRuntime>,
+        trace_id: Option<&str>,
+        client: impl FnOnce() -> Arc<str>,
+    ) -> Admission {
+        self.inner.admit(rt, trace_id, client)
     }
 
     /// Runs the admission checks for one call: kill switch, cluster, breaker, rate limit,
-    /// in that order. `trace_id` is logged with a rejection and kept in it.
+    /// in that order. `trace_id` is logged with a rejection and kept in it. Per-client
+    /// windows count this call as [`ANONYMOUS_CLIENT`](crate::ANONYMOUS_CLIENT)'s; see
+    /// [`decide_for`](Self::decide_for).
     ///
     /// On the memory store this future is ready at once (no allocation for the future).
     pub async fn decide(&self, cluster: &str, trace_id: Option<&str>) -> Decision {
+        self.decide_for(cluster, crate::ANONYMOUS_CLIENT, trace_id)
+            .await
+    }
+
+    /// [`decide`](Self::decide) for a call of `client` (its per-client windows, when the
+    /// cluster has them): for code outside the layer that knows who is calling.
+    pub async fn decide_for(
+        &self,
+        cluster: &str,
+        client: &str,
+        trace_id: Option<&str>,
+    ) -> Decision {
         let Some(rt) = self.runtime(cluster) else {
             return Decision::Deny(Rejection::unknown_cluster(cluster, trace_id));
         };
-        match self.admit(rt, trace_id) {
+        match self.admit(rt, trace_id, || Arc::from(client)) {
             Admission::Ready(decision) => decision,
             Admission::Pending(decision) => decision.await,
         }

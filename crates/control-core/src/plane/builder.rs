@@ -11,6 +11,7 @@ use parking_lot::{Mutex, RwLock};
 use super::runtime::{ClusterRuntime, Counters, Inner, Limits};
 use crate::{
     breaker::{Breaker, ClassifyFailure, ServerErrors},
+    client_key::{ClientKey, SharedClientKey},
     config::ControlConfig,
     store::{ControlState, CounterStore, StateStore, Versioned},
     MemoryStore,
@@ -57,6 +58,7 @@ pub struct ControlPlaneBuilder {
     state_store: Option<Arc<dyn StateStore>>,
     clock: Option<SharedClock>,
     classifier: Arc<dyn ClassifyFailure>,
+    client_key: SharedClientKey,
     refresh_interval: Duration,
 }
 
@@ -122,6 +124,15 @@ impl ControlPlaneBuilder {
         self
     }
 
+    /// Names the client of a request for per-client windows (default:
+    /// [`DefaultClientKey`](crate::DefaultClientKey): account, else a hash of the
+    /// credential, else the peer address).
+    #[must_use]
+    pub fn client_key(mut self, policy: impl ClientKey) -> Self {
+        self.client_key = SharedClientKey(Arc::new(policy));
+        self
+    }
+
     /// How often a plane on a shared store polls it (default 250 ms).
     #[must_use]
     pub fn refresh_interval(mut self, interval: Duration) -> Self {
@@ -176,6 +187,7 @@ impl ControlPlaneBuilder {
             fail_open: self.config.fail_open,
             config: self.config,
             classifier: self.classifier,
+            client_key: self.client_key,
             kill_until: AtomicU64::new(0),
             clusters,
             state: RwLock::new(Versioned { version: 0, state }),
@@ -206,6 +218,7 @@ impl ControlPlane {
             state_store: None,
             clock: None,
             classifier: Arc::new(ServerErrors),
+            client_key: SharedClientKey::default(),
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
         }
     }

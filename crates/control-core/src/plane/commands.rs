@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{runtime::Inner, ControlPlane};
 use crate::{
     breaker::BreakerState,
-    config::{validate_windows, WindowConfig},
+    config::{validate_client_windows, validate_windows, WindowConfig},
     store::{
         AuditEntry, ClusterState, ControlState, RateLimitSettings, StoreError, Switch, Versioned,
     },
@@ -50,6 +50,65 @@ pub struct RateLimitUpdate {
     pub enabled: Option<bool>,
     /// Replaces every window (applied before the `requestsPer*` fields).
     pub windows: Option<Vec<WindowConfig>>,
+    /// Changes the per-client windows (only the fields given).
+    pub per_client: Option<PerClientUpdate>,
+}
+
+/// A partial change of a cluster's per-client windows (`"perClient"` of
+/// `POST /cluster/{id}/rate-limit`): a limit sets (or adds) its window, `null` removes it,
+/// an absent field leaves it alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PerClientUpdate {
+    /// Each client's `second` window (`null` removes it).
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, maximum = 4_294_967_295_u64))]
+    pub requests_per_second: Option<Option<u64>>,
+    /// Each client's `minute` window (`null` removes it).
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, maximum = 4_294_967_295_u64))]
+    pub requests_per_minute: Option<Option<u64>>,
+    /// Each client's `hour` window (`null` removes it).
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, maximum = 4_294_967_295_u64))]
+    pub requests_per_hour: Option<Option<u64>>,
+    /// Each client's `day` window (`null` removes it).
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, maximum = 4_294_967_295_u64))]
+    pub requests_per_day: Option<Option<u64>>,
+}
+
+/// A field that is present (`null` included): `Some(value)`; an absent one stays `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    <Option<u64> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// The standard windows a `requestsPer*` field names.
+const NAMED_WINDOWS: [(&str, u64); 4] = [
+    ("second", 1),
+    ("minute", 60),
+    ("hour", 3600),
+    ("day", 86_400),
+];
+
+/// Sets (`Some(Some)`), removes (`Some(None)`) or keeps (`None`) each named window, then
+/// orders the windows shortest first.
+fn apply_named(windows: &mut Vec<WindowConfig>, changes: [Option<Option<u64>>; 4]) {
+    for (&(name, seconds), change) in NAMED_WINDOWS.iter().zip(changes) {
+        match change {
+            None => {}
+            Some(None) => windows.retain(|w| w.name != name),
+            Some(Some(limit)) => match windows.iter_mut().find(|w| w.name == name) {
+                Some(w) => {
+                    w.limit = limit;
+                    w.seconds = seconds;
+                }
+                None => windows.push(WindowConfig::new(name, limit, seconds)),
+            },
+        }
+    }
+    windows.sort_by_key(|w| w.seconds);
 }
 
 impl RateLimitUpdate {
@@ -57,28 +116,33 @@ impl RateLimitUpdate {
         if let Some(windows) = &self.windows {
             settings.windows.clone_from(windows);
         }
-        for (name, seconds, limit) in [
-            ("second", 1, self.requests_per_second),
-            ("minute", 60, self.requests_per_minute),
-            ("hour", 3600, self.requests_per_hour),
-            ("day", 86_400, self.requests_per_day),
-        ] {
-            let Some(limit) = limit else { continue };
-            match settings.windows.iter_mut().find(|w| w.name == name) {
-                Some(w) => {
-                    w.limit = limit;
-                    w.seconds = seconds;
-                }
-                None => settings
-                    .windows
-                    .push(WindowConfig::new(name, limit, seconds)),
-            }
+        let set = |limit: Option<u64>| limit.map(Some);
+        apply_named(
+            &mut settings.windows,
+            [
+                set(self.requests_per_second),
+                set(self.requests_per_minute),
+                set(self.requests_per_hour),
+                set(self.requests_per_day),
+            ],
+        );
+        if let Some(per_client) = &self.per_client {
+            apply_named(
+                &mut settings.per_client,
+                [
+                    per_client.requests_per_second,
+                    per_client.requests_per_minute,
+                    per_client.requests_per_hour,
+                    per_client.requests_per_day,
+                ],
+            );
         }
-        settings.windows.sort_by_key(|w| w.seconds);
         if let Some(enabled) = self.enabled {
             settings.enabled = enabled;
         }
-        validate_windows(&settings.windows).map_err(ControlError::Invalid)
+        validate_windows(&settings.windows)
+            .and_then(|()| validate_client_windows(&settings.per_client))
+            .map_err(ControlError::Invalid)
     }
 }
 

@@ -76,14 +76,17 @@ impl RateLimitStatus {
         Self { limits, verdict }
     }
 
-    /// Every window of the cluster's policy.
+    /// Every window of the cluster's policy: its own, then the per-client ones (named
+    /// `client-<name>`).
+    #[allow(clippy::misnamed_getters)] // the policy is every window, not only the cluster's
     pub fn windows(&self) -> &[WindowConfig] {
-        &self.limits.windows
+        &self.limits.reported
     }
 
-    /// The window reported in `RateLimit`, when the counters were read.
+    /// The window reported in `RateLimit`, when the counters were read: the binding one
+    /// (least remaining), a cluster's or the client's.
     pub fn reported(&self) -> Option<&WindowConfig> {
-        self.verdict.map(|v| &self.limits.windows[v.reported])
+        self.verdict.map(|v| &self.limits.reported[v.reported])
     }
 
     /// Units left in the reported window.

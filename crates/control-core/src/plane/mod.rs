@@ -22,7 +22,7 @@ mod sync;
 
 pub(crate) use admission::Admission;
 pub use builder::{ControlPlane, ControlPlaneBuilder, DEFAULT_REFRESH_INTERVAL};
-pub use commands::{ControlError, RateLimitUpdate};
+pub use commands::{ControlError, PerClientUpdate, RateLimitUpdate};
 pub use decision::{Decision, Permit, RateLimitStatus, RejectReason, Rejection};
 pub(crate) use expiry::ENDED_BY_TTL;
 pub(crate) use runtime::{ClusterRuntime, Limits};

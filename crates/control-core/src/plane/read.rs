@@ -90,7 +90,7 @@ impl ControlPlane {
         let peeked = self
             .inner
             .counter_store
-            .count(&rt.id, &limits.windows, now, Count::Peek)
+            .count(&rt.id, &limits.windows, None, now, Count::Peek)
             .await?;
         let now = peeked.now_millis;
         Ok(limits

@@ -15,6 +15,7 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     breaker::{Breaker, ClassifyFailure},
+    client_key::SharedClientKey,
     config::{ControlConfig, WindowConfig},
     store::{CounterStore, RateLimitSettings, StateStore, StoreError, Versioned},
     window::policy_text,
@@ -26,27 +27,52 @@ use dreamnet_common::SharedClock;
 #[derive(Debug)]
 pub(crate) struct Limits {
     pub(crate) enabled: bool,
+    /// The cluster's (aggregate) windows.
     pub(crate) windows: Arc<[WindowConfig]>,
+    /// Each client's windows (empty: no per-client quota), as the store counts them.
+    pub(crate) per_client: Arc<[WindowConfig]>,
+    /// Every window a decision reports on, in the order of the store's counts: the
+    /// cluster's, then the client's named `client-<name>` (the same `Arc` as `windows`
+    /// without per-client windows).
+    pub(crate) reported: Arc<[WindowConfig]>,
     /// `RateLimit-Policy`'s value, rendered and validated once here rather than per
     /// request (a clone is a reference count).
     pub(crate) policy: Option<HeaderValue>,
 }
 
+/// The prefix of per-client windows in `RateLimit` headers (`client-minute`).
+pub(crate) const CLIENT_WINDOW_PREFIX: &str = "client-";
+
 impl Limits {
     pub(crate) fn new(settings: &RateLimitSettings) -> Self {
+        let windows: Arc<[WindowConfig]> = Arc::from(settings.windows.as_slice());
+        let reported = if settings.per_client.is_empty() {
+            Arc::clone(&windows)
+        } else {
+            let client = settings.per_client.iter().map(|w| {
+                WindowConfig::new(
+                    format!("{CLIENT_WINDOW_PREFIX}{}", w.name),
+                    w.limit,
+                    w.seconds,
+                )
+            });
+            settings.windows.iter().cloned().chain(client).collect()
+        };
         Self {
             enabled: settings.enabled,
-            windows: Arc::from(settings.windows.as_slice()),
             // Window names are validated to [a-z0-9_-], so the text is a valid value.
-            policy: policy_text(&settings.windows)
+            policy: policy_text(&reported)
                 .and_then(|text| HeaderValue::from_maybe_shared(text).ok()),
+            windows,
+            per_client: Arc::from(settings.per_client.as_slice()),
+            reported,
         }
     }
 
     /// Whether requests are counted at all.
     #[inline]
     pub(crate) fn enforced(&self) -> bool {
-        self.enabled && !self.windows.is_empty()
+        self.enabled && !self.reported.is_empty()
     }
 }
 
@@ -91,6 +117,8 @@ pub(crate) struct Inner {
     pub(crate) state_store: Arc<dyn StateStore>,
     pub(crate) config: ControlConfig,
     pub(crate) classifier: Arc<dyn ClassifyFailure>,
+    /// Who a request is, for per-client windows.
+    pub(crate) client_key: SharedClientKey,
     pub(crate) fail_open: bool,
     /// The global kill switch as one number (see `Switch::blocked_until`).
     pub(crate) kill_until: AtomicU64,

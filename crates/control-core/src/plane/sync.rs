@@ -68,6 +68,7 @@ impl Inner {
             let current = rt.limits();
             if current.enabled != cluster.rate_limit.enabled
                 || *current.windows != *cluster.rate_limit.windows
+                || *current.per_client != *cluster.rate_limit.per_client
             {
                 *rt.limits.write() = Arc::new(Limits::new(&cluster.rate_limit));
             }

@@ -7,75 +7,53 @@ use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
 use super::{
-    AuditEntry, ControlState, Count, CounterStore, StateStore, StoreError, StoreFuture, Versioned,
+    clients::{ClientTable, DEFAULT_CLIENT_CAPACITY},
+    layout::WindowLayout,
+    AuditEntry, ClientQuota, ControlState, Count, CounterStore, StateStore, StoreError,
+    StoreFuture, Versioned,
 };
 use crate::{
-    config::WindowConfig,
-    window::{decide, window_start, Slot, Taken},
+    config::{WindowConfig, MAX_CLIENT_WINDOWS},
+    window::{decide, roll_over, take_one, window_start, Slot, Taken},
 };
 
 /// How many audit entries the memory store keeps (the oldest are dropped).
 pub const AUDIT_CAPACITY: usize = 1000;
 
-/// Counters of one cluster: `keys[i]` (window name, seconds) owns `slots[i]`.
+/// Counters of one cluster: `slots[i]` counts the window at position `i` of `layout`.
 #[derive(Debug, Default)]
 struct Counters {
-    keys: Vec<(String, u64)>,
+    layout: WindowLayout,
     slots: Vec<Slot>,
-    /// The windows the slots were last lined up with. The plane hands the same `Arc` on
-    /// every request until its settings change, so the same pointer means "already
-    /// aligned" without comparing names; holding the `Arc` keeps its address from being
-    /// reused by other windows.
-    aligned: Option<Arc<[WindowConfig]>>,
+    /// Per-client counters, created by the cluster's first per-client decision.
+    clients: Option<Box<ClientTable>>,
 }
 
 impl Counters {
     /// Lines the slots up with `windows`, keeping the counters of windows that remain.
+    #[inline]
     fn align(&mut self, windows: &Arc<[WindowConfig]>) {
-        if self
-            .aligned
-            .as_ref()
-            .is_some_and(|seen| Arc::ptr_eq(seen, windows))
-        {
-            return;
-        }
-        self.aligned = Some(Arc::clone(windows));
-        let same = self.keys.len() == windows.len()
-            && self
-                .keys
+        if let Some(from) = self.layout.realign(windows) {
+            let old = &self.slots;
+            self.slots = from
                 .iter()
-                .zip(windows.iter())
-                .all(|((n, s), w)| *n == w.name && *s == w.seconds);
-        if same {
-            return;
+                .map(|i| i.map_or_else(Slot::default, |i| old[i]))
+                .collect();
         }
-        let mut slots = Vec::with_capacity(windows.len());
-        for w in windows.iter() {
-            let kept = self
-                .keys
-                .iter()
-                .position(|(n, s)| *n == w.name && *s == w.seconds)
-                .map(|i| self.slots[i]);
-            slots.push(kept.unwrap_or_default());
-        }
-        self.keys = windows
-            .iter()
-            .map(|w| (w.name.clone(), w.seconds))
-            .collect();
-        self.slots = slots;
+    }
+
+    /// The slot counting `window`, if the cluster has one.
+    fn slot_of(&mut self, window: &WindowConfig) -> Option<&mut Slot> {
+        let i = self.layout.position(window)?;
+        Some(&mut self.slots[i])
     }
 
     /// One unit back to each window still counting the window `at` fell in.
     fn give_back(&mut self, windows: &[WindowConfig], at: u64) {
         for w in windows {
-            let Some(i) = self
-                .keys
-                .iter()
-                .position(|(n, s)| *n == w.name && *s == w.seconds)
-            else {
+            let Some(slot) = self.slot_of(w) else {
                 continue;
             };
-            let slot = &mut self.slots[i];
             if slot.start == window_start(w, at) && slot.count > 0 {
                 slot.count -= 1;
             }
@@ -101,10 +79,26 @@ type ClusterCounters = FxHashMap<String, Arc<Mutex<Counters>>>;
 /// the cluster map is read without a lock (`ArcSwap`) and copied on write, which happens
 /// once per cluster (its first decision). Clusters never contend with each other, and
 /// requests of one cluster contend on its mutex only.
-#[derive(Debug, Default, Clone)]
+///
+/// Per-client counters live beside their cluster's, under the same mutex (one decision
+/// covers both), at 40 bytes a client in sharded maps that drop a client once its windows
+/// have rolled over, capped at [`with_client_capacity`](Self::with_client_capacity) clients
+/// per cluster (see `store/clients.rs` for the trade-offs).
+#[derive(Debug, Clone)]
 pub struct MemoryStore {
     counters: Arc<ArcSwap<ClusterCounters>>,
     document: Arc<Mutex<Document>>,
+    client_capacity: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            counters: Arc::default(),
+            document: Arc::default(),
+            client_capacity: DEFAULT_CLIENT_CAPACITY,
+        }
+    }
 }
 
 impl MemoryStore {
@@ -113,8 +107,41 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// [`decide`] under the cluster's mutex (borrowed from the loaded map: no `Arc` clone
-    /// per request).
+    /// Keeps at most `clients` clients' counters per cluster (default 4 Mi, about 160 MiB
+    /// at most): past it, a new client evicts the entry that expires first of a small
+    /// sample, whose counts then restart.
+    #[must_use]
+    pub fn with_client_capacity(mut self, clients: usize) -> Self {
+        self.client_capacity = clients.max(1);
+        self
+    }
+
+    /// Clients with counters in `cluster` (including expired ones not yet swept).
+    pub fn clients(&self, cluster: &str) -> usize {
+        self.counters
+            .load()
+            .get(cluster)
+            .and_then(|c| c.lock().clients.as_ref().map(|t| t.len()))
+            .unwrap_or(0)
+    }
+
+    /// Runs `f` on the cluster's counters under its mutex (borrowed from the loaded map: no
+    /// `Arc` clone per request), creating them on the cluster's first decision.
+    #[inline]
+    fn with_counters<T>(&self, cluster: &str, f: impl FnOnce(&mut Counters) -> T) -> T {
+        let mut f = Some(f);
+        loop {
+            if let Some(counters) = self.counters.load().get(cluster) {
+                let f = f.take().expect("runs once");
+                return f(&mut counters.lock());
+            }
+            self.add_cluster(cluster);
+        }
+    }
+
+    /// [`decide`] under the cluster's mutex: the loop of [`with_counters`](Self::with_counters)
+    /// written out, because this is every request's path and the closure form cost about
+    /// 60 instructions a request more under callgrind (`benches/examples/per_request.rs`).
     fn decide(&self, cluster: &str, windows: &Arc<[WindowConfig]>, now_millis: u64) -> Taken {
         loop {
             if let Some(counters) = self.counters.load().get(cluster) {
@@ -124,6 +151,48 @@ impl MemoryStore {
             }
             self.add_cluster(cluster);
         }
+    }
+
+    /// [`decide`] over the cluster's windows and the client's together, under the cluster's
+    /// mutex: both roll over, and one unit is taken from each only if both have room.
+    fn decide_for_client(
+        &self,
+        cluster: &str,
+        windows: &Arc<[WindowConfig]>,
+        client: &ClientQuota,
+        now: u64,
+    ) -> Taken {
+        let capacity = self.client_capacity;
+        self.with_counters(cluster, |counters| {
+            counters.align(windows);
+            let table = counters
+                .clients
+                .get_or_insert_with(|| Box::new(ClientTable::new(capacity)));
+            table.align(&client.windows);
+            let key = table.key_of(&client.client);
+            let mut own = [Slot::default(); MAX_CLIENT_WINDOWS];
+            let own = &mut own[..client.windows.len()];
+            table.slots(key, own);
+            let cluster_has_room = roll_over(&mut counters.slots, windows, now);
+            let client_has_room = roll_over(own, &client.windows, now);
+            let admitted = cluster_has_room && client_has_room;
+            if admitted {
+                take_one(&mut counters.slots);
+                take_one(own);
+                table.store(key, own, &client.windows, now);
+            }
+            Taken {
+                admitted,
+                now_millis: now,
+                counts: counters
+                    .slots
+                    .iter()
+                    .chain(own.iter())
+                    .map(|s| s.count)
+                    .collect(),
+                epoch: None,
+            }
+        })
     }
 
     /// Adds `cluster`'s (empty) counters, unless a concurrent first decision just did:
@@ -136,23 +205,40 @@ impl MemoryStore {
         });
     }
 
-    /// The counts of `windows` at `now`, without taking (or realigning) anything.
-    fn peek_counts(&self, cluster: &str, windows: &[WindowConfig], now_millis: u64) -> Taken {
+    /// The counts of `windows` (and the client's) at `now`, without taking (or realigning,
+    /// or creating) anything.
+    fn peek_counts(
+        &self,
+        cluster: &str,
+        windows: &[WindowConfig],
+        client: Option<&ClientQuota>,
+        now_millis: u64,
+    ) -> Taken {
+        let current = |slot: Option<Slot>, w: &WindowConfig| {
+            slot.filter(|slot| slot.start == window_start(w, now_millis))
+                .map_or(0, |slot| slot.count)
+        };
         let map = self.counters.load();
-        let counters = map.get(cluster).map(|c| c.lock());
-        let counts = windows
+        let mut counters = map.get(cluster).map(|c| c.lock());
+        let mut counts: Vec<u64> = windows
             .iter()
-            .map(|w| {
-                let Some(counters) = &counters else { return 0 };
-                counters
-                    .keys
-                    .iter()
-                    .position(|(n, s)| *n == w.name && *s == w.seconds)
-                    .map(|i| counters.slots[i])
-                    .filter(|slot| slot.start == window_start(w, now_millis))
-                    .map_or(0, |slot| slot.count)
-            })
+            .map(|w| current(counters.as_mut().and_then(|c| c.slot_of(w).copied()), w))
             .collect();
+        if let Some(client) = client {
+            let mut own = [Slot::default(); MAX_CLIENT_WINDOWS];
+            let own = &mut own[..client.windows.len()];
+            let table = counters.as_ref().and_then(|c| c.clients.as_deref());
+            // Entries are laid out for the windows last taken with: only read them in
+            // that layout (otherwise the client has counted nothing in these windows yet).
+            if let Some(table) = table.filter(|t| t.laid_out_for(&client.windows)) {
+                table.slots(table.key_of(&client.client), own);
+            }
+            counts.extend(
+                own.iter()
+                    .zip(client.windows.iter())
+                    .map(|(s, w)| current(Some(*s), w)),
+            );
+        }
         Taken {
             admitted: false,
             now_millis,
@@ -168,12 +254,23 @@ impl CounterStore for MemoryStore {
         &self,
         cluster: &Arc<str>,
         windows: &Arc<[WindowConfig]>,
+        client: Option<&ClientQuota>,
         now_millis: u64,
         mode: Count,
     ) -> StoreFuture<'static, Result<Taken, StoreError>> {
-        StoreFuture::ready(Ok(match mode {
-            Count::Take => self.decide(cluster, windows, now_millis),
-            Count::Peek => self.peek_counts(cluster, windows, now_millis),
+        if client.is_some_and(|c| c.windows.len() > MAX_CLIENT_WINDOWS) {
+            // The plane never asks this (per-client windows are validated); a direct caller
+            // gets an error, not a panic, and nothing is counted.
+            return StoreFuture::ready(Err(StoreError::corrupt(format!(
+                "the memory store counts at most {MAX_CLIENT_WINDOWS} per-client windows"
+            ))));
+        }
+        StoreFuture::ready(Ok(match (mode, client) {
+            (Count::Take, None) => self.decide(cluster, windows, now_millis),
+            (Count::Take, Some(client)) => {
+                self.decide_for_client(cluster, windows, client, now_millis)
+            }
+            (Count::Peek, client) => self.peek_counts(cluster, windows, client, now_millis),
         }))
     }
 
@@ -181,11 +278,19 @@ impl CounterStore for MemoryStore {
         &'a self,
         cluster: &'a str,
         windows: &'a [WindowConfig],
+        client: Option<&'a ClientQuota>,
         taken: &'a Taken,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         if taken.admitted {
             if let Some(counters) = self.counters.load().get(cluster) {
-                counters.lock().give_back(windows, taken.now_millis);
+                let mut counters = counters.lock();
+                counters.give_back(windows, taken.now_millis);
+                if let (Some(client), Some(table)) = (client, counters.clients.as_deref_mut()) {
+                    if table.laid_out_for(&client.windows) {
+                        let key = table.key_of(&client.client);
+                        table.give_back(key, &client.windows, taken.now_millis);
+                    }
+                }
             }
         }
         StoreFuture::ready(Ok(()))
@@ -242,7 +347,7 @@ mod tests {
 
     fn take(store: &MemoryStore, windows: &Arc<[WindowConfig]>, now: u64) -> Taken {
         store
-            .count(&Arc::from("c"), windows, now, Count::Take)
+            .count(&Arc::from("c"), windows, None, now, Count::Take)
             .into_ready()
             .expect("the memory store never waits")
             .unwrap()
@@ -298,7 +403,7 @@ mod tests {
                     for i in 0..200 {
                         let cluster: Arc<str> = Arc::from(format!("c{}", i % 4));
                         let taken = store
-                            .count(&cluster, &windows, now, Count::Take)
+                            .count(&cluster, &windows, None, now, Count::Take)
                             .into_ready()
                             .expect("the memory store never waits")
                             .unwrap();
@@ -309,12 +414,47 @@ mod tests {
         });
         for c in 0..4 {
             let peek = store
-                .count(&Arc::from(format!("c{c}")), &windows, now, Count::Peek)
+                .count(
+                    &Arc::from(format!("c{c}")),
+                    &windows,
+                    None,
+                    now,
+                    Count::Peek,
+                )
                 .into_ready()
                 .expect("the memory store never waits")
                 .unwrap();
             assert_eq!(peek.counts, vec![400], "cluster c{c}");
         }
+    }
+
+    #[test]
+    fn more_per_client_windows_than_the_table_holds_are_refused() {
+        let store = MemoryStore::new();
+        let windows: Arc<[WindowConfig]> = Arc::from([WindowConfig::new("day", 9, 86_400)]);
+        let five: Vec<WindowConfig> = (1..=5)
+            .map(|s| WindowConfig::new(format!("w{s}"), 9, s))
+            .collect();
+        let quota = ClientQuota {
+            client: Arc::from("c"),
+            windows: Arc::from(five),
+        };
+        let taken = store
+            .count(
+                &Arc::from("c"),
+                &windows,
+                Some(&quota),
+                1_800_000_000_000,
+                Count::Take,
+            )
+            .into_ready()
+            .expect("the memory store never waits");
+        assert!(matches!(taken, Err(StoreError::Corrupt { .. })));
+        assert_eq!(
+            take(&store, &windows, 1_800_000_000_000).counts,
+            vec![1],
+            "nothing was counted"
+        );
     }
 
     #[test]

@@ -30,13 +30,16 @@ use std::{fmt, sync::Arc};
 
 use crate::config::WindowConfig;
 
+mod clients;
 mod future;
+mod layout;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 mod state;
 
 pub use crate::window::{decide, Slot, Taken};
+pub use clients::DEFAULT_CLIENT_CAPACITY;
 pub use future::StoreFuture;
 pub use memory::AUDIT_CAPACITY;
 pub use state::{AuditEntry, ClusterState, ControlState, RateLimitSettings, Switch, Versioned};
@@ -90,18 +93,36 @@ pub enum Count {
     Peek,
 }
 
+/// One client's windows inside a cluster: what a per-client take counts besides the
+/// cluster's aggregate windows. Cheap to clone (two `Arc`s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientQuota {
+    /// The client's key (from the plane's [`ClientKey`](crate::ClientKey) policy).
+    pub client: Arc<str>,
+    /// The client's windows (per-client windows are named `second`, `minute`, `hour`,
+    /// `day`; at most [`MAX_CLIENT_WINDOWS`](crate::config::MAX_CLIENT_WINDOWS)).
+    pub windows: Arc<[WindowConfig]>,
+}
+
 /// Rate-limit counters: one atomic decision per request.
+///
+/// With a [`ClientQuota`], one decision covers the cluster's windows *and* the client's:
+/// all admit or nothing is taken, and [`Taken::counts`] lists the cluster's windows first,
+/// then the client's. A store keeps a client's counters no longer than its windows last
+/// (a TTL, or expiry in memory), so millions of clients stay bounded.
 ///
 /// `count` hands back a `'static` future (it owns what it needs: the arguments are cheap
 /// `Arc`s to clone) so a plane can keep waiting on it after the request's borrow ends.
 pub trait CounterStore: Send + Sync + fmt::Debug + 'static {
-    /// Runs [`Count::Take`] or [`Count::Peek`] over `windows` of `cluster`. `now_millis` is
+    /// Runs [`Count::Take`] or [`Count::Peek`] over `windows` of `cluster` (and `client`'s
+    /// windows, when given). `now_millis` is
     /// the caller's clock; a shared store uses its own clock instead and reports it in
     /// [`Taken::now_millis`], with its change counter for the cluster in [`Taken::epoch`].
     fn count(
         &self,
         cluster: &Arc<str>,
         windows: &Arc<[WindowConfig]>,
+        client: Option<&ClientQuota>,
         now_millis: u64,
         mode: Count,
     ) -> StoreFuture<'static, Result<Taken, StoreError>>;
@@ -109,11 +130,13 @@ pub trait CounterStore: Send + Sync + fmt::Debug + 'static {
     /// Gives back the unit an admitted [`Count::Take`] took from each window, for a request
     /// that was then refused anyway (a kill switch noticed through the epoch). A window that
     /// has rolled over since `taken` (or is already at 0) is left alone, so this never lends
-    /// quota to a later window. A `taken` that was not admitted changes nothing.
+    /// quota to a later window. A `taken` that was not admitted changes nothing. `client`
+    /// is the quota the take counted (its windows get their unit back too).
     fn give_back<'a>(
         &'a self,
         cluster: &'a str,
         windows: &'a [WindowConfig],
+        client: Option<&'a ClientQuota>,
         taken: &'a Taken,
     ) -> StoreFuture<'a, Result<(), StoreError>>;
 }

@@ -9,10 +9,15 @@
 //! | `{prefix}ctl:{state}:audit` | list | audit entries as JSON, newest first, capped |
 //! | `{prefix}ctl:{<cluster>}:epoch` | string | bumped after every change, read by the rate-limit script |
 //! | `{prefix}ctl:{<cluster>}:rl:<window>:<seconds>` | hash `s`, `c` | window start (ms) and count; expires after the window |
+//! | `{prefix}ctl:{<cluster>}:rlc:<window>:<seconds>:<client>` | hash `s`, `c` | the same for one client's window (per-client quotas) |
 //!
 //! One admission decision is one `EVALSHA` of [`TAKE_SCRIPT`]: it reads Redis server time,
 //! checks every window, takes one unit from each only if all admit, and returns the
-//! cluster's epoch so the plane notices a change made elsewhere in the same round trip.
+//! cluster's epoch so the plane notices a change made elsewhere in the same round trip. A
+//! per-client decision is the same script with the client's counters after the cluster's:
+//! the script does not tell them apart, so aggregate and per-client windows admit all or
+//! nothing together, and the client's keys carry the cluster's hash tag (one slot) and the
+//! same TTL (a window after it ends, plus a minute), so idle clients cost nothing.
 //!
 //! On a Redis Cluster every script's keys share one hash tag (`{state}` for the state
 //! document, version and audit; `{<cluster>}` for a cluster's epoch and counters), so each
@@ -32,8 +37,8 @@ use dreamnet_common::redis_connection::{LuaScript, RedisConnection, RedisEndpoin
 use redis::{aio::ConnectionManager, AsyncCommands};
 
 use super::{
-    AuditEntry, ControlState, Count, CounterStore, StateStore, StoreError, StoreFuture, Versioned,
-    AUDIT_CAPACITY,
+    AuditEntry, ClientQuota, ControlState, Count, CounterStore, StateStore, StoreError,
+    StoreFuture, Versioned, AUDIT_CAPACITY,
 };
 use crate::{
     config::WindowConfig,
@@ -276,15 +281,18 @@ impl RedisStore {
         &self,
         cluster: &str,
         windows: &[WindowConfig],
+        client: Option<&ClientQuota>,
         at: Option<u64>,
     ) -> Result<Taken, StoreError> {
         let mut invocation = self.take.call();
         invocation.key(self.epoch_key(cluster));
-        for window in windows {
+        let mut counted = 0;
+        for (key, window) in self.counters(cluster, windows, client) {
             invocation
-                .key(self.counter_key(cluster, window))
+                .key(key)
                 .arg(window.limit)
                 .arg(window_millis(window));
+            counted += 1;
         }
         if let Some(at) = at {
             invocation.arg(at);
@@ -295,7 +303,7 @@ impl RedisStore {
                 invocation.invoke(&mut conn).await
             })
             .await?;
-        if reply.len() != 3 + windows.len() {
+        if reply.len() != 3 + counted {
             return Err(corrupt("rate-limit script answered the wrong shape"));
         }
         let num = |v: i64| u64::try_from(v).map_err(|_| corrupt("negative counter"));
@@ -315,13 +323,14 @@ impl RedisStore {
         &self,
         windows: &[WindowConfig],
         cluster: &str,
+        client: Option<&ClientQuota>,
         at: Option<u64>,
     ) -> Result<Taken, StoreError> {
         let mut invocation = self.peek.call();
-        for window in windows {
-            invocation
-                .key(self.counter_key(cluster, window))
-                .arg(window_millis(window));
+        let mut counted = 0;
+        for (key, window) in self.counters(cluster, windows, client) {
+            invocation.key(key).arg(window_millis(window));
+            counted += 1;
         }
         if let Some(at) = at {
             invocation.arg(at);
@@ -332,7 +341,7 @@ impl RedisStore {
                 invocation.invoke(&mut conn).await
             })
             .await?;
-        if reply.len() != 1 + windows.len() {
+        if reply.len() != 1 + counted {
             return Err(corrupt("rate-limit peek script answered the wrong shape"));
         }
         let num = |v: i64| u64::try_from(v).map_err(|_| corrupt("negative counter"));
@@ -360,6 +369,29 @@ impl RedisStore {
             "{}ctl:{{{cluster}}}:rl:{}:{}",
             self.prefix, window.name, window.seconds
         )
+    }
+
+    /// The counters one decision counts, with their windows: the cluster's, then the
+    /// client's (keys under the cluster's hash tag, so one script covers them all).
+    fn counters<'a>(
+        &'a self,
+        cluster: &'a str,
+        windows: &'a [WindowConfig],
+        client: Option<&'a ClientQuota>,
+    ) -> impl Iterator<Item = (String, &'a WindowConfig)> + 'a {
+        let own = windows
+            .iter()
+            .map(move |w| (self.counter_key(cluster, w), w));
+        let client = client.into_iter().flat_map(move |c| {
+            c.windows.iter().map(move |w| {
+                let key = format!(
+                    "{}ctl:{{{cluster}}}:rlc:{}:{}:{}",
+                    self.prefix, w.name, w.seconds, c.client
+                );
+                (key, w)
+            })
+        });
+        own.chain(client)
     }
 
     /// Runs `op` on a clone of the connection within the store's time limit, and once more
@@ -428,6 +460,7 @@ impl CounterStore for RedisStore {
         &self,
         cluster: &Arc<str>,
         windows: &Arc<[WindowConfig]>,
+        client: Option<&ClientQuota>,
         _now_millis: u64,
         mode: Count,
     ) -> StoreFuture<'static, Result<Taken, StoreError>> {
@@ -435,10 +468,12 @@ impl CounterStore for RedisStore {
         // so the plane can wait on it after the request's borrow ends.
         let store = self.clone();
         let (cluster, windows) = (Arc::clone(cluster), Arc::clone(windows));
+        let client = client.cloned();
         StoreFuture::new(async move {
+            let client = client.as_ref();
             match mode {
-                Count::Take => store.run_take(&cluster, &windows, None).await,
-                Count::Peek => store.run_peek(&windows, &cluster, None).await,
+                Count::Take => store.run_take(&cluster, &windows, client, None).await,
+                Count::Peek => store.run_peek(&windows, &cluster, client, None).await,
             }
         })
     }
@@ -447,16 +482,18 @@ impl CounterStore for RedisStore {
         &'a self,
         cluster: &'a str,
         windows: &'a [WindowConfig],
+        client: Option<&'a ClientQuota>,
         taken: &'a Taken,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(async move {
-            if !taken.admitted || windows.is_empty() {
+            let counters: Vec<_> = self.counters(cluster, windows, client).collect();
+            if !taken.admitted || counters.is_empty() {
                 return Ok(());
             }
             let mut invocation = self.give_back.call();
-            for window in windows {
+            for (key, window) in counters {
                 invocation
-                    .key(self.counter_key(cluster, window))
+                    .key(key)
                     .arg(crate::window::window_start(window, taken.now_millis));
             }
             let invocation = &invocation;
@@ -662,9 +699,12 @@ pub(crate) mod tests {
                 let (store, windows) = (store.clone(), Arc::clone(&windows));
                 let id: Arc<str> = Arc::from(id);
                 async move {
-                    store.count(&id, &windows, 0, Count::Peek).await.unwrap();
                     store
-                        .count(&id, &windows, 0, Count::Take)
+                        .count(&id, &windows, None, 0, Count::Peek)
+                        .await
+                        .unwrap();
+                    store
+                        .count(&id, &windows, None, 0, Count::Take)
                         .await
                         .unwrap()
                         .epoch
@@ -690,7 +730,7 @@ pub(crate) mod tests {
         let Some(store) = store().await else { return };
         let windows = windows(&[WindowConfig::new("second", 1, 1)]);
         let cluster: Arc<str> = Arc::from("c");
-        let take = || store.count(&cluster, &windows, 0, Count::Take);
+        let take = || store.count(&cluster, &windows, None, 0, Count::Take);
         assert!(take().await.unwrap().admitted);
         dreamnet_test_support::eventually(
             "the 1 s window rolls over",
@@ -746,11 +786,11 @@ pub(crate) mod tests {
                 for step in steps {
                     now += step;
                     let expected = decide(&mut slots, &windows, now);
-                    let got = rt.block_on(store.run_take(&cluster, &windows, Some(now))).unwrap();
+                    let got = rt.block_on(store.run_take(&cluster, &windows, None, Some(now))).unwrap();
                     prop_assert_eq!(got.admitted, expected.admitted);
                     prop_assert_eq!(&got.counts, &expected.counts);
                     prop_assert_eq!(got.now_millis, now);
-                    let peeked = rt.block_on(store.run_peek(&windows, &cluster, Some(now))).unwrap();
+                    let peeked = rt.block_on(store.run_peek(&windows, &cluster, None, Some(now))).unwrap();
                     prop_assert_eq!(&peeked.counts, &expected.counts);
                 }
                 rt.block_on(store.purge()).unwrap();
@@ -766,6 +806,7 @@ pub(crate) mod tests {
             .count(
                 &Arc::from("c"),
                 &windows(&[WindowConfig::new("w", 1, 60)]),
+                None,
                 0,
                 Count::Take,
             )

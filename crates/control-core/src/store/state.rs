@@ -72,6 +72,10 @@ pub struct RateLimitSettings {
     pub enabled: bool,
     /// The windows; a request needs room in all of them.
     pub windows: Vec<WindowConfig>,
+    /// Each client's own windows (named `second`..`day`), checked with `windows`; absent
+    /// from documents stored before per-client quotas existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_client: Vec<WindowConfig>,
 }
 
 /// One cluster's shared state.
@@ -106,6 +110,7 @@ impl ControlState {
                     rate_limit: RateLimitSettings {
                         enabled: c.rate_limit_enabled,
                         windows: c.windows.clone(),
+                        per_client: c.per_client.clone(),
                     },
                     breaker_forced_open: false,
                     breaker_resets: 0,

@@ -4,7 +4,7 @@ use std::{fmt, sync::Arc, time::Instant};
 
 use dreamnet_control_core::{
     store::{AuditEntry, ControlState, Count, StoreFuture, Taken, Versioned},
-    CounterStore, StateStore, StoreError, WindowConfig,
+    ClientQuota, CounterStore, StateStore, StoreError, WindowConfig,
 };
 
 use super::{Op, StoreMetrics};
@@ -70,6 +70,7 @@ impl<S: CounterStore> CounterStore for TimedControl<S> {
         &self,
         cluster: &Arc<str>,
         windows: &Arc<[WindowConfig]>,
+        client: Option<&ClientQuota>,
         now_millis: u64,
         mode: Count,
     ) -> StoreFuture<'static, Result<Taken, StoreError>> {
@@ -81,7 +82,7 @@ impl<S: CounterStore> CounterStore for TimedControl<S> {
         timed(
             op.clone(),
             started,
-            self.inner.count(cluster, windows, now_millis, mode),
+            self.inner.count(cluster, windows, client, now_millis, mode),
         )
     }
 
@@ -89,13 +90,14 @@ impl<S: CounterStore> CounterStore for TimedControl<S> {
         &'a self,
         cluster: &'a str,
         windows: &'a [WindowConfig],
+        client: Option<&'a ClientQuota>,
         taken: &'a Taken,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         let started = Instant::now();
         timed(
             self.give_back.clone(),
             started,
-            self.inner.give_back(cluster, windows, taken),
+            self.inner.give_back(cluster, windows, client, taken),
         )
     }
 }
