@@ -164,7 +164,7 @@ pub(crate) fn request_limits(edge: &EdgeConfig) -> ServiceBuilder<RequestLimits>
 
 #[cfg(test)]
 mod tests {
-    use axum::{middleware, routing::get, Router};
+    use axum::{routing::get, Router};
     use dreamnet_trace_id::TraceIdLayer;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
