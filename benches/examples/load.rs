@@ -162,7 +162,11 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// The median and the spread (lowest, highest) of `values`.
 fn median_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
-    (values[values.len() / 2], values[0], values[values.len() - 1])
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
 }
 
 fn main() {
