@@ -41,7 +41,7 @@ pub(crate) enum Then {
 }
 
 /// Wraps a service in an [`After`].
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub(crate) struct AfterLayer<A> {
     after: A,
 }

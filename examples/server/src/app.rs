@@ -149,19 +149,28 @@ impl App {
             ))
         })?;
 
+        // The busy routes take the route tag inside their one layer stack (each extra
+        // `layer` / `route_layer` of axum boxes the route and its future once more per
+        // request); the other routes get it from `tag_routes` below.
+        let tag = HttpMetrics::tag_layer();
         let cluster_routes = Router::new()
             .route(
                 "/api/{cluster}/echo",
                 any(handlers::echo).layer(
                     ServiceBuilder::new()
+                        .layer(tag)
                         .layer(by_path.clone())
                         .layer(idempotency.clone()),
                 ),
             )
             .route(
                 "/api/{cluster}/status/{code}",
-                any(handlers::status)
-                    .layer(ServiceBuilder::new().layer(by_path).layer(idempotency)),
+                any(handlers::status).layer(
+                    ServiceBuilder::new()
+                        .layer(tag)
+                        .layer(by_path)
+                        .layer(idempotency),
+                ),
             );
 
         let mint_dream = billing::mint_layer(&billing, "mint-dream").map_err(BuildError::Ledger)?;
@@ -170,17 +179,23 @@ impl App {
         let mint_routes = Router::new()
             .route(
                 "/api/mint-dream",
-                post(|request: Request| handlers::mint(MintKind::Dream, request))
-                    .route_layer(mint_dream)
-                    .route_layer(middleware::from_fn(handlers::validate_mint))
-                    .route_layer(dream_state.clone()),
+                post(|request: Request| handlers::mint(MintKind::Dream, request)).route_layer(
+                    ServiceBuilder::new()
+                        .layer(tag)
+                        .layer(dream_state.clone())
+                        .layer(middleware::from_fn(handlers::validate_mint))
+                        .layer(mint_dream),
+                ),
             )
             .route(
                 "/api/mint-dream-token",
-                post(|request: Request| handlers::mint(MintKind::Token, request))
-                    .route_layer(mint_token)
-                    .route_layer(middleware::from_fn(handlers::validate_mint))
-                    .route_layer(dream_state),
+                post(|request: Request| handlers::mint(MintKind::Token, request)).route_layer(
+                    ServiceBuilder::new()
+                        .layer(tag)
+                        .layer(dream_state)
+                        .layer(middleware::from_fn(handlers::validate_mint))
+                        .layer(mint_token),
+                ),
             );
 
         let billable_api = BillableApi::with_shared_ledger(ledger.clone())
@@ -208,21 +223,21 @@ impl App {
             .route("/metrics", get(render_metrics))
             .with_state(shared.clone());
 
-        let routes = Router::new()
+        let quiet_routes = Router::new()
             .merge(open_routes)
             .merge(crate::console::routes())
             .merge(crate::openapi::routes(&crate::openapi::document(
                 plane.cluster_ids().iter().map(String::as_str),
             )))
-            .merge(admin_routes)
-            .merge(mint_routes)
-            .merge(cluster_routes);
-        // The matched template travels out to the metrics layer in the response; the
-        // fallbacks answer problem+json. `with_state(())` turns every handler into a ready
+            .merge(admin_routes);
+        // The matched template travels out to the metrics layer in the response (the busy
+        // routes tag themselves, above); the fallbacks answer problem+json. `with_state(())` turns every handler into a ready
         // route once: a `Router` served without it (as hyper-util's builder serves it;
         // `axum::serve` does it itself) clones and converts the matched handler and each
         // fallback on every request.
-        let routes = HttpMetrics::tag_routes(routes)
+        let routes = HttpMetrics::tag_routes(quiet_routes)
+            .merge(mint_routes)
+            .merge(cluster_routes)
             .fallback(problem::not_found)
             .method_not_allowed_fallback(problem::method_not_allowed)
             .with_state(());
