@@ -14,12 +14,7 @@ async fn kill_switch_blocks_guarded_routes_only(stores: Stores) {
     };
     let http = &server.http;
 
-    let enabled = http
-        .admin_post(
-            "/api/control/kill-switch/enable",
-            r#"{"reason": "Emergency maintenance", "disabledBy": "admin"}"#,
-        )
-        .await;
+    let enabled = http.kill_switch_on("Emergency maintenance").await;
     assert_eq!(enabled.status, 200, "{}", enabled.text());
     assert_eq!(enabled.json()["enabled"], true);
 

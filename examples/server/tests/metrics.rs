@@ -154,11 +154,7 @@ async fn rejections_by_route_code_and_problem_type(stores: Stores) {
         return;
     };
     let http = &server.http;
-    http.admin_post(
-        "/api/control/kill-switch/enable",
-        r#"{"reason": "metrics test", "disabledBy": "test"}"#,
-    )
-    .await;
+    http.kill_switch_on("metrics test").await;
     http.get("/api/wolf-pack/echo").await.assert_problem(503);
     http.get("/api/wolf-pack/echo").await.assert_problem(503);
     http.get("/no/such/route").await.assert_problem(404);

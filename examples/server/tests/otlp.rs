@@ -172,11 +172,7 @@ async fn one_request_is_one_span_with_its_trace_id_and_attributes() {
 
     // A refused request: the decision names the control plane's reason; a mint shows the
     // billing state. Both arrive before shutdown returns (the exporter flushes).
-    http.admin_post(
-        "/api/control/kill-switch/enable",
-        r#"{"reason": "otlp test", "disabledBy": "test"}"#,
-    )
-    .await;
+    http.kill_switch_on("otlp test").await;
     let killed = "11111111111111111111111111111111";
     http.get_with_headers(
         "/api/wolf-pack/echo",

@@ -59,12 +59,7 @@ async fn two_replicas_on_a_redis_cluster_share_limits_and_idempotency_records() 
             ("x-idempotency-key", key.as_str()),
             ("x-account-id", "acct-cl"),
         ];
-        let first = a.http.post_json("/api/mint-dream", &headers, MINT).await;
-        assert_eq!(first.status, 201, "{}", first.text());
-        let retry = b.http.post_json("/api/mint-dream", &headers, MINT).await;
-        assert_eq!(retry.status, 201, "{}", retry.text());
-        assert_eq!(retry.header("idempotent-replayed"), Some("true"));
-        assert_eq!(retry.json(), first.json());
+        common::replays_across((&a.http, &b.http), "/api/mint-dream", &headers, MINT, 201).await;
     }
     let account = b
         .http
@@ -81,17 +76,8 @@ async fn two_replicas_on_a_redis_cluster_share_limits_and_idempotency_records() 
     for i in 0..12 {
         let key = format!("echo-key-{i}");
         let echo = [("idempotency-key", key.as_str())];
-        let first = a
-            .http
-            .post_json("/api/spider-web/echo", &echo, r#"{"n":1}"#)
-            .await;
-        assert_eq!(first.status, 200, "{}", first.text());
-        let replay = b
-            .http
-            .post_json("/api/spider-web/echo", &echo, r#"{"n":1}"#)
-            .await;
-        assert_eq!(replay.header("idempotent-replayed"), Some("true"));
-        assert_eq!(replay.json(), first.json());
+        let replicas = (&a.http, &b.http);
+        common::replays_across(replicas, "/api/spider-web/echo", &echo, r#"{"n":1}"#, 200).await;
     }
     for url in cluster.urls() {
         let client = redis::Client::open(url.as_str()).unwrap();

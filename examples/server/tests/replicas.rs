@@ -21,13 +21,7 @@ async fn kill_switch_set_through_one_is_enforced_by_the_other() {
     let (a, b) = (&replicas.a, &replicas.b);
 
     assert_eq!(b.http.get("/api/wolf-pack/echo").await.status, 200);
-    let enabled = a
-        .http
-        .admin_post(
-            "/api/control/kill-switch/enable",
-            r#"{"reason": "Emergency maintenance", "disabledBy": "admin"}"#,
-        )
-        .await;
+    let enabled = a.http.kill_switch_on("Emergency maintenance").await;
     assert_eq!(enabled.status, 200, "{}", enabled.text());
     let started = Instant::now();
     let enforced = holds_within(Duration::from_secs(1), || async {
@@ -109,12 +103,7 @@ async fn retried_mint_through_the_other_replica_replays_and_charges_once() {
         ("x-account-id", "acct-replicas"),
     ];
 
-    let first = a.http.post_json("/api/mint-dream", &headers, MINT).await;
-    assert_eq!(first.status, 201, "{}", first.text());
-    let retry = b.http.post_json("/api/mint-dream", &headers, MINT).await;
-    assert_eq!(retry.status, 201, "{}", retry.text());
-    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
-    assert_eq!(retry.json(), first.json());
+    common::replays_across((&a.http, &b.http), "/api/mint-dream", &headers, MINT, 201).await;
 
     // Concurrent duplicates of a new key through both replicas: one runs, the other
     // replays or is told to retry (409); one charge either way.
@@ -150,17 +139,15 @@ async fn retried_mint_through_the_other_replica_replays_and_charges_once() {
 
     // Idempotent echo records are shared through Redis too.
     let echo = [("idempotency-key", "echo-shared")];
-    let first = a
-        .http
-        .post_json("/api/spider-web/echo", &echo, r#"{"n":1}"#)
-        .await;
-    assert_eq!(first.status, 200);
-    let replay = b
-        .http
-        .post_json("/api/spider-web/echo", &echo, r#"{"n":1}"#)
-        .await;
-    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
-    assert_eq!(replay.json(), first.json());
+    let echo_across = (&a.http, &b.http);
+    common::replays_across(
+        echo_across,
+        "/api/spider-web/echo",
+        &echo,
+        r#"{"n":1}"#,
+        200,
+    )
+    .await;
 
     replicas.stop().await;
 }

@@ -246,11 +246,7 @@ async fn walkthrough_semantics(stores: Stores) {
     let http = &server.http;
 
     // Kill switch on: guarded routes 503, operator routes still answer.
-    http.admin_post(
-        "/api/control/kill-switch/enable",
-        r#"{"reason": "Emergency maintenance", "disabledBy": "admin"}"#,
-    )
-    .await;
+    http.kill_switch_on("Emergency maintenance").await;
     http.get("/api/wolf-pack/echo").await.assert_problem(503);
     assert_eq!(http.get("/healthz").await.status, 200);
     http.admin_post("/api/control/kill-switch/disable", "")

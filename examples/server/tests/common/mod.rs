@@ -145,6 +145,13 @@ impl Http {
         .await
     }
 
+    /// Turns the global kill switch on (`disabledBy: "admin"`); the reply is the admin API's.
+    pub async fn kill_switch_on(&self, reason: &str) -> Reply {
+        let body = serde_json::json!({ "reason": reason, "disabledBy": "admin" });
+        self.admin_post("/api/control/kill-switch/enable", &body.to_string())
+            .await
+    }
+
     pub async fn post_json(&self, path: &str, headers: &[(&str, &str)], json: &str) -> Reply {
         let mut all = vec![("content-type", "application/json")];
         all.extend_from_slice(headers);
@@ -468,6 +475,25 @@ impl Backends {
 /// Sets a day limit of 10 on `whale-pack` through replica `a`, waits until `b` enforces it,
 /// then sends 30 concurrent guarded GETs spread over both: the (admitted, limited) counts
 /// (exactly (10, 20) when the replicas share the counters). Panics on another status.
+/// POSTs `body` with `headers` to `path` through `a` (answered `status`), then again through
+/// `b`: the second is a replay of the first (the idempotency record is shared by the
+/// replicas). Returns the first reply's JSON.
+pub async fn replays_across(
+    (a, b): (&Http, &Http),
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    status: u16,
+) -> Value {
+    let first = a.post_json(path, headers, body).await;
+    assert_eq!(first.status, status, "{}", first.text());
+    let retry = b.post_json(path, headers, body).await;
+    assert_eq!(retry.status, status, "{}", retry.text());
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.json(), first.json());
+    first.json()
+}
+
 pub async fn exact_day_limit_across(a: &Http, b: &Http) -> (usize, usize) {
     let set = a
         .admin_post(
