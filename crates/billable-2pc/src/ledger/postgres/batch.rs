@@ -9,14 +9,15 @@
 //! Each caller waits for its own batch's commit, so its reservation is durable before its
 //! handler runs.
 //!
-//! Up to `writers` batches of a kind are in flight at once (default
-//! [`DEFAULT_WRITERS`], 2), each on its own connection: with one, the next batch could not
-//! start before the previous one's commit had been flushed, so the backend sat idle for
-//! every WAL flush and round trip; with two, one batch executes while the other commits
-//! (PostgreSQL's group commit merges their flushes). The next batch is cut only once a
-//! writer is free, so it carries everything that queued meanwhile. Concurrent batches lock
-//! as any two transactions of the functions do (account rows first, in account order), so
-//! they never see each other half-applied. A batch that fails gives every caller in it the error, and nothing of it
+//! Up to `writers` batches of a kind may be in flight at once (default
+//! [`DEFAULT_WRITERS`], 1), each on its own connection, so one can execute while another's
+//! commit is flushed. The next batch is cut only once a writer is free, so it carries
+//! everything that queued meanwhile. Concurrent batches lock as any two transactions of
+//! the functions do (account rows first, in account order), so they never see each other
+//! half-applied. One is the default because a second writer halves the batches (32
+//! clients: 14 calls a batch -> 7) and so raises the backend CPU per mint (224-228 ->
+//! 250-261 us in interleaved `ledger_load` runs): it only wins when the server waits on
+//! its disk rather than its CPU. A batch that fails gives every caller in it the error, and nothing of it
 //! is applied (one transaction).
 
 use std::{
@@ -36,7 +37,7 @@ use super::{rows::backend, LedgerError, LedgerResult};
 pub const DEFAULT_MAX_BATCH: usize = 256;
 
 /// How many batches of one kind may be in flight at once by default.
-pub const DEFAULT_WRITERS: usize = 2;
+pub const DEFAULT_WRITERS: usize = 1;
 
 /// How long the writer waits to fill a batch by default: not at all (flush when the queue
 /// is empty).
