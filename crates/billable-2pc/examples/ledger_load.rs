@@ -2,7 +2,7 @@
 //! ceiling measured in the same run, so the ratio is read at once.
 //!
 //! `cargo run --release -p dreamnet-billable --features postgres --example ledger_load --
-//! --clients 32 --accounts 1 --seconds 10` (server from `DREAMNET_DATABASE_URL`, default
+//! --clients 32 --accounts 1 --seconds 10` (`--writers N`: batches of a kind in flight) (server from `DREAMNET_DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`).
 //!
 //! 1. the ceiling: `clients` connections doing `UPDATE t SET n = n + 1 WHERE id = 1` in
@@ -37,6 +37,8 @@ struct Args {
     clients: usize,
     accounts: usize,
     seconds: u64,
+    /// Batches of one kind in flight at once (`PostgresLedgerBuilder::batch_writers`).
+    writers: usize,
 }
 
 fn args() -> Args {
@@ -44,6 +46,7 @@ fn args() -> Args {
         clients: 32,
         accounts: 1,
         seconds: 10,
+        writers: dreamnet_billable::ledger::postgres::DEFAULT_WRITERS,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +58,7 @@ fn args() -> Args {
             "--clients" => args.clients = value,
             "--accounts" => args.accounts = value,
             "--seconds" => args.seconds = value as u64,
+            "--writers" => args.writers = value,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -179,6 +183,7 @@ async fn main() {
     let ledger = Arc::new(
         PostgresLedger::builder(pool_at(&ledger_url, 8))
             .schema(schema.clone())
+            .batch_writers(args.writers)
             .build()
             .await
             .expect("ledger"),
@@ -242,8 +247,8 @@ async fn main() {
     let charged = latencies.len() as f64;
     let rate = charged / elapsed;
     println!(
-        "clients {} accounts {} seconds {}",
-        args.clients, args.accounts, args.seconds
+        "clients {} accounts {} seconds {} writers {}",
+        args.clients, args.accounts, args.seconds, args.writers
     );
     println!("UPDATE ceiling: hot row {hot:.0}/s, spread over 64 rows {spread:.0}/s");
     println!(

@@ -235,3 +235,66 @@ async fn a_hung_server_answers_within_the_deadline() {
     drop(f);
     drop_schema(&pool, &schema).await;
 }
+
+/// A crash between a batch's commit and its callers being woken: the ledger (its writer
+/// task, its callers, its connections) lives in a runtime of its own, torn down as soon as
+/// the batch's rows are visible, so no caller's handler ever ran. A second ledger built on
+/// the same schema, as the restarted server would build it, finds the reservations durable
+/// and recovery voids them after the timeout: nothing charged, nothing held, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_batch_commit_and_the_wake_up_is_recovered_after_restart() {
+    let Some(pool) = dreamnet_test_support::pg_pool().await else {
+        return;
+    };
+    let schema = dreamnet_test_support::unique_schema("bill");
+    let clock = ManualClock::new(1_800_000_000_000);
+    let build = |pool: deadpool_postgres::Pool| {
+        PostgresLedger::builder(pool)
+            .schema(schema.clone())
+            .clock(Arc::new(clock.clone()))
+            .max_batch(8)
+            .max_wait(Duration::from_millis(300))
+            .build()
+    };
+    let acct = account("crashed");
+    let crashed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let first = crashed
+        .spawn(build(dreamnet_test_support::pg_pool().await.unwrap()))
+        .await
+        .unwrap()
+        .unwrap();
+    let first = Arc::new(first);
+    for i in 0..3 {
+        let (first, request) = (first.clone(), reserve_request(&acct, &format!("k{i}"), 10));
+        crashed.spawn(async move { first.reserve(request).await });
+    }
+    let restarted = build(pool.clone()).await.unwrap();
+    let scope = scope_of(&acct);
+    for i in 0..3 {
+        dreamnet_test_support::eventually("the batch commits", Duration::from_secs(10), || {
+            let (restarted, scope) = (&restarted, scope.clone());
+            async move { restarted.find(&scope, &format!("k{i}")).await.unwrap() }
+        })
+        .await;
+    }
+    // The crash: every task of the first process stops where it is.
+    crashed.shutdown_background();
+    drop(first);
+    assert_eq!(balance(&restarted, &acct).await, (None, 30, 0));
+    let stats = restarted.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.charged), (3, 0), "{stats:?}");
+    clock.advance(TIMEOUT);
+    let report = recover(&restarted).await.unwrap();
+    assert_eq!((report.voided, report.charged), (3, 0));
+    assert_eq!(balance(&restarted, &acct).await, (None, 0, 0));
+    assert!(
+        recover(&restarted).await.unwrap() == Default::default(),
+        "nothing left"
+    );
+    drop(restarted);
+    drop_schema(&pool, &schema).await;
+}

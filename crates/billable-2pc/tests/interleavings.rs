@@ -304,4 +304,15 @@ proptest::proptest! {
     fn postgres_batched_keeps_the_books(ops in proptest::collection::vec(op_strategy(), 1..40)) {
         random_interleavings(|| Box::pin(postgres_with(|b| b.max_wait(std::time::Duration::from_millis(5)))), ops);
     }
+
+    /// Batched, with three batches of a kind in flight at once (`batch_writers`): concurrent
+    /// transactions of the same batch function, each on its own connection.
+    #[test]
+    fn postgres_batched_by_three_writers_keeps_the_books(
+        ops in proptest::collection::vec(op_strategy(), 1..40)
+    ) {
+        random_interleavings(|| Box::pin(postgres_with(|b| {
+            b.max_wait(std::time::Duration::from_millis(5)).batch_writers(3)
+        })), ops);
+    }
 }

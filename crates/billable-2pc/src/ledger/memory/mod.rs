@@ -39,7 +39,10 @@ use super::{
     Reservation, ReserveRequest, Stats,
 };
 
+mod builder;
 mod shards;
+
+pub use builder::MemoryLedgerBuilder;
 
 use shards::{AccountEntry, AccountShard, ActionShard, Picker, SHARDS};
 
@@ -137,66 +140,6 @@ impl MemoryLedger {
 
     fn now(&self) -> u64 {
         self.inner.clock.now_millis()
-    }
-}
-
-/// Builds a [`MemoryLedger`].
-#[derive(Debug)]
-#[must_use]
-pub struct MemoryLedgerBuilder {
-    clock: SharedClock,
-    default_credit: Option<Amount>,
-    retention: Option<Duration>,
-    max_entries: usize,
-}
-
-impl MemoryLedgerBuilder {
-    /// The clock used for timestamps, reservation timeouts and retention (default: system
-    /// clock).
-    pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// The credit line of accounts created by a reservation (`None`, the default, is
-    /// unlimited; `Some(0)` means "no spending until credit is added").
-    pub fn default_credit(mut self, credit: Option<Amount>) -> Self {
-        self.default_credit = credit;
-        self
-    }
-
-    /// How long a charged or failed action is kept after it was resolved (default 24 h;
-    /// `None` keeps them until the cap refuses new work).
-    pub fn retention(mut self, retention: Option<Duration>) -> Self {
-        self.retention = retention;
-        self
-    }
-
-    /// The most entries (actions plus accounts) held at once (default
-    /// [`DEFAULT_MAX_ENTRIES`]); past it new work is [`LedgerError::Full`].
-    pub fn max_entries(mut self, max_entries: usize) -> Self {
-        self.max_entries = max_entries;
-        self
-    }
-
-    /// Builds the ledger.
-    pub fn build(self) -> MemoryLedger {
-        MemoryLedger {
-            inner: Arc::new(Inner {
-                clock: self.clock,
-                default_credit: self.default_credit,
-                retention: self
-                    .retention
-                    .map(|r| u64::try_from(r.as_millis()).unwrap_or(u64::MAX)),
-                max_entries: self.max_entries,
-                picker: Picker::default(),
-                actions: (0..SHARDS).map(|_| Mutex::default()).collect(),
-                accounts: (0..SHARDS).map(|_| Mutex::default()).collect(),
-                entries: AtomicUsize::new(0),
-                pruned: AtomicU64::new(0),
-                dropped_accounts: AtomicU64::new(0),
-            }),
-        }
     }
 }
 

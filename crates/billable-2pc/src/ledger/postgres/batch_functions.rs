@@ -23,10 +23,14 @@
 //! The lock order is that of every function: account rows first, in account order (the
 //! requests are taken in account order), action rows second.
 
-/// The batch functions of schema `s` (`acc`: accounts table, `act`: actions table, `out`:
+use super::functions::post_to_slot;
+
+/// The batch functions of schema `s` (`acc`: accounts table, `act`: actions table, `slots`: slots table, `out`:
 /// the returned action columns), created or replaced by the migration with the signatures
 /// and result types they had in 0.3.
-pub(super) fn batch_functions(s: &str, acc: &str, act: &str, out: &str) -> String {
+pub(super) fn batch_functions(s: &str, acc: &str, act: &str, slots: &str, out: &str) -> String {
+    let post_held = post_to_slot(slots, "v_account", "v_held", "0");
+    let post_moved = post_to_slot(slots, "v_account", "v_pending", "v_charged");
     format!(
         "
          -- A batch of reservations in one transaction, in account order (each account row
@@ -58,7 +62,9 @@ pub(super) fn batch_functions(s: &str, acc: &str, act: &str, out: &str) -> Strin
                  ORDER BY u.account, u.ord
              LOOP
                  IF v_account IS DISTINCT FROM p_accounts[i] THEN
-                     PERFORM {s}.dreamnet_billable_add(v_account, v_held, 0, FALSE, p_now);
+                     IF v_held <> 0 THEN
+                     {post_held}
+                 END IF;
                      v_account := p_accounts[i];
                      v_ready := FALSE;
                      v_shared := FALSE;
@@ -73,13 +79,19 @@ pub(super) fn batch_functions(s: &str, acc: &str, act: &str, out: &str) -> Strin
                      CONTINUE;
                  END IF;
                  IF NOT v_ready THEN
-                     INSERT INTO {acc} (account, currency, credit, created_at, updated_at)
-                         VALUES (v_account, p_currencies[i], p_default_credit, p_now, p_now)
-                         ON CONFLICT (account) DO NOTHING;
-                     SELECT credit IS NULL INTO v_shared FROM {acc} WHERE account = v_account;
-                     IF v_shared THEN
-                         SELECT currency, credit IS NULL INTO v_currency, v_shared FROM {acc}
-                             WHERE account = v_account FOR SHARE;
+                     -- An existing unlimited account, the common case: locked FOR SHARE in
+                     -- one statement (the lock only taken if it is still unlimited once
+                     -- locked: a credit-limited one is left to the single-request function,
+                     -- which takes it FOR UPDATE, and must not find our share lock on it).
+                     SELECT currency, TRUE INTO v_currency, v_shared FROM {acc}
+                         WHERE account = v_account AND credit IS NULL FOR SHARE;
+                     IF NOT FOUND THEN
+                         INSERT INTO {acc} (account, currency, credit, created_at, updated_at)
+                             VALUES (v_account, p_currencies[i], p_default_credit, p_now, p_now)
+                             ON CONFLICT (account) DO NOTHING;
+                         SELECT currency, TRUE INTO v_currency, v_shared FROM {acc}
+                             WHERE account = v_account AND credit IS NULL FOR SHARE;
+                         v_shared := FOUND;
                      END IF;
                      v_ready := TRUE;
                  END IF;
@@ -104,7 +116,9 @@ pub(super) fn batch_functions(s: &str, acc: &str, act: &str, out: &str) -> Strin
                      p_amounts[i], p_currencies[i], p_traces[i], p_now, p_expires[i],
                      p_default_credit) AS r;
              END LOOP;
-             PERFORM {s}.dreamnet_billable_add(v_account, v_held, 0, FALSE, p_now);
+             IF v_held <> 0 THEN
+                     {post_held}
+                 END IF;
          END $fn$;
 
          -- A batch of resolves (settles) in one transaction: the accounts locked FOR SHARE
@@ -131,8 +145,9 @@ pub(super) fn batch_functions(s: &str, acc: &str, act: &str, out: &str) -> Strin
              LOOP
                  i := r.ord;
                  IF v_account IS DISTINCT FROM r.account THEN
-                     PERFORM {s}.dreamnet_billable_add(v_account, v_pending, v_charged, FALSE,
-                         p_now);
+                     IF v_pending <> 0 OR v_charged <> 0 THEN
+                         {post_moved}
+                     END IF;
                      v_account := r.account;
                      v_pending := 0;
                      v_charged := 0;
@@ -157,7 +172,9 @@ pub(super) fn batch_functions(s: &str, acc: &str, act: &str, out: &str) -> Strin
                  RETURN QUERY SELECT i, x.* FROM {s}.dreamnet_billable_resolve(p_ids[i],
                      p_tos[i], p_actuals[i], p_responses[i], p_now) AS x;
              END LOOP;
-             PERFORM {s}.dreamnet_billable_add(v_account, v_pending, v_charged, FALSE, p_now);
+             IF v_pending <> 0 OR v_charged <> 0 THEN
+                 {post_moved}
+             END IF;
          END $fn$;"
     )
 }

@@ -34,6 +34,7 @@ pub(super) fn functions(s: &str, acc: &str, act: &str, slots: &str) -> String {
     let out = OUT;
     // A row of NULL action columns, for outcomes without an action.
     let no_action = format!("FROM (SELECT 1) AS one LEFT JOIN {act} AS a ON FALSE");
+    let post_to_slot = post_to_slot(slots, "p_account", "p_pending", "p_charged");
     format!(
         "
          -- Locks the account FOR UPDATE and folds its slots into its row: exact totals.
@@ -73,11 +74,7 @@ pub(super) fn functions(s: &str, acc: &str, act: &str, slots: &str) -> String {
                  UPDATE {acc} SET pending = pending + p_pending, charged = charged + p_charged,
                      updated_at = p_now WHERE account = p_account;
              ELSE
-                 INSERT INTO {slots} AS t (account, slot, pending, charged)
-                     VALUES (p_account, pg_backend_pid() % 16, p_pending, p_charged)
-                     ON CONFLICT (account, slot) DO UPDATE SET
-                         pending = t.pending + EXCLUDED.pending,
-                         charged = t.charged + EXCLUDED.charged;
+                 {post_to_slot}
              END IF;
          END $fn$;
 
@@ -225,5 +222,19 @@ pub(super) fn functions(s: &str, acc: &str, act: &str, slots: &str) -> String {
              END IF;
              RETURN QUERY SELECT v_outcome, a.* FROM {act} AS a WHERE a.id = p_id;
          END $fn$;"
-    ) + &super::batch_functions::batch_functions(s, acc, act, OUT)
+    ) + &super::batch_functions::batch_functions(s, acc, act, slots, OUT)
+}
+
+/// The statement adding `pending` and `charged` (plpgsql expressions) to `account`'s slot
+/// row of this connection: one text for the single-request functions and the batches,
+/// which post inline (a call of `dreamnet_billable_add` per account and batch, with its
+/// `SET` clause saved and restored, cost more than the upsert).
+pub(super) fn post_to_slot(slots: &str, account: &str, pending: &str, charged: &str) -> String {
+    format!(
+        "INSERT INTO {slots} AS t (account, slot, pending, charged)
+                     VALUES ({account}, pg_backend_pid() % 16, {pending}, {charged})
+                     ON CONFLICT (account, slot) DO UPDATE SET
+                         pending = t.pending + EXCLUDED.pending,
+                         charged = t.charged + EXCLUDED.charged;"
+    )
 }

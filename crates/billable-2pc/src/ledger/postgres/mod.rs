@@ -82,7 +82,7 @@ mod rows;
 mod sql;
 
 use batch::{BatchConfig, Batcher};
-pub use batch::{BatchCounts, DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT};
+pub use batch::{BatchCounts, DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT, DEFAULT_WRITERS};
 use calls::Settle;
 use rows::backend;
 use sql::Sql;
@@ -171,6 +171,7 @@ impl PostgresLedger {
             batch: BatchConfig {
                 max_batch: DEFAULT_MAX_BATCH,
                 max_wait: DEFAULT_MAX_WAIT,
+                writers: DEFAULT_WRITERS,
             },
             retention: Some(DEFAULT_RETENTION),
         }
@@ -288,6 +289,16 @@ impl PostgresLedgerBuilder {
     /// from the calls that queue while the previous one commits).
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.batch.max_wait = max_wait;
+        self
+    }
+
+    /// How many batches of one kind (reserves, settles) may be in flight at once, each in
+    /// its own transaction on its own connection (default [`DEFAULT_WRITERS`], 1: each
+    /// batch sent once the previous one committed). More overlap one batch's commit flush
+    /// with the next one's work, at the price of smaller batches (more CPU per request):
+    /// worth it when the server's disk, not its CPU, is the limit.
+    pub fn batch_writers(mut self, writers: usize) -> Self {
+        self.batch.writers = writers.max(1);
         self
     }
 
