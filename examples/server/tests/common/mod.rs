@@ -90,6 +90,20 @@ impl Http {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Reply {
+        self.try_send(method, path, headers, body)
+            .await
+            .expect("HTTP request")
+    }
+
+    /// As [`Http::send`], but a connection that fails or is cut (the server killed) is an
+    /// `Err` instead of a panic.
+    pub async fn try_send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, String> {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -100,9 +114,9 @@ impl Http {
         let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
             .await
             .expect("response within 30 s")
-            .expect("HTTP request");
+            .map_err(|e| e.to_string())?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         let reply = Reply {
             status: parts.status,
             headers: parts.headers,
@@ -114,7 +128,7 @@ impl Http {
             "",
             reply.status
         );
-        reply
+        Ok(reply)
     }
 
     pub async fn get(&self, path: &str) -> Reply {
