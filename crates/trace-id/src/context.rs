@@ -1,13 +1,10 @@
 use crate::{
+    scope::{in_scope, with_current, Scoped},
+    text::{Short, TraceIdText},
     traceparent::{w3c_span_id, w3c_trace_id, TraceFlags, Traceparent},
     tracestate::TraceState,
 };
-use std::{future::Future, sync::Arc};
-
-tokio::task_local! {
-    /// The context of the request whose future is being polled (set by the trace-id layer).
-    static CURRENT: TraceContext;
-}
+use std::{cell::Cell, future::Future, sync::Arc};
 
 /// The trace a request belongs to, stored in the request's extensions by the trace-id layer.
 ///
@@ -41,9 +38,9 @@ tokio::task_local! {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TraceContext {
-    trace_id: Arc<str>,
-    span_id: Arc<str>,
-    parent_span_id: Option<Arc<str>>,
+    trace_id: TraceIdText,
+    span_id: Short<16>,
+    parent_span_id: Option<Short<16>>,
     w3c: W3c,
 }
 
@@ -52,7 +49,7 @@ pub struct TraceContext {
 struct W3c {
     /// The continued W3C trace id when it is not the correlation id itself; `None` means
     /// "the W3C form of the correlation id" (no allocation in the common cases).
-    trace_id: Option<Arc<str>>,
+    trace_id: Option<Short<32>>,
     flags: TraceFlags,
     tracestate: Option<TraceState>,
 }
@@ -74,8 +71,13 @@ impl TraceContext {
     /// The W3C trace id is the [W3C form](crate::w3c_trace_id) of `trace_id`, the flags are
     /// [`TraceFlags::SAMPLED`], there is no `tracestate`.
     pub fn new(trace_id: impl Into<Arc<str>>) -> Self {
+        Self::root(TraceIdText::Shared(trace_id.into()))
+    }
+
+    /// A root context for a trace id the layer has already stored (no copy).
+    pub(crate) fn root(trace_id: TraceIdText) -> Self {
         Self {
-            trace_id: trace_id.into(),
+            trace_id,
             span_id: new_span_id(),
             parent_span_id: None,
             w3c: W3c::root(),
@@ -89,9 +91,9 @@ impl TraceContext {
         parent_span_id: Option<Arc<str>>,
     ) -> Self {
         Self {
-            trace_id: trace_id.into(),
-            span_id: span_id.into(),
-            parent_span_id,
+            trace_id: TraceIdText::Shared(trace_id.into()),
+            span_id: Short::from_arc(span_id.into()),
+            parent_span_id: parent_span_id.map(Short::from_arc),
             w3c: W3c::root(),
         }
     }
@@ -118,13 +120,25 @@ impl TraceContext {
         traceparent: &Traceparent<'_>,
         tracestate: Option<TraceState>,
     ) -> Self {
-        let trace_id = trace_id.into();
-        let w3c_trace_id =
-            (*trace_id != *traceparent.trace_id()).then(|| Arc::from(traceparent.trace_id()));
+        Self::continued(
+            TraceIdText::Shared(trace_id.into()),
+            traceparent,
+            tracestate,
+        )
+    }
+
+    /// [`TraceContext::from_traceparent`] for a trace id the layer has already stored.
+    pub(crate) fn continued(
+        trace_id: TraceIdText,
+        traceparent: &Traceparent<'_>,
+        tracestate: Option<TraceState>,
+    ) -> Self {
+        let w3c_trace_id = (trace_id.as_str() != traceparent.trace_id())
+            .then(|| Short::new(traceparent.trace_id()));
         Self {
             trace_id,
             span_id: new_span_id(),
-            parent_span_id: Some(Arc::from(traceparent.parent_id())),
+            parent_span_id: Some(Short::new(traceparent.parent_id())),
             w3c: W3c {
                 trace_id: w3c_trace_id,
                 flags: traceparent.trace_flags(),
@@ -149,18 +163,18 @@ impl TraceContext {
 
     /// The correlation id: the `X-Trace-Id` value, shared by every span of the trace.
     pub fn trace_id(&self) -> &str {
-        &self.trace_id
+        self.trace_id.as_str()
     }
 
     /// This span's id: 16 lowercase hex digits.
     pub fn span_id(&self) -> &str {
-        &self.span_id
+        self.span_id.as_str()
     }
 
     /// The id of the span this one was started from, if any (for a continued W3C trace,
     /// the caller's `parent-id`).
     pub fn parent_span_id(&self) -> Option<&str> {
-        self.parent_span_id.as_deref()
+        self.parent_span_id.as_ref().map(Short::as_str)
     }
 
     /// The W3C trace flags sent on in `traceparent`.
@@ -178,16 +192,16 @@ impl TraceContext {
     /// The continued W3C trace id when it differs from the correlation id (the span's
     /// `w3c_trace_id` field).
     pub(crate) fn distinct_w3c_trace_id(&self) -> Option<&str> {
-        self.w3c.trace_id.as_deref()
+        self.w3c.trace_id.as_ref().map(Short::as_str)
     }
 
     /// The context of a nested operation: same trace, a new span, this span as its parent.
     #[must_use]
     pub fn child(&self) -> Self {
         Self {
-            trace_id: Arc::clone(&self.trace_id),
+            trace_id: self.trace_id.clone(),
             span_id: new_span_id(),
-            parent_span_id: Some(Arc::clone(&self.span_id)),
+            parent_span_id: Some(self.span_id.clone()),
             w3c: self.w3c.clone(),
         }
     }
@@ -231,31 +245,23 @@ impl TraceContext {
     /// ```
     #[must_use]
     pub fn current() -> Option<Self> {
-        CURRENT.try_with(Clone::clone).ok()
+        with_current(Clone::clone)
     }
 
-    /// Runs `future` with this context as [`TraceContext::current`] while it is polled.
+    /// Runs `future` with this context as [`TraceContext::current`] while it is polled
+    /// (and when it is dropped).
     pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
-        CURRENT.scope(self, future)
-    }
-
-    /// The future of [`TraceContext::scope`], with its type spelled out for hand-written
-    /// futures.
-    pub(crate) fn scoped<F: Future>(
-        self,
-        future: F,
-    ) -> tokio::task::futures::TaskLocalFuture<Self, F> {
-        CURRENT.scope(self, future)
+        Scoped::new(self, future)
     }
 
     /// A child of the current context, if any, without cloning the current one first.
     pub(crate) fn current_child() -> Option<Self> {
-        CURRENT.try_with(Self::child).ok()
+        with_current(Self::child)
     }
 
     /// Runs `f` with this context as [`TraceContext::current`].
     pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self, f)
+        in_scope(&mut Some(self), f)
     }
 
     /// The W3C trace id (32 lowercase hex digits, not all zero) of outbound `traceparent`s.
@@ -268,8 +274,8 @@ impl TraceContext {
     #[must_use]
     pub fn w3c_trace_id(&self) -> std::borrow::Cow<'_, str> {
         match &self.w3c.trace_id {
-            Some(id) => std::borrow::Cow::Borrowed(id),
-            None => w3c_trace_id(&self.trace_id),
+            Some(id) => std::borrow::Cow::Borrowed(id.as_str()),
+            None => w3c_trace_id(self.trace_id.as_str()),
         }
     }
 
@@ -295,7 +301,7 @@ impl TraceContext {
     #[must_use]
     pub fn traceparent(&self) -> String {
         let trace_id = self.w3c_trace_id();
-        let span_id = w3c_span_id(&self.span_id);
+        let span_id = w3c_span_id(self.span_id.as_str());
         let flags = self.w3c.flags.hex();
         let mut out = String::with_capacity(55);
         out.push_str("00-");
@@ -309,17 +315,74 @@ impl TraceContext {
     }
 }
 
-/// A random, non-zero W3C span id: 16 lowercase hex digits, in one allocation.
-pub(crate) fn new_span_id() -> Arc<str> {
-    let mut rng = rand::rng();
+thread_local! {
+    /// The state of this thread's span id generator; 0 until first used.
+    static SPAN_RNG: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A random, non-zero W3C span id: 16 lowercase hex digits, inline (no allocation).
+///
+/// Span ids only need to be unique, not unguessable (the trace id is the correlation id,
+/// and a span id grants nothing), so they come from a per-thread wyrand generator seeded
+/// once from the thread's CSPRNG: a handful of instructions instead of `rand::rng()`'s
+/// reference-counted ChaCha block buffer. Threads are seeded independently, so their
+/// sequences do not collide in practice (64-bit seeds, a 2^64 period).
+pub(crate) fn new_span_id() -> Short<16> {
     loop {
-        let id = rand::RngCore::next_u64(&mut rng);
+        let id = next_span_random();
         if id != 0 {
             let mut digits = [0u8; 16];
             for (i, digit) in digits.iter_mut().enumerate() {
                 *digit = crate::id::HEX[((id >> (60 - 4 * i)) & 0xf) as usize];
             }
-            return Arc::from(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
+            return Short::Inline(digits);
         }
+    }
+}
+
+/// The next output of this thread's wyrand (Wang Yi's generator, the one `fastrand` uses).
+fn next_span_random() -> u64 {
+    SPAN_RNG.with(|state| {
+        let mut seed = state.get();
+        if seed == 0 {
+            // Never 0 again: 0 marks "not seeded yet".
+            seed = rand::RngCore::next_u64(&mut rand::rng()) | 1;
+        }
+        seed = seed.wrapping_add(0xa076_1d64_78bd_642f);
+        if seed == 0 {
+            seed = 1;
+        }
+        state.set(seed);
+        let product = u128::from(seed) * u128::from(seed ^ 0xe703_7ed1_a0b4_28db);
+        // Truncation is the algorithm: fold the 128-bit product into 64 bits.
+        ((product >> 64) as u64) ^ (product as u64)
+    })
+}
+
+#[cfg(test)]
+mod span_id_tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn span_ids_are_sixteen_lower_hex_digits_inline_and_distinct() {
+        let mut seen = HashSet::new();
+        for _ in 0..100_000 {
+            let id = new_span_id();
+            assert!(matches!(id, Short::Inline(_)));
+            let text = id.as_str();
+            assert_eq!(text.len(), 16);
+            assert!(text.bytes().all(|b| crate::id::HEX.contains(&b)), "{text}");
+            assert_ne!(text, "0000000000000000");
+            assert!(seen.insert(text.to_owned()), "duplicate span id {text}");
+        }
+    }
+
+    #[test]
+    fn threads_get_different_sequences() {
+        let first = || (0..4).map(|_| next_span_random()).collect::<Vec<_>>();
+        let a = std::thread::spawn(first).join().unwrap();
+        let b = std::thread::spawn(first).join().unwrap();
+        assert_ne!(a, b);
     }
 }

@@ -5,6 +5,8 @@ use crate::{
     future::ResponseFuture,
     id::{is_valid_trace_id, valid_trace_id, MakeTraceId, TimestampHex},
     layer::{Shared, TraceIdLayer},
+    scope::Scoped,
+    text::TraceIdText,
     traceparent::Traceparent,
     tracestate::{TraceState, TraceStateError},
 };
@@ -126,7 +128,11 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
     let (incoming, rejected) = match (values.next(), values.next()) {
         (None, _) => (None, None),
         (Some(value), None) => match valid_trace_id(value) {
-            Some(id) => (Some((id, value)), None),
+            // The context keeps the value itself: no copy of the id.
+            Some(_) => (
+                TraceIdText::header(value.clone()).map(|id| (id, value)),
+                None,
+            ),
             None => (None, Some(Rejected::Invalid { len: value.len() })),
         },
         // Intermediaries disagree on which of several values counts: use none of them.
@@ -153,26 +159,30 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
         // The traceparent continues the W3C trace (even of another trace id), X-Trace-Id
         // stays the correlation id.
         (Some((id, value)), Some(tp)) => (
-            TraceContext::from_traceparent(id, &tp, tracestate),
+            TraceContext::continued(id, &tp, tracestate),
             value.clone(),
             Source::Header,
         ),
-        (Some((id, value)), None) => (TraceContext::new(id), value.clone(), Source::Header),
+        (Some((id, value)), None) => (TraceContext::root(id), value.clone(), Source::Header),
+        // The response header and the context share one buffer.
         (None, Some(tp)) => {
             let header = HeaderValue::from_str(tp.trace_id())
                 .expect("32 lowercase hex digits are a valid header value");
             (
-                TraceContext::from_traceparent(tp.trace_id(), &tp, tracestate),
+                TraceContext::continued(stored(&header), &tp, tracestate),
                 header,
                 Source::Traceparent,
             )
         }
         (None, None) => {
             let id = generate(&*shared.make, request);
-            let context = TraceContext::new(id.as_str());
             let header = HeaderValue::from_maybe_shared(Bytes::from(id))
                 .expect("a valid trace id is a valid header value");
-            (context, header, Source::Generated)
+            (
+                TraceContext::root(stored(&header)),
+                header,
+                Source::Generated,
+            )
         }
     };
 
@@ -183,6 +193,11 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
         rejected,
         dropped_state,
     }
+}
+
+/// A header value made from a valid trace id, as the context's trace id text.
+fn stored(header: &HeaderValue) -> TraceIdText {
+    TraceIdText::header(header.clone()).expect("a valid trace id is UTF-8")
 }
 
 fn generate<B, M: MakeTraceId>(make: &M, request: &Request<B>) -> String {
@@ -245,8 +260,9 @@ where
         );
         request.extensions_mut().insert(context.clone());
 
-        let inner = {
-            let _entered = span.enter();
+        // One scope for `call` and the future: the context moves in, no second clone.
+        let inner = Scoped::make(context, || {
+            let entered = span.enter();
             match rejected {
                 Some(Rejected::Invalid { len }) => tracing::debug!(
                     header = names.trace_id.as_str(),
@@ -268,13 +284,11 @@ where
                 }
                 None => {}
             }
-            context.clone().sync_scope(|| self.inner.call(request))
-        };
+            let future = self.inner.call(request);
+            drop(entered);
+            future.instrument(span)
+        });
 
-        ResponseFuture::new(
-            context.scoped(inner).instrument(span),
-            names.trace_id.clone(),
-            header,
-        )
+        ResponseFuture::new(inner, names.trace_id.clone(), header)
     }
 }
