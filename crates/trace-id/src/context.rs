@@ -1,6 +1,6 @@
 use crate::{
     scope::{in_scope, with_current, Scoped},
-    text::{Short, TraceIdText},
+    text::Ids,
     traceparent::{w3c_span_id, w3c_trace_id, TraceFlags, Traceparent},
     tracestate::TraceState,
 };
@@ -38,18 +38,16 @@ use std::{cell::Cell, future::Future, sync::Arc};
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TraceContext {
-    trace_id: TraceIdText,
-    span_id: Short<16>,
-    parent_span_id: Option<Short<16>>,
+    /// The correlation id, span id, parent span id and the continued W3C trace id when it
+    /// is not the correlation id itself (`None` means "the W3C form of the correlation id",
+    /// no allocation in the common cases).
+    ids: Ids,
     w3c: W3c,
 }
 
 /// The W3C Trace Context part of a [`TraceContext`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct W3c {
-    /// The continued W3C trace id when it is not the correlation id itself; `None` means
-    /// "the W3C form of the correlation id" (no allocation in the common cases).
-    trace_id: Option<Short<32>>,
     flags: TraceFlags,
     tracestate: Option<TraceState>,
 }
@@ -58,7 +56,6 @@ impl W3c {
     /// A trace this service starts: sampled (the request's logs are recorded), no state.
     const fn root() -> Self {
         Self {
-            trace_id: None,
             flags: TraceFlags::SAMPLED,
             tracestate: None,
         }
@@ -71,15 +68,13 @@ impl TraceContext {
     /// The W3C trace id is the [W3C form](crate::w3c_trace_id) of `trace_id`, the flags are
     /// [`TraceFlags::SAMPLED`], there is no `tracestate`.
     pub fn new(trace_id: impl Into<Arc<str>>) -> Self {
-        Self::root(TraceIdText::Shared(trace_id.into()))
+        Self::root(trace_id.into().as_bytes())
     }
 
-    /// A root context for a trace id the layer has already stored (no copy).
-    pub(crate) fn root(trace_id: TraceIdText) -> Self {
+    /// A root context for a trace id given as its (UTF-8) bytes, e.g. a validated header's.
+    pub(crate) fn root(trace_id: &[u8]) -> Self {
         Self {
-            trace_id,
-            span_id: new_span_id(),
-            parent_span_id: None,
+            ids: Ids::new(trace_id, &new_span_id(), None, None),
             w3c: W3c::root(),
         }
     }
@@ -91,9 +86,12 @@ impl TraceContext {
         parent_span_id: Option<Arc<str>>,
     ) -> Self {
         Self {
-            trace_id: TraceIdText::Shared(trace_id.into()),
-            span_id: Short::from_arc(span_id.into()),
-            parent_span_id: parent_span_id.map(Short::from_arc),
+            ids: Ids::new(
+                trace_id.into().as_bytes(),
+                span_id.into().as_bytes(),
+                parent_span_id.as_deref().map(str::as_bytes),
+                None,
+            ),
             w3c: W3c::root(),
         }
     }
@@ -120,27 +118,24 @@ impl TraceContext {
         traceparent: &Traceparent<'_>,
         tracestate: Option<TraceState>,
     ) -> Self {
-        Self::continued(
-            TraceIdText::Shared(trace_id.into()),
-            traceparent,
-            tracestate,
-        )
+        Self::continued(trace_id.into().as_bytes(), traceparent, tracestate)
     }
 
     /// [`TraceContext::from_traceparent`] for a trace id the layer has already stored.
     pub(crate) fn continued(
-        trace_id: TraceIdText,
+        trace_id: &[u8],
         traceparent: &Traceparent<'_>,
         tracestate: Option<TraceState>,
     ) -> Self {
-        let w3c_trace_id = (trace_id.as_str() != traceparent.trace_id())
-            .then(|| Short::new(traceparent.trace_id()));
+        let w3c_trace_id = traceparent.trace_id().as_bytes();
         Self {
-            trace_id,
-            span_id: new_span_id(),
-            parent_span_id: Some(Short::new(traceparent.parent_id())),
+            ids: Ids::new(
+                trace_id,
+                &new_span_id(),
+                Some(traceparent.parent_id().as_bytes()),
+                (trace_id != w3c_trace_id).then_some(w3c_trace_id),
+            ),
             w3c: W3c {
-                trace_id: w3c_trace_id,
                 flags: traceparent.trace_flags(),
                 tracestate,
             },
@@ -163,18 +158,18 @@ impl TraceContext {
 
     /// The correlation id: the `X-Trace-Id` value, shared by every span of the trace.
     pub fn trace_id(&self) -> &str {
-        self.trace_id.as_str()
+        self.ids.trace_id()
     }
 
     /// This span's id: 16 lowercase hex digits.
     pub fn span_id(&self) -> &str {
-        self.span_id.as_str()
+        self.ids.span_id()
     }
 
     /// The id of the span this one was started from, if any (for a continued W3C trace,
     /// the caller's `parent-id`).
     pub fn parent_span_id(&self) -> Option<&str> {
-        self.parent_span_id.as_ref().map(Short::as_str)
+        self.ids.parent_span_id()
     }
 
     /// The W3C trace flags sent on in `traceparent`.
@@ -192,16 +187,19 @@ impl TraceContext {
     /// The continued W3C trace id when it differs from the correlation id (the span's
     /// `w3c_trace_id` field).
     pub(crate) fn distinct_w3c_trace_id(&self) -> Option<&str> {
-        self.w3c.trace_id.as_ref().map(Short::as_str)
+        self.ids.w3c_trace_id()
     }
 
     /// The context of a nested operation: same trace, a new span, this span as its parent.
     #[must_use]
     pub fn child(&self) -> Self {
         Self {
-            trace_id: self.trace_id.clone(),
-            span_id: new_span_id(),
-            parent_span_id: Some(self.span_id.clone()),
+            ids: Ids::new(
+                self.trace_id().as_bytes(),
+                &new_span_id(),
+                Some(self.span_id().as_bytes()),
+                self.ids.w3c_trace_id().map(str::as_bytes),
+            ),
             w3c: self.w3c.clone(),
         }
     }
@@ -273,9 +271,9 @@ impl TraceContext {
     /// mapping is the same on every service.
     #[must_use]
     pub fn w3c_trace_id(&self) -> std::borrow::Cow<'_, str> {
-        match &self.w3c.trace_id {
-            Some(id) => std::borrow::Cow::Borrowed(id.as_str()),
-            None => w3c_trace_id(self.trace_id.as_str()),
+        match self.ids.w3c_trace_id() {
+            Some(id) => std::borrow::Cow::Borrowed(id),
+            None => w3c_trace_id(self.trace_id()),
         }
     }
 
@@ -301,7 +299,7 @@ impl TraceContext {
     #[must_use]
     pub fn traceparent(&self) -> String {
         let trace_id = self.w3c_trace_id();
-        let span_id = w3c_span_id(self.span_id.as_str());
+        let span_id = w3c_span_id(self.span_id());
         let flags = self.w3c.flags.hex();
         let mut out = String::with_capacity(55);
         out.push_str("00-");
@@ -320,14 +318,14 @@ thread_local! {
     static SPAN_RNG: Cell<u64> = const { Cell::new(0) };
 }
 
-/// A random, non-zero W3C span id: 16 lowercase hex digits, inline (no allocation).
+/// A random, non-zero W3C span id: 16 lowercase hex digits, on the stack.
 ///
 /// Span ids only need to be unique, not unguessable (the trace id is the correlation id,
 /// and a span id grants nothing), so they come from a per-thread wyrand generator seeded
 /// once from the thread's CSPRNG: a handful of instructions instead of `rand::rng()`'s
 /// reference-counted ChaCha block buffer. Threads are seeded independently, so their
 /// sequences do not collide in practice (64-bit seeds, a 2^64 period).
-pub(crate) fn new_span_id() -> Short<16> {
+pub(crate) fn new_span_id() -> [u8; 16] {
     loop {
         let id = next_span_random();
         if id != 0 {
@@ -335,7 +333,7 @@ pub(crate) fn new_span_id() -> Short<16> {
             for (i, digit) in digits.iter_mut().enumerate() {
                 *digit = crate::id::HEX[((id >> (60 - 4 * i)) & 0xf) as usize];
             }
-            return Short::Inline(digits);
+            return digits;
         }
     }
 }
@@ -369,8 +367,7 @@ mod span_id_tests {
         let mut seen = HashSet::new();
         for _ in 0..100_000 {
             let id = new_span_id();
-            assert!(matches!(id, Short::Inline(_)));
-            let text = id.as_str();
+            let text = std::str::from_utf8(&id).unwrap();
             assert_eq!(text.len(), 16);
             assert!(text.bytes().all(|b| crate::id::HEX.contains(&b)), "{text}");
             assert_ne!(text, "0000000000000000");

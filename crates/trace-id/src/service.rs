@@ -3,10 +3,9 @@
 use crate::{
     context::TraceContext,
     future::ResponseFuture,
-    id::{is_valid_trace_id, valid_trace_id, MakeTraceId, TimestampHex},
+    id::{is_valid_trace_id, is_valid_trace_id_bytes, MakeTraceId, TimestampHex},
     layer::{Shared, TraceIdLayer},
     scope::Scoped,
-    text::TraceIdText,
     traceparent::Traceparent,
     tracestate::{TraceState, TraceStateError},
 };
@@ -127,14 +126,11 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
     let mut values = headers.get_all(&names.trace_id).iter();
     let (incoming, rejected) = match (values.next(), values.next()) {
         (None, _) => (None, None),
-        (Some(value), None) => match valid_trace_id(value) {
-            // The context keeps the value itself: no copy of the id.
-            Some(_) => (
-                TraceIdText::header(value.clone()).map(|id| (id, value)),
-                None,
-            ),
-            None => (None, Some(Rejected::Invalid { len: value.len() })),
-        },
+        // Checked here by the allow-list only: the context checks UTF-8 once, over all ids.
+        (Some(value), None) if is_valid_trace_id_bytes(value.as_bytes()) => {
+            (Some((value.as_bytes(), value)), None)
+        }
+        (Some(value), None) => (None, Some(Rejected::Invalid { len: value.len() })),
         // Intermediaries disagree on which of several values counts: use none of them.
         (Some(_), Some(_)) => (None, Some(Rejected::Repeated)),
     };
@@ -164,12 +160,11 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
             Source::Header,
         ),
         (Some((id, value)), None) => (TraceContext::root(id), value.clone(), Source::Header),
-        // The response header and the context share one buffer.
         (None, Some(tp)) => {
             let header = HeaderValue::from_str(tp.trace_id())
                 .expect("32 lowercase hex digits are a valid header value");
             (
-                TraceContext::continued(stored(&header), &tp, tracestate),
+                TraceContext::continued(tp.trace_id().as_bytes(), &tp, tracestate),
                 header,
                 Source::Traceparent,
             )
@@ -179,7 +174,7 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
             let header = HeaderValue::from_maybe_shared(Bytes::from(id))
                 .expect("a valid trace id is a valid header value");
             (
-                TraceContext::root(stored(&header)),
+                TraceContext::root(header.as_bytes()),
                 header,
                 Source::Generated,
             )
@@ -193,11 +188,6 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
         rejected,
         dropped_state,
     }
-}
-
-/// A header value made from a valid trace id, as the context's trace id text.
-fn stored(header: &HeaderValue) -> TraceIdText {
-    TraceIdText::header(header.clone()).expect("a valid trace id is UTF-8")
 }
 
 fn generate<B, M: MakeTraceId>(make: &M, request: &Request<B>) -> String {

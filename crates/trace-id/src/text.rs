@@ -1,148 +1,158 @@
-//! The texts a [`TraceContext`](crate::TraceContext) holds, stored without a heap allocation
-//! of their own on the server's hot path.
+//! [`Ids`]: the ids of a [`TraceContext`](crate::TraceContext) in one allocation.
 //!
-//! Every request used to allocate an `Arc<str>` for its trace id and another for its span id.
-//! Now a span id or a continued W3C id is a fixed array of hex digits inside the context, and
-//! the trace id is the validated `HeaderValue` the request brought (or the one generated for
-//! it), shared with the response header: cloning it is a reference count (or nothing for a
-//! static value), never a copy. Texts given through the public constructors, which may have
-//! any shape, stay an `Arc<str>`.
+//! A request used to allocate an `Arc<str>` for its trace id and another for its span id,
+//! and every clone of its context bumped both counts. Now the trace id, span id, parent
+//! span id and continued W3C trace id sit back to back in one `Arc<str>`: one allocation
+//! per context, one count per clone, and reading an id is a slice (no UTF-8 check per read).
 
-use http::HeaderValue;
-use std::{
-    fmt,
-    hash::{Hash, Hasher},
-    sync::Arc,
-};
+use std::{fmt, sync::Arc};
 
-/// An id of exactly `N` ASCII bytes inline (span ids: 16 hex digits, W3C trace ids: 32),
-/// or any other text shared.
-#[derive(Clone)]
-pub(crate) enum Short<const N: usize> {
-    /// `N` ASCII bytes (checked when made, so reading it back cannot fail).
-    Inline([u8; N]),
-    /// Text of another length or with non-ASCII bytes.
-    Shared(Arc<str>),
+/// Ids up to this many bytes together are assembled on the stack (a valid `X-Trace-Id` of
+/// 128 bytes plus a 32-digit W3C trace id and two 16-digit span ids fit).
+const STACK: usize = 192;
+
+/// The ids of a context, back to back in one shared text.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Ids {
+    text: Arc<str>,
+    /// Where the trace id, span id, parent span id and W3C trace id end in `text`.
+    ends: [usize; 4],
+    has_parent: bool,
+    has_w3c: bool,
 }
 
-impl<const N: usize> Short<N> {
-    /// `text` inline when it has `N` ASCII bytes, else shared.
-    pub(crate) fn new(text: &str) -> Self {
-        match <[u8; N]>::try_from(text.as_bytes()) {
-            Ok(bytes) if bytes.is_ascii() => Self::Inline(bytes),
-            _ => Self::Shared(Arc::from(text)),
+impl Ids {
+    /// The ids from their bytes, which must be UTF-8 each (they are `&str`s, ASCII header
+    /// values or hex digits): checked once, over the whole text.
+    pub(crate) fn new(
+        trace: &[u8],
+        span: &[u8],
+        parent: Option<&[u8]>,
+        w3c: Option<&[u8]>,
+    ) -> Self {
+        let parts = [
+            trace,
+            span,
+            parent.unwrap_or_default(),
+            w3c.unwrap_or_default(),
+        ];
+        let mut ends = [0; 4];
+        let mut end = 0;
+        for (part, slot) in parts.iter().zip(&mut ends) {
+            end += part.len();
+            *slot = end;
         }
-    }
-
-    /// `text` inline when it has `N` ASCII bytes, else the given `Arc` itself.
-    pub(crate) fn from_arc(text: Arc<str>) -> Self {
-        match <[u8; N]>::try_from(text.as_bytes()) {
-            Ok(bytes) if bytes.is_ascii() => Self::Inline(bytes),
-            _ => Self::Shared(text),
-        }
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        match self {
-            // ASCII by construction: the fallback is never taken.
-            Self::Inline(bytes) => std::str::from_utf8(bytes).unwrap_or_default(),
-            Self::Shared(text) => text,
-        }
-    }
-}
-
-/// The correlation id: a validated header value (no copy of the request's bytes) or any
-/// text given through the public constructors.
-#[derive(Clone)]
-pub(crate) enum TraceIdText {
-    /// A header value whose bytes were checked to be UTF-8 when it was stored.
-    Header(HeaderValue),
-    /// Text given by a caller.
-    Shared(Arc<str>),
-}
-
-impl TraceIdText {
-    /// `value` as a trace id text, if its bytes are UTF-8 (a valid trace id's always are).
-    pub(crate) fn header(value: HeaderValue) -> Option<Self> {
-        std::str::from_utf8(value.as_bytes())
-            .is_ok()
-            .then_some(Self::Header(value))
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        match self {
-            // Checked to be UTF-8 in `header`: the fallback is never taken.
-            Self::Header(value) => std::str::from_utf8(value.as_bytes()).unwrap_or_default(),
-            Self::Shared(text) => text,
-        }
-    }
-}
-
-/// Equality, hashing and `Debug` are the text's, whatever the storage.
-macro_rules! text_traits {
-    ($ty:ty $(, $n:ident)?) => {
-        impl<$(const $n: usize)?> PartialEq for $ty {
-            fn eq(&self, other: &Self) -> bool {
-                self.as_str() == other.as_str()
+        let text: Arc<str> = if end <= STACK {
+            let mut buf = [0u8; STACK];
+            let mut at = 0;
+            for part in parts {
+                buf[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
             }
+            Arc::from(utf8(&buf[..end]).as_ref())
+        } else {
+            Arc::from(utf8(&parts.concat()).as_ref())
+        };
+        Self {
+            text,
+            ends,
+            has_parent: parent.is_some(),
+            has_w3c: w3c.is_some(),
         }
-        impl<$(const $n: usize)?> Eq for $ty {}
-        impl<$(const $n: usize)?> Hash for $ty {
-            fn hash<H: Hasher>(&self, state: &mut H) {
-                self.as_str().hash(state);
-            }
-        }
-        impl<$(const $n: usize)?> fmt::Debug for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Debug::fmt(self.as_str(), f)
-            }
-        }
-    };
+    }
+
+    pub(crate) fn trace_id(&self) -> &str {
+        self.part(0)
+    }
+
+    pub(crate) fn span_id(&self) -> &str {
+        self.part(1)
+    }
+
+    pub(crate) fn parent_span_id(&self) -> Option<&str> {
+        self.has_parent.then(|| self.part(2))
+    }
+
+    pub(crate) fn w3c_trace_id(&self) -> Option<&str> {
+        self.has_w3c.then(|| self.part(3))
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        // Each part was UTF-8 on its own, so its ends are char boundaries.
+        self.text.get(start..self.ends[i]).unwrap_or_default()
+    }
 }
-text_traits!(Short<N>, N);
-text_traits!(TraceIdText);
+
+/// `bytes` as text. Never lossy in practice: every part is UTF-8 (see [`Ids::new`]).
+fn utf8(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+impl fmt::Debug for Ids {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ids")
+            .field("trace_id", &self.trace_id())
+            .field("span_id", &self.span_id())
+            .field("parent_span_id", &self.parent_span_id())
+            .field("w3c_trace_id", &self.w3c_trace_id())
+            .finish()
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn short_texts_of_the_right_length_are_inline_others_shared() {
-        assert!(matches!(
-            Short::<16>::new("00f067aa0ba902b7"),
-            Short::Inline(_)
-        ));
-        assert!(matches!(Short::<16>::new("span-1"), Short::Shared(_)));
-        // Sixteen bytes that are not ASCII are not stored inline.
-        assert!(matches!(Short::<16>::new("ééééééé11"), Short::Shared(_)));
-        assert_eq!(Short::<16>::new("ééééééé11").as_str(), "ééééééé11");
-        assert!(matches!(
-            Short::<4>::from_arc(Arc::from("abcd")),
-            Short::Inline(_)
-        ));
-        assert_eq!(Short::<4>::from_arc(Arc::from("abcde")).as_str(), "abcde");
+    fn each_id_reads_back() {
+        let ids = Ids::new(b"trace-1", b"00f067aa0ba902b7", Some(b"span-p"), None);
+        assert_eq!(ids.trace_id(), "trace-1");
+        assert_eq!(ids.span_id(), "00f067aa0ba902b7");
+        assert_eq!(ids.parent_span_id(), Some("span-p"));
+        assert_eq!(ids.w3c_trace_id(), None);
+        let ids = Ids::new(b"t", b"s", None, Some(b"w"));
+        assert_eq!(ids.parent_span_id(), None);
+        assert_eq!(ids.w3c_trace_id(), Some("w"));
     }
 
     #[test]
-    fn equality_and_hash_ignore_the_storage() {
-        use std::collections::hash_map::DefaultHasher;
-        let hash = |t: &TraceIdText| {
-            let mut h = DefaultHasher::new();
-            t.hash(&mut h);
-            h.finish()
-        };
-        let header = TraceIdText::header(HeaderValue::from_static("abc")).unwrap();
-        let shared = TraceIdText::Shared(Arc::from("abc"));
-        assert_eq!(header, shared);
-        assert_eq!(hash(&header), hash(&shared));
-        assert_eq!(format!("{header:?}"), "\"abc\"");
-        let inline = Short::<3>::new("abc");
-        assert_eq!(inline, Short::Shared(Arc::from("abc")));
+    fn an_empty_parent_is_not_no_parent() {
+        let ids = Ids::new(b"t", b"s", Some(b""), None);
+        assert_eq!(ids.parent_span_id(), Some(""));
+        assert_ne!(ids, Ids::new(b"t", b"s", None, None));
     }
 
     #[test]
-    fn non_utf8_header_values_are_not_trace_id_texts() {
-        let value = HeaderValue::from_bytes(b"abc\xff").unwrap();
-        assert!(TraceIdText::header(value).is_none());
+    fn long_and_non_ascii_ids_survive() {
+        let long = "x".repeat(1000);
+        let ids = Ids::new(
+            long.as_bytes(),
+            "spän".as_bytes(),
+            Some("é".as_bytes()),
+            None,
+        );
+        assert_eq!(ids.trace_id(), long);
+        assert_eq!(ids.span_id(), "spän");
+        assert_eq!(ids.parent_span_id(), Some("é"));
+        let ids = Ids::new("ü".as_bytes(), b"", None, Some("ß".as_bytes()));
+        assert_eq!(ids.trace_id(), "ü");
+        assert_eq!(ids.span_id(), "");
+        assert_eq!(ids.w3c_trace_id(), Some("ß"));
+    }
+
+    #[test]
+    fn the_split_is_part_of_equality() {
+        assert_ne!(
+            Ids::new(b"ab", b"c", None, None),
+            Ids::new(b"a", b"bc", None, None)
+        );
+        assert_eq!(
+            Ids::new(b"ab", b"c", None, None),
+            Ids::new(b"ab", b"c", None, None)
+        );
     }
 }
