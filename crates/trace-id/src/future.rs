@@ -9,7 +9,6 @@ use std::{
     pin::Pin,
     task::{ready, Context, Poll},
 };
-use tracing::instrument::Instrumented;
 
 pin_project! {
     /// Response future of [`TraceId`](crate::TraceId): polls the inner future inside the
@@ -18,17 +17,13 @@ pin_project! {
     /// header on the response.
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: Scoped<Instrumented<F>>,
+        inner: Scoped<F>,
         header: Option<(HeaderName, HeaderValue)>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(
-        inner: Scoped<Instrumented<F>>,
-        name: HeaderName,
-        value: HeaderValue,
-    ) -> Self {
+    pub(crate) fn new(inner: Scoped<F>, name: HeaderName, value: HeaderValue) -> Self {
         Self {
             inner,
             header: Some((name, value)),

@@ -15,6 +15,7 @@ use std::{
     pin::Pin,
     task::{Context, Poll},
 };
+use tracing::Span;
 
 thread_local! {
     /// The context of the scope running on this thread, if any.
@@ -53,9 +54,15 @@ pub(crate) fn with_current<R>(f: impl FnOnce(&TraceContext) -> R) -> Option<R> {
 }
 
 pin_project! {
-    /// A future polled (and dropped) with its context as the current one.
+    /// A future polled (and dropped) inside its `tracing` span and with its context as the
+    /// current one.
+    ///
+    /// It enters the span itself rather than through `tracing::Instrumented`, so a
+    /// completed future is dropped in the poll that completed it, inside the span already
+    /// entered, instead of entering the span once more in `Instrumented`'s drop.
     pub(crate) struct Scoped<F> {
         slot: Option<TraceContext>,
+        span: Span,
         #[pin]
         future: Option<F>,
     }
@@ -65,7 +72,8 @@ pin_project! {
             let this = this.project();
             let mut future = this.future;
             if future.is_some() {
-                // A cancelled request's future drops inside its scope, as it ran.
+                // A cancelled request's future drops inside its span and scope, as it ran.
+                let _entered = this.span.enter();
                 in_scope(this.slot, || future.set(None));
             }
         }
@@ -73,20 +81,26 @@ pin_project! {
 }
 
 impl<F> Scoped<F> {
-    /// `future` scoped with `context`.
+    /// `future` scoped with `context`, in no span.
     pub(crate) fn new(context: TraceContext, future: F) -> Self {
         Self {
             slot: Some(context),
+            span: Span::none(),
             future: Some(future),
         }
     }
 
-    /// The future `make` returns, made with `context` current and scoped with it (no clone).
-    pub(crate) fn make(context: TraceContext, make: impl FnOnce() -> F) -> Self {
+    /// The future `make` returns, made inside `span` with `context` current, and scoped with
+    /// both (the context moves in: no clone).
+    pub(crate) fn make(context: TraceContext, span: Span, make: impl FnOnce() -> F) -> Self {
         let mut slot = Some(context);
-        let future = in_scope(&mut slot, make);
+        let future = {
+            let _entered = span.enter();
+            in_scope(&mut slot, make)
+        };
         Self {
             slot,
+            span,
             future: Some(future),
         }
     }
@@ -98,13 +112,14 @@ impl<F: Future> Future for Scoped<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let mut future = this.future;
+        let _entered = this.span.enter();
         in_scope(this.slot, || {
             let Some(inner) = future.as_mut().as_pin_mut() else {
                 panic!("a Scoped future polled after it completed");
             };
             let output = inner.poll(cx);
             if output.is_ready() {
-                // Dropped inside the scope, as tokio's task-locals do.
+                // Dropped inside the span and the scope, as tokio's task-locals do.
                 future.set(None);
             }
             output

@@ -17,7 +17,6 @@ use std::{
     task::{Context, Poll},
 };
 use tower_service::Service;
-use tracing::Instrument;
 
 /// The service made by [`TraceIdLayer`]: resolves the request's trace id, stores a
 /// [`TraceContext`] in its extensions, runs the inner service inside the request's span and
@@ -251,8 +250,7 @@ where
         request.extensions_mut().insert(context.clone());
 
         // One scope for `call` and the future: the context moves in, no second clone.
-        let inner = Scoped::make(context, || {
-            let entered = span.enter();
+        let inner = Scoped::make(context, span, || {
             match rejected {
                 Some(Rejected::Invalid { len }) => tracing::debug!(
                     header = names.trace_id.as_str(),
@@ -274,9 +272,7 @@ where
                 }
                 None => {}
             }
-            let future = self.inner.call(request);
-            drop(entered);
-            future.instrument(span)
+            self.inner.call(request)
         });
 
         ResponseFuture::new(inner, names.trace_id.clone(), header)

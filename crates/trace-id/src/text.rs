@@ -16,7 +16,7 @@ const STACK: usize = 192;
 pub(crate) struct Ids {
     text: Arc<str>,
     /// Where the trace id, span id, parent span id and W3C trace id end in `text`.
-    ends: [usize; 4],
+    ends: [u32; 4],
     has_parent: bool,
     has_w3c: bool,
 }
@@ -40,7 +40,8 @@ impl Ids {
         let mut end = 0;
         for (part, slot) in parts.iter().zip(&mut ends) {
             end += part.len();
-            *slot = end;
+            // Ids over 4 GiB are not ids: their ends saturate (reads then give "").
+            *slot = u32::try_from(end).unwrap_or(u32::MAX);
         }
         let text: Arc<str> = if end <= STACK {
             let mut buf = [0u8; STACK];
@@ -78,9 +79,11 @@ impl Ids {
     }
 
     fn part(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         // Each part was UTF-8 on its own, so its ends are char boundaries.
-        self.text.get(start..self.ends[i]).unwrap_or_default()
+        self.text
+            .get(start..self.ends[i] as usize)
+            .unwrap_or_default()
     }
 }
 
