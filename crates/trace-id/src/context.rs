@@ -49,7 +49,9 @@ pub struct TraceContext {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct W3c {
     flags: TraceFlags,
-    tracestate: Option<TraceState>,
+    /// Shared, so a context stays small (it is moved into the extensions and in and out of
+    /// the thread's scope on every poll) and a clone is one count whatever the state's size.
+    tracestate: Option<Arc<TraceState>>,
 }
 
 impl W3c {
@@ -137,7 +139,7 @@ impl TraceContext {
             ),
             w3c: W3c {
                 flags: traceparent.trace_flags(),
-                tracestate,
+                tracestate: tracestate.map(Arc::new),
             },
         }
     }
@@ -152,7 +154,7 @@ impl TraceContext {
     /// This context with another `tracestate` (e.g. with this service's own entry added).
     #[must_use]
     pub fn with_tracestate(mut self, tracestate: Option<TraceState>) -> Self {
-        self.w3c.tracestate = tracestate;
+        self.w3c.tracestate = tracestate.map(Arc::new);
         self
     }
 
@@ -181,7 +183,7 @@ impl TraceContext {
     /// The validated `tracestate` sent on with `traceparent`, if any.
     #[must_use]
     pub fn tracestate(&self) -> Option<&TraceState> {
-        self.w3c.tracestate.as_ref()
+        self.w3c.tracestate.as_deref()
     }
 
     /// The continued W3C trace id when it differs from the correlation id (the span's
@@ -330,13 +332,25 @@ pub(crate) fn new_span_id() -> [u8; 16] {
         let id = next_span_random();
         if id != 0 {
             let mut digits = [0u8; 16];
-            for (i, digit) in digits.iter_mut().enumerate() {
-                *digit = crate::id::HEX[((id >> (60 - 4 * i)) & 0xf) as usize];
+            // Two digits per table load, eight loads.
+            for (pair, byte) in digits.chunks_exact_mut(2).zip(id.to_be_bytes()) {
+                pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
             }
             return digits;
         }
     }
 }
+
+/// `HEX_PAIRS[b]`: the two lowercase hex digits of byte `b`.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut table = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = [crate::id::HEX[b >> 4], crate::id::HEX[b & 0xf]];
+        b += 1;
+    }
+    table
+};
 
 /// The next output of this thread's wyrand (Wang Yi's generator, the one `fastrand` uses).
 fn next_span_random() -> u64 {
@@ -371,6 +385,8 @@ mod span_id_tests {
             assert_eq!(text.len(), 16);
             assert!(text.bytes().all(|b| crate::id::HEX.contains(&b)), "{text}");
             assert_ne!(text, "0000000000000000");
+            // The digits are the id's bytes, most significant first.
+            assert!(u64::from_str_radix(text, 16).is_ok());
             assert!(seen.insert(text.to_owned()), "duplicate span id {text}");
         }
     }
