@@ -82,6 +82,9 @@ impl TraceContext {
     }
 
     /// A context with every id given, W3C part as in [`TraceContext::new`].
+    // The public signature predates the one-allocation ids: kept, though the `Arc` is now
+    // copied from rather than kept.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn from_parts(
         trace_id: impl Into<Arc<str>>,
         span_id: impl Into<Arc<str>>,
