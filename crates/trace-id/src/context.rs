@@ -1,13 +1,10 @@
 use crate::{
+    scope::{in_scope, with_current, Scoped},
+    text::Ids,
     traceparent::{w3c_span_id, w3c_trace_id, TraceFlags, Traceparent},
     tracestate::TraceState,
 };
-use std::{future::Future, sync::Arc};
-
-tokio::task_local! {
-    /// The context of the request whose future is being polled (set by the trace-id layer).
-    static CURRENT: TraceContext;
-}
+use std::{cell::Cell, future::Future, sync::Arc};
 
 /// The trace a request belongs to, stored in the request's extensions by the trace-id layer.
 ///
@@ -41,27 +38,26 @@ tokio::task_local! {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TraceContext {
-    trace_id: Arc<str>,
-    span_id: Arc<str>,
-    parent_span_id: Option<Arc<str>>,
+    /// The correlation id, span id, parent span id and the continued W3C trace id when it
+    /// is not the correlation id itself (`None` means "the W3C form of the correlation id",
+    /// no allocation in the common cases).
+    ids: Ids,
     w3c: W3c,
 }
 
 /// The W3C Trace Context part of a [`TraceContext`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct W3c {
-    /// The continued W3C trace id when it is not the correlation id itself; `None` means
-    /// "the W3C form of the correlation id" (no allocation in the common cases).
-    trace_id: Option<Arc<str>>,
     flags: TraceFlags,
-    tracestate: Option<TraceState>,
+    /// Shared, so a context stays small (it is moved into the extensions and in and out of
+    /// the thread's scope on every poll) and a clone is one count whatever the state's size.
+    tracestate: Option<Arc<TraceState>>,
 }
 
 impl W3c {
     /// A trace this service starts: sampled (the request's logs are recorded), no state.
     const fn root() -> Self {
         Self {
-            trace_id: None,
             flags: TraceFlags::SAMPLED,
             tracestate: None,
         }
@@ -74,24 +70,33 @@ impl TraceContext {
     /// The W3C trace id is the [W3C form](crate::w3c_trace_id) of `trace_id`, the flags are
     /// [`TraceFlags::SAMPLED`], there is no `tracestate`.
     pub fn new(trace_id: impl Into<Arc<str>>) -> Self {
+        Self::root(trace_id.into().as_bytes())
+    }
+
+    /// A root context for a trace id given as its (UTF-8) bytes, e.g. a validated header's.
+    pub(crate) fn root(trace_id: &[u8]) -> Self {
         Self {
-            trace_id: trace_id.into(),
-            span_id: new_span_id(),
-            parent_span_id: None,
+            ids: Ids::new(trace_id, &new_span_id(), None, None),
             w3c: W3c::root(),
         }
     }
 
     /// A context with every id given, W3C part as in [`TraceContext::new`].
+    // The public signature predates the one-allocation ids: kept, though the `Arc` is now
+    // copied from rather than kept.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn from_parts(
         trace_id: impl Into<Arc<str>>,
         span_id: impl Into<Arc<str>>,
         parent_span_id: Option<Arc<str>>,
     ) -> Self {
         Self {
-            trace_id: trace_id.into(),
-            span_id: span_id.into(),
-            parent_span_id,
+            ids: Ids::new(
+                trace_id.into().as_bytes(),
+                span_id.into().as_bytes(),
+                parent_span_id.as_deref().map(str::as_bytes),
+                None,
+            ),
             w3c: W3c::root(),
         }
     }
@@ -118,17 +123,26 @@ impl TraceContext {
         traceparent: &Traceparent<'_>,
         tracestate: Option<TraceState>,
     ) -> Self {
-        let trace_id = trace_id.into();
-        let w3c_trace_id =
-            (*trace_id != *traceparent.trace_id()).then(|| Arc::from(traceparent.trace_id()));
+        Self::continued(trace_id.into().as_bytes(), traceparent, tracestate)
+    }
+
+    /// [`TraceContext::from_traceparent`] for a trace id the layer has already stored.
+    pub(crate) fn continued(
+        trace_id: &[u8],
+        traceparent: &Traceparent<'_>,
+        tracestate: Option<TraceState>,
+    ) -> Self {
+        let w3c_trace_id = traceparent.trace_id().as_bytes();
         Self {
-            trace_id,
-            span_id: new_span_id(),
-            parent_span_id: Some(Arc::from(traceparent.parent_id())),
+            ids: Ids::new(
+                trace_id,
+                &new_span_id(),
+                Some(traceparent.parent_id().as_bytes()),
+                (trace_id != w3c_trace_id).then_some(w3c_trace_id),
+            ),
             w3c: W3c {
-                trace_id: w3c_trace_id,
                 flags: traceparent.trace_flags(),
-                tracestate,
+                tracestate: tracestate.map(Arc::new),
             },
         }
     }
@@ -143,24 +157,24 @@ impl TraceContext {
     /// This context with another `tracestate` (e.g. with this service's own entry added).
     #[must_use]
     pub fn with_tracestate(mut self, tracestate: Option<TraceState>) -> Self {
-        self.w3c.tracestate = tracestate;
+        self.w3c.tracestate = tracestate.map(Arc::new);
         self
     }
 
     /// The correlation id: the `X-Trace-Id` value, shared by every span of the trace.
     pub fn trace_id(&self) -> &str {
-        &self.trace_id
+        self.ids.trace_id()
     }
 
     /// This span's id: 16 lowercase hex digits.
     pub fn span_id(&self) -> &str {
-        &self.span_id
+        self.ids.span_id()
     }
 
     /// The id of the span this one was started from, if any (for a continued W3C trace,
     /// the caller's `parent-id`).
     pub fn parent_span_id(&self) -> Option<&str> {
-        self.parent_span_id.as_deref()
+        self.ids.parent_span_id()
     }
 
     /// The W3C trace flags sent on in `traceparent`.
@@ -172,22 +186,25 @@ impl TraceContext {
     /// The validated `tracestate` sent on with `traceparent`, if any.
     #[must_use]
     pub fn tracestate(&self) -> Option<&TraceState> {
-        self.w3c.tracestate.as_ref()
+        self.w3c.tracestate.as_deref()
     }
 
     /// The continued W3C trace id when it differs from the correlation id (the span's
     /// `w3c_trace_id` field).
     pub(crate) fn distinct_w3c_trace_id(&self) -> Option<&str> {
-        self.w3c.trace_id.as_deref()
+        self.ids.w3c_trace_id()
     }
 
     /// The context of a nested operation: same trace, a new span, this span as its parent.
     #[must_use]
     pub fn child(&self) -> Self {
         Self {
-            trace_id: Arc::clone(&self.trace_id),
-            span_id: new_span_id(),
-            parent_span_id: Some(Arc::clone(&self.span_id)),
+            ids: Ids::new(
+                self.trace_id().as_bytes(),
+                &new_span_id(),
+                Some(self.span_id().as_bytes()),
+                self.ids.w3c_trace_id().map(str::as_bytes),
+            ),
             w3c: self.w3c.clone(),
         }
     }
@@ -231,31 +248,23 @@ impl TraceContext {
     /// ```
     #[must_use]
     pub fn current() -> Option<Self> {
-        CURRENT.try_with(Clone::clone).ok()
+        with_current(Clone::clone)
     }
 
-    /// Runs `future` with this context as [`TraceContext::current`] while it is polled.
+    /// Runs `future` with this context as [`TraceContext::current`] while it is polled
+    /// (and when it is dropped).
     pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
-        CURRENT.scope(self, future)
-    }
-
-    /// The future of [`TraceContext::scope`], with its type spelled out for hand-written
-    /// futures.
-    pub(crate) fn scoped<F: Future>(
-        self,
-        future: F,
-    ) -> tokio::task::futures::TaskLocalFuture<Self, F> {
-        CURRENT.scope(self, future)
+        Scoped::new(self, future)
     }
 
     /// A child of the current context, if any, without cloning the current one first.
     pub(crate) fn current_child() -> Option<Self> {
-        CURRENT.try_with(Self::child).ok()
+        with_current(Self::child)
     }
 
     /// Runs `f` with this context as [`TraceContext::current`].
     pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self, f)
+        in_scope(&mut Some(self), f)
     }
 
     /// The W3C trace id (32 lowercase hex digits, not all zero) of outbound `traceparent`s.
@@ -267,9 +276,9 @@ impl TraceContext {
     /// mapping is the same on every service.
     #[must_use]
     pub fn w3c_trace_id(&self) -> std::borrow::Cow<'_, str> {
-        match &self.w3c.trace_id {
+        match self.ids.w3c_trace_id() {
             Some(id) => std::borrow::Cow::Borrowed(id),
-            None => w3c_trace_id(&self.trace_id),
+            None => w3c_trace_id(self.trace_id()),
         }
     }
 
@@ -295,7 +304,7 @@ impl TraceContext {
     #[must_use]
     pub fn traceparent(&self) -> String {
         let trace_id = self.w3c_trace_id();
-        let span_id = w3c_span_id(&self.span_id);
+        let span_id = w3c_span_id(self.span_id());
         let flags = self.w3c.flags.hex();
         let mut out = String::with_capacity(55);
         out.push_str("00-");
@@ -309,17 +318,87 @@ impl TraceContext {
     }
 }
 
-/// A random, non-zero W3C span id: 16 lowercase hex digits, in one allocation.
-pub(crate) fn new_span_id() -> Arc<str> {
-    let mut rng = rand::rng();
+thread_local! {
+    /// The state of this thread's span id generator; 0 until first used.
+    static SPAN_RNG: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A random, non-zero W3C span id: 16 lowercase hex digits, on the stack.
+///
+/// Span ids only need to be unique, not unguessable (the trace id is the correlation id,
+/// and a span id grants nothing), so they come from a per-thread wyrand generator seeded
+/// once from the thread's CSPRNG: a handful of instructions instead of `rand::rng()`'s
+/// reference-counted ChaCha block buffer. Threads are seeded independently, so their
+/// sequences do not collide in practice (64-bit seeds, a 2^64 period).
+pub(crate) fn new_span_id() -> [u8; 16] {
     loop {
-        let id = rand::RngCore::next_u64(&mut rng);
+        let id = next_span_random();
         if id != 0 {
             let mut digits = [0u8; 16];
-            for (i, digit) in digits.iter_mut().enumerate() {
-                *digit = crate::id::HEX[((id >> (60 - 4 * i)) & 0xf) as usize];
+            // Two digits per table load, eight loads.
+            for (pair, byte) in digits.chunks_exact_mut(2).zip(id.to_be_bytes()) {
+                pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
             }
-            return Arc::from(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
+            return digits;
         }
+    }
+}
+
+/// `HEX_PAIRS[b]`: the two lowercase hex digits of byte `b`.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut table = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = [crate::id::HEX[b >> 4], crate::id::HEX[b & 0xf]];
+        b += 1;
+    }
+    table
+};
+
+/// The next output of this thread's wyrand (Wang Yi's generator, the one `fastrand` uses).
+fn next_span_random() -> u64 {
+    SPAN_RNG.with(|state| {
+        let mut seed = state.get();
+        if seed == 0 {
+            // Never 0 again: 0 marks "not seeded yet".
+            seed = rand::RngCore::next_u64(&mut rand::rng()) | 1;
+        }
+        seed = seed.wrapping_add(0xa076_1d64_78bd_642f);
+        if seed == 0 {
+            seed = 1;
+        }
+        state.set(seed);
+        let product = u128::from(seed) * u128::from(seed ^ 0xe703_7ed1_a0b4_28db);
+        // Truncation is the algorithm: fold the 128-bit product into 64 bits.
+        ((product >> 64) as u64) ^ (product as u64)
+    })
+}
+
+#[cfg(test)]
+mod span_id_tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn span_ids_are_sixteen_lower_hex_digits_inline_and_distinct() {
+        let mut seen = HashSet::new();
+        for _ in 0..100_000 {
+            let id = new_span_id();
+            let text = std::str::from_utf8(&id).unwrap();
+            assert_eq!(text.len(), 16);
+            assert!(text.bytes().all(|b| crate::id::HEX.contains(&b)), "{text}");
+            assert_ne!(text, "0000000000000000");
+            // The digits are the id's bytes, most significant first.
+            assert!(u64::from_str_radix(text, 16).is_ok());
+            assert!(seen.insert(text.to_owned()), "duplicate span id {text}");
+        }
+    }
+
+    #[test]
+    fn threads_get_different_sequences() {
+        let first = || (0..4).map(|_| next_span_random()).collect::<Vec<_>>();
+        let a = std::thread::spawn(first).join().unwrap();
+        let b = std::thread::spawn(first).join().unwrap();
+        assert_ne!(a, b);
     }
 }

@@ -1,6 +1,6 @@
 //! [`ResponseFuture`] of the [`TraceId`](crate::TraceId) service.
 
-use crate::context::TraceContext;
+use crate::scope::Scoped;
 use http::{HeaderName, HeaderValue, Response};
 use pin_project_lite::pin_project;
 use std::{
@@ -9,26 +9,21 @@ use std::{
     pin::Pin,
     task::{ready, Context, Poll},
 };
-use tokio::task::futures::TaskLocalFuture;
-use tracing::instrument::Instrumented;
 
 pin_project! {
     /// Response future of [`TraceId`](crate::TraceId): polls the inner future inside the
-    /// request's `tracing` span and with its [`TraceContext`] as
-    /// [`TraceContext::current`], then sets the trace id header on the response.
+    /// request's `tracing` span and with its [`TraceContext`](crate::TraceContext) as
+    /// [`TraceContext::current`](crate::TraceContext::current), then sets the trace id
+    /// header on the response.
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: Instrumented<TaskLocalFuture<TraceContext, F>>,
+        inner: Scoped<F>,
         header: Option<(HeaderName, HeaderValue)>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(
-        inner: Instrumented<TaskLocalFuture<TraceContext, F>>,
-        name: HeaderName,
-        value: HeaderValue,
-    ) -> Self {
+    pub(crate) fn new(inner: Scoped<F>, name: HeaderName, value: HeaderValue) -> Self {
         Self {
             inner,
             header: Some((name, value)),

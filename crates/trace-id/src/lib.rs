@@ -88,7 +88,9 @@ mod future;
 mod id;
 mod layer;
 mod propagate;
+mod scope;
 mod service;
+mod text;
 mod traceparent;
 mod tracestate;
 

@@ -3,8 +3,9 @@
 use crate::{
     context::TraceContext,
     future::ResponseFuture,
-    id::{is_valid_trace_id, valid_trace_id, MakeTraceId, TimestampHex},
+    id::{is_valid_trace_id, is_valid_trace_id_bytes, MakeTraceId, TimestampHex},
     layer::{Shared, TraceIdLayer},
+    scope::Scoped,
     traceparent::Traceparent,
     tracestate::{TraceState, TraceStateError},
 };
@@ -16,7 +17,6 @@ use std::{
     task::{Context, Poll},
 };
 use tower_service::Service;
-use tracing::Instrument;
 
 /// The service made by [`TraceIdLayer`]: resolves the request's trace id, stores a
 /// [`TraceContext`] in its extensions, runs the inner service inside the request's span and
@@ -125,10 +125,11 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
     let mut values = headers.get_all(&names.trace_id).iter();
     let (incoming, rejected) = match (values.next(), values.next()) {
         (None, _) => (None, None),
-        (Some(value), None) => match valid_trace_id(value) {
-            Some(id) => (Some((id, value)), None),
-            None => (None, Some(Rejected::Invalid { len: value.len() })),
-        },
+        // Checked here by the allow-list only: the context checks UTF-8 once, over all ids.
+        (Some(value), None) if is_valid_trace_id_bytes(value.as_bytes()) => {
+            (Some((value.as_bytes(), value)), None)
+        }
+        (Some(value), None) => (None, Some(Rejected::Invalid { len: value.len() })),
         // Intermediaries disagree on which of several values counts: use none of them.
         (Some(_), Some(_)) => (None, Some(Rejected::Repeated)),
     };
@@ -153,26 +154,29 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
         // The traceparent continues the W3C trace (even of another trace id), X-Trace-Id
         // stays the correlation id.
         (Some((id, value)), Some(tp)) => (
-            TraceContext::from_traceparent(id, &tp, tracestate),
+            TraceContext::continued(id, &tp, tracestate),
             value.clone(),
             Source::Header,
         ),
-        (Some((id, value)), None) => (TraceContext::new(id), value.clone(), Source::Header),
+        (Some((id, value)), None) => (TraceContext::root(id), value.clone(), Source::Header),
         (None, Some(tp)) => {
             let header = HeaderValue::from_str(tp.trace_id())
                 .expect("32 lowercase hex digits are a valid header value");
             (
-                TraceContext::from_traceparent(tp.trace_id(), &tp, tracestate),
+                TraceContext::continued(tp.trace_id().as_bytes(), &tp, tracestate),
                 header,
                 Source::Traceparent,
             )
         }
         (None, None) => {
             let id = generate(&*shared.make, request);
-            let context = TraceContext::new(id.as_str());
             let header = HeaderValue::from_maybe_shared(Bytes::from(id))
                 .expect("a valid trace id is a valid header value");
-            (context, header, Source::Generated)
+            (
+                TraceContext::root(header.as_bytes()),
+                header,
+                Source::Generated,
+            )
         }
     };
 
@@ -245,8 +249,8 @@ where
         );
         request.extensions_mut().insert(context.clone());
 
-        let inner = {
-            let _entered = span.enter();
+        // One scope for `call` and the future: the context moves in, no second clone.
+        let inner = Scoped::make(context, span, || {
             match rejected {
                 Some(Rejected::Invalid { len }) => tracing::debug!(
                     header = names.trace_id.as_str(),
@@ -268,13 +272,9 @@ where
                 }
                 None => {}
             }
-            context.clone().sync_scope(|| self.inner.call(request))
-        };
+            self.inner.call(request)
+        });
 
-        ResponseFuture::new(
-            context.scoped(inner).instrument(span),
-            names.trace_id.clone(),
-            header,
-        )
+        ResponseFuture::new(inner, names.trace_id.clone(), header)
     }
 }
