@@ -36,6 +36,10 @@ use std::{
 use dreamnet_common::redis_connection::{LuaScript, RedisConnection, RedisEndpoint, RedisTimeouts};
 use redis::{aio::ConnectionManager, AsyncCommands};
 
+mod breaker;
+
+pub use breaker::{FleetReply, FleetTicket};
+
 use super::{
     AuditEntry, ClientQuota, ControlState, Count, CounterStore, StateStore, StoreError,
     StoreFuture, Versioned, AUDIT_CAPACITY,
