@@ -17,8 +17,41 @@ use sha2::{Digest, Sha256};
 /// assert_ne!(a, b);
 /// assert_eq!(a.as_str().len(), 64);
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Fingerprint(String);
+///
+/// A computed digest is held inline (64 ASCII bytes, no heap allocation, a `Copy`-cheap
+/// clone into a store record); only a value read back from a store ([`from_hex`](Self::from_hex))
+/// may be a `String`, since a foreign value need not be 64 characters. Both render to the
+/// same hex text, which is what every store keeps, so stored records are unchanged.
+#[derive(Clone)]
+pub struct Fingerprint(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// Lowercase hex of a SHA-256 digest.
+    Inline([u8; 64]),
+    /// Whatever a store held.
+    Foreign(String),
+}
+
+impl PartialEq for Fingerprint {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Fingerprint {}
+
+impl std::hash::Hash for Fingerprint {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Fingerprint").field(&self.as_str()).finish()
+    }
+}
 
 /// Bumped if the framing ever changes, so old and new digests never compare equal by accident.
 const FRAMING_VERSION: &[u8] = b"dreamnet-idempotency-fingerprint-v1";
@@ -45,24 +78,29 @@ impl Fingerprint {
             }
         }
         field(&mut hasher, body);
-        Self(hex_lower(&hasher.finalize()))
+        let digest: [u8; 32] = hasher.finalize().into();
+        Self(Repr::Inline(hex_array(&digest)))
     }
 
     /// Wraps a digest read back from a store (not validated: a foreign value simply never
     /// matches a computed one).
     pub fn from_hex(hex: impl Into<String>) -> Self {
-        Self(hex.into())
+        Self(Repr::Foreign(hex.into()))
     }
 
-    /// The digest as 64 lowercase hex characters.
+    /// The digest as 64 lowercase hex characters (a value from a store: as it was stored).
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Only ASCII hex digits are ever written into the array.
+            Repr::Inline(hex) => std::str::from_utf8(hex).expect("hex digits are ASCII"),
+            Repr::Foreign(hex) => hex,
+        }
     }
 }
 
 impl std::fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -74,6 +112,18 @@ pub(crate) fn hex_lower(bytes: &[u8]) -> String {
     for &byte in bytes {
         out.push(char::from(DIGITS[usize::from(byte >> 4)]));
         out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
+}
+
+/// Lowercase hex of a digest into a fixed array: the per-request fingerprint without a
+/// heap allocation.
+fn hex_array(digest: &[u8; 32]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (pair, &byte) in out.chunks_exact_mut(2).zip(digest) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
     }
     out
 }
@@ -126,6 +176,22 @@ mod tests {
     fn hex_matches_the_hex_crate() {
         let bytes: Vec<u8> = (0..=255).collect();
         assert_eq!(hex_lower(&bytes), hex::encode(&bytes));
+        let digest: [u8; 32] = std::array::from_fn(|i| (i * 37 + 5) as u8);
+        assert_eq!(&hex_array(&digest)[..], hex::encode(digest).as_bytes());
+    }
+
+    #[test]
+    fn computed_equals_the_same_digest_read_back() {
+        // A record written by this or the previous version stores the hex text: it must
+        // compare equal to the freshly computed (inline) fingerprint, and hash alike.
+        use std::hash::BuildHasher;
+        let computed = fp("POST", "/a", &[], &[], b"x");
+        let read_back = Fingerprint::from_hex(computed.as_str().to_owned());
+        assert_eq!(computed, read_back);
+        let state = std::hash::RandomState::new();
+        assert_eq!(state.hash_one(&computed), state.hash_one(&read_back));
+        assert_ne!(computed, Fingerprint::from_hex("fp1"));
+        assert_eq!(computed.to_string(), computed.as_str());
     }
 
     #[test]

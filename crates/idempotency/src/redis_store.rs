@@ -46,7 +46,8 @@ if kind == 'hash' then
   if old_token >= token then token = old_token + 1 end
 end
 local lease = tonumber(ARGV[3])
-redis.call('DEL', KEYS[1])
+-- A fresh key (the common case) has nothing to clear; an expired lease's fields are replaced.
+if kind == 'hash' then redis.call('DEL', KEYS[1]) end
 redis.call('HSET', KEYS[1], 'v', '1', 'state', 'p', 'fp', ARGV[1], 'trace', ARGV[2],
   'token', string.format('%.0f', token), 'until', string.format('%.0f', now_ms + lease))
 redis.call('PEXPIRE', KEYS[1], lease)

@@ -2,7 +2,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, RandomState},
+    hash::BuildHasher,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -11,6 +11,7 @@ use std::{
 };
 
 use dreamnet_common::{clock, SharedClock};
+use foldhash::fast::RandomState;
 use parking_lot::Mutex;
 
 use crate::{
@@ -45,6 +46,9 @@ pub struct MemoryStore {
 
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
+    /// foldhash, randomly seeded per store (as the shard maps are): SipHash over the record
+    /// id was a visible share of a keyed request, and a per-process random seed keeps
+    /// client-chosen keys from being aimed at one shard or bucket.
     hasher: RandomState,
     clock: SharedClock,
     tokens: AtomicU64,
@@ -54,7 +58,7 @@ struct Inner {
 
 #[derive(Default)]
 struct Shard {
-    records: HashMap<String, Record>,
+    records: HashMap<String, Record, RandomState>,
     bytes: usize,
     writes_since_sweep: u32,
 }
@@ -133,7 +137,7 @@ impl MemoryStoreBuilder {
         MemoryStore {
             inner: Arc::new(Inner {
                 shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
-                hasher: RandomState::new(),
+                hasher: RandomState::default(),
                 clock: self.clock,
                 tokens: AtomicU64::new(0),
                 max_entries_per_shard: self.max_entries.div_ceil(shards).max(1),
