@@ -21,6 +21,9 @@
 //! ```
 #![allow(missing_docs, clippy::print_stdout)]
 
+#[path = "shared/bare.rs"]
+mod bare;
+
 use std::{
     net::SocketAddr,
     sync::{
@@ -30,7 +33,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{extract::Path, routing::any, Json, Router};
 use bytes::Bytes;
 use dreamnet_server::{serve, App, Config, FileConfig};
 use http::{Method, Request};
@@ -39,7 +41,6 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-use serde_json::{json, Value};
 
 /// One cluster whose windows never refuse, so every request takes the full path (and
 /// `dream-state`, which the server's mint routes need).
@@ -48,18 +49,8 @@ const CONFIG: &str = include_str!("../../examples/server/fixtures/unlimited-load
 /// Concurrent keep-alive clients per run (as in the issue's `wrk -c32`).
 const CLIENTS: usize = 32;
 
-/// The bare server's echo: the same JSON shape as the project's, no layers.
-async fn bare_echo(Path(cluster): Path<String>, method: Method, body: Bytes) -> Json<Value> {
-    let body = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body).unwrap_or(Value::Null)
-    };
-    Json(json!({ "cluster": cluster, "method": method.as_str(), "traceId": null, "body": body }))
-}
-
 async fn start_bare() -> SocketAddr {
-    let router = Router::new().route("/api/{cluster}/echo", any(bare_echo));
+    let router = bare::bare_router();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -17,28 +17,19 @@
 //! not in these figures.
 #![allow(missing_docs, clippy::print_stdout)]
 
+#[path = "shared/bare.rs"]
+mod bare;
+
 use std::hint::black_box;
 
-use axum::{body::Body, extract::Path, routing::any, Json, Router};
-use bytes::Bytes;
+use axum::{body::Body, Router};
 use dreamnet_server::{App, Config, FileConfig};
 use http::{Method, Request};
 use http_body_util::BodyExt;
-use serde_json::{json, Value};
 use tower::ServiceExt;
 
 /// One cluster whose windows never refuse (and `dream-state`, which the mint routes need).
 const CONFIG: &str = include_str!("../../examples/server/fixtures/unlimited-load.toml");
-
-/// The bare echo: the same JSON shape as the server's, no layers.
-async fn bare_echo(Path(cluster): Path<String>, method: Method, body: Bytes) -> Json<Value> {
-    let body = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body).unwrap_or(Value::Null)
-    };
-    Json(json!({ "cluster": cluster, "method": method.as_str(), "traceId": null, "body": body }))
-}
 
 fn request(keyed: bool, n: u64) -> Request<Body> {
     let builder = Request::builder().uri("/api/load/echo");
@@ -90,9 +81,7 @@ fn main() {
         let (router, keyed, _app) = match case.as_str() {
             "bare" => (
                 // As `axum::serve` serves it (`into_make_service` calls `with_state(())`).
-                Router::new()
-                    .route("/api/{cluster}/echo", any(bare_echo))
-                    .with_state(()),
+                bare::bare_router().with_state(()),
                 false,
                 None,
             ),
