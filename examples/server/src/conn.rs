@@ -3,6 +3,13 @@
 //! closes it when a request head is late, when it idles too long, or at shutdown when no
 //! request is running.
 //!
+//! The watchdog is a lazy timer: requests only store timestamps in atomics and never wake
+//! it (an earlier version notified it twice per request, which re-armed a tokio timer and
+//! re-polled the connection each time). It wakes at the earliest deadline it knows of, and
+//! at least once per the shorter of the header and idle timeouts, so a head or an idle spell
+//! that began since its last look is still seen before its deadline: each close happens at
+//! its exact deadline, as before.
+//!
 //! Why not hyper's own `header_read_timeout` and hyper-util's `GracefulShutdown`: hyper-util's
 //! auto (HTTP/1.1 + h2c) connection has no timer while it reads the first bytes to pick
 //! the protocol, so a peer that sends nothing is held forever; hyper's h1 timeout does not
@@ -33,7 +40,7 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
-    sync::{watch, Notify},
+    sync::watch,
     time::Instant,
 };
 use tower::ServiceExt;
@@ -48,7 +55,6 @@ struct Activity {
     served: AtomicUsize,
     idle_since: AtomicU64,
     pending: AtomicU64,
-    changed: Notify,
 }
 
 impl Activity {
@@ -59,7 +65,6 @@ impl Activity {
             served: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             pending: AtomicU64::new(0),
-            changed: Notify::new(),
         }
     }
 
@@ -75,7 +80,6 @@ impl Activity {
     fn bytes_read(&self) {
         if self.running.load(Ordering::Acquire) == 0 && self.pending.load(Ordering::Acquire) == 0 {
             self.pending.store(self.now_ms() + 1, Ordering::Release);
-            self.changed.notify_one();
         }
     }
 
@@ -99,7 +103,6 @@ impl Drop for Running {
                 .idle_since
                 .store(activity.now_ms(), Ordering::Release);
             activity.pending.store(0, Ordering::Release);
-            activity.changed.notify_one();
         }
     }
 }
@@ -210,6 +213,8 @@ pub(crate) async fn serve_connection(
     };
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
+    let watchdog = tokio::time::sleep_until(next_look(&activity, &edge, Instant::now()));
+    tokio::pin!(watchdog);
     let mut draining = false;
     let mut server_gone = false;
     let closed = loop {
@@ -229,14 +234,13 @@ pub(crate) async fn serve_connection(
                 }
                 break Closed::Finished;
             }
-            () = sleep_until(deadline(&activity, &edge)) => {
-                if let Some((_, why)) = deadline(&activity, &edge)
-                    .filter(|(at, _)| *at <= Instant::now())
-                {
+            () = watchdog.as_mut() => {
+                let now = Instant::now();
+                if let Some((_, why)) = deadline(&activity, &edge).filter(|(at, _)| *at <= now) {
                     break why;
                 }
+                watchdog.as_mut().reset(next_look(&activity, &edge, now));
             }
-            () = activity.changed.notified() => {}
             changed = shutdown.changed(), if !draining && !server_gone => {
                 server_gone = changed.is_err();
             }
@@ -252,11 +256,17 @@ pub(crate) async fn serve_connection(
     }
 }
 
-async fn sleep_until(deadline: Option<(Instant, Closed)>) {
-    match deadline {
-        Some((at, _)) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// When the watchdog looks next: at the connection's deadline, but no later than the shorter
+/// of the header and idle timeouts from `now`, since a request head or an idle spell may
+/// begin meanwhile without telling it (see the module docs). At least 10 ms apart, so a zero
+/// timeout from a library caller cannot make it spin while a request runs.
+fn next_look(activity: &Activity, edge: &EdgeConfig, now: Instant) -> Instant {
+    let every = edge
+        .header_read_timeout
+        .min(edge.idle_timeout)
+        .max(Duration::from_millis(10));
+    let latest = now + every;
+    deadline(activity, edge).map_or(latest, |(at, _)| at.min(latest))
 }
 
 /// When the connection must be closed if nothing changes, and why; `None` while a request
