@@ -220,22 +220,28 @@
     $('token').focus();
   }
 
+  // One refresh on behalf of connection `mine`: false when that connection is gone (a newer
+  // one started, or a 401 signed it out); any other failure (server down, 5xx) is shown and
+  // the console stays connected and keeps polling.
+  async function refreshFor(mine) {
+    try {
+      await refresh();
+    } catch (err) {
+      if (mine !== generation) return false;
+      if (err instanceof ApiError && err.problem.status === 401) {
+        forget(err.problem);
+        return false;
+      }
+      showAlert(errorProblem(err));
+    }
+    return mine === generation;
+  }
+
   async function connect() {
     generation += 1;
     const mine = generation;
     clearTimeout(timer);
-    try {
-      await refresh();
-    } catch (err) {
-      if (mine !== generation) return;
-      if (err instanceof ApiError && err.problem.status === 401) {
-        forget(err.problem);
-        return;
-      }
-      // Anything else (server down, 5xx): stay connected and keep polling.
-      showAlert(errorProblem(err));
-    }
-    if (mine !== generation) return;
+    if (!(await refreshFor(mine))) return;
     replace($('login-error'));
     $('login').hidden = true;
     $('dashboard').hidden = false;
@@ -248,18 +254,7 @@
   function schedule(mine) {
     timer = setTimeout(async () => {
       if (mine !== generation) return;
-      if (!document.hidden) {
-        try {
-          await refresh();
-        } catch (err) {
-          if (mine !== generation) return;
-          if (err instanceof ApiError && err.problem.status === 401) {
-            forget(err.problem);
-            return;
-          }
-          showAlert(errorProblem(err));
-        }
-      }
+      if (!document.hidden && !(await refreshFor(mine))) return;
       if (mine === generation) schedule(mine);
     }, POLL_MS);
   }
