@@ -13,8 +13,10 @@
 //! callgrind_annotate http.out | head -30    # totals / 5000 = one request
 //! ```
 //!
-//! Cases: `bare`, `server` (guarded `GET /api/load/echo`, memory stores), `server_keyed`
-//! (keyed `POST` with a fresh `Idempotency-Key`).
+//! Cases: `bare` (a `GET` of the echo), `bare_post` (a keyed `POST` of the mint body to
+//! the echo), `server` (guarded `GET /api/load/echo`, memory stores), `server_keyed` (keyed
+//! `POST` with a fresh `Idempotency-Key`), `server_mint` (`POST /api/mint-dream`, fresh key,
+//! memory ledger).
 #![allow(missing_docs, clippy::print_stdout)]
 
 #[path = "shared/bare.rs"]
@@ -42,10 +44,11 @@ async fn listener() -> (tokio::net::TcpListener, SocketAddr) {
     (listener, addr)
 }
 
-/// Starts the case's server; the `App` (if any) is returned to be kept alive.
-async fn start(case: &str) -> (SocketAddr, Option<App>) {
+/// Starts the bare server or the example server; the `App` (if any) is returned to be kept
+/// alive.
+async fn start(bare: bool) -> (SocketAddr, Option<App>) {
     let (listener, addr) = listener().await;
-    if case == "bare" {
+    if bare {
         tokio::spawn(async move { axum::serve(listener, bare::bare_router()).await });
         return (addr, None);
     }
@@ -64,16 +67,20 @@ async fn start(case: &str) -> (SocketAddr, Option<App>) {
     (addr, Some(app))
 }
 
-fn request(uri: &str, keyed: bool, n: u64) -> Request<Full<Bytes>> {
+/// The mint body (posted to the bare echo too, in `bare_post`).
+const MINT_BODY: &[u8] = br#"{"dreamId": "dream-123", "wallet": "0xabc"}"#;
+
+/// A `GET` of `uri`, or with `body` a `POST` of it with a fresh `Idempotency-Key`.
+fn request(uri: &str, body: Option<&'static [u8]>, n: u64) -> Request<Full<Bytes>> {
     let builder = Request::builder().uri(uri);
-    if keyed {
-        builder
+    match body {
+        Some(body) => builder
             .method(Method::POST)
             .header("idempotency-key", format!("k{n}"))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(b"{\"n\":1}")))
-    } else {
-        builder.body(Full::new(Bytes::new()))
+            .header("x-account-id", "load")
+            .body(Full::new(Bytes::from_static(body))),
+        None => builder.body(Full::new(Bytes::new())),
     }
     .expect("a valid request")
 }
@@ -81,13 +88,13 @@ fn request(uri: &str, keyed: bool, n: u64) -> Request<Full<Bytes>> {
 async fn requests(
     client: &Client<HttpConnector, Full<Bytes>>,
     uri: &str,
-    keyed: bool,
+    body: Option<&'static [u8]>,
     from: u64,
     n: u64,
 ) {
     for i in from..from + n {
         let response = client
-            .request(request(uri, keyed, i))
+            .request(request(uri, body, i))
             .await
             .expect("an HTTP answer");
         let status = response.status();
@@ -102,31 +109,33 @@ fn drive(
     runtime: &tokio::runtime::Runtime,
     client: &Client<HttpConnector, Full<Bytes>>,
     uri: &str,
-    keyed: bool,
+    body: Option<&'static [u8]>,
     n: u64,
 ) {
-    runtime.block_on(requests(client, uri, keyed, 1_000, n));
+    runtime.block_on(requests(client, uri, body, 1_000, n));
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let case = args.next().unwrap_or_else(|| "server".to_owned());
     let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5_000);
-    assert!(
-        ["bare", "server", "server_keyed"].contains(&case.as_str()),
-        "cases: bare, server, server_keyed"
-    );
-    let keyed = case == "server_keyed";
+    let (path, body): (&str, Option<&'static [u8]>) = match case.as_str() {
+        "bare" | "server" => ("/api/load/echo", None),
+        "bare_post" => ("/api/load/echo", Some(MINT_BODY)),
+        "server_keyed" => ("/api/load/echo", Some(b"{\"n\":1}")),
+        "server_mint" => ("/api/mint-dream", Some(MINT_BODY)),
+        _ => panic!("cases: bare, bare_post, server, server_keyed, server_mint"),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    let (addr, _app) = runtime.block_on(start(&case));
+    let (addr, _app) = runtime.block_on(start(case.starts_with("bare")));
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
-    let uri = format!("http://{addr}/api/load/echo");
+    let uri = format!("http://{addr}{path}");
     // Warm up: the connection, the maps and the allocator's free lists.
-    runtime.block_on(requests(&client, &uri, keyed, 0, 200));
-    drive(&runtime, &client, &uri, keyed, n);
+    runtime.block_on(requests(&client, &uri, body, 0, 200));
+    drive(&runtime, &client, &uri, body, n);
     println!("{case}: {n} requests");
 }

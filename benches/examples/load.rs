@@ -12,8 +12,11 @@
 //! server whose control plane and idempotency records live in that Redis (under a fresh
 //! prefix). Routes: the guarded `GET /api/load/echo` (trace id, control plane with three
 //! windows, the idempotency layer passing a GET through) and a keyed `POST /api/load/echo`
-//! with a fresh `Idempotency-Key` per request (claim + store). Each line prints every
-//! round's ratio, then the median and the spread (lowest-highest) over the rounds.
+//! with a fresh `Idempotency-Key` per request (claim + store); on memory only, with
+//! `DREAMNET_LOAD_MINT=1`, also `POST /api/mint-dream` with a fresh key (control on
+//! `dream-state`, the billable layer's reserve and settle on the memory ledger) against the
+//! bare server's keyed `POST` echo of the same body. Each line prints every round's ratio,
+//! then the median and the spread (lowest-highest) over the rounds.
 //!
 //! ```text
 //! DREAMNET_LOAD_REDIS=redis://127.0.0.1:6379 DREAMNET_LOAD_SECS=3 DREAMNET_LOAD_ROUNDS=5 \
@@ -94,11 +97,41 @@ struct Run {
     p99: Duration,
 }
 
-/// `CLIENTS` clients send `keyed` POSTs or plain GETs to `addr` for `window`.
-async fn run(addr: SocketAddr, keyed: bool, window: Duration) -> Run {
+/// What the clients send.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// `GET /api/load/echo`.
+    Guarded,
+    /// `POST /api/load/echo` with a fresh `Idempotency-Key`.
+    Keyed,
+    /// `POST /api/mint-dream` with a fresh `Idempotency-Key` (the bare server: its echo).
+    Mint,
+}
+
+impl Route {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Guarded => "guarded GET echo",
+            Self::Keyed => "keyed POST echo",
+            Self::Mint => "POST mint-dream",
+        }
+    }
+}
+
+/// The mint body, also posted to the bare echo in the mint rounds.
+const MINT_BODY: &[u8] = br#"{"dreamId": "dream-123", "wallet": "0xabc"}"#;
+
+/// `CLIENTS` clients send `route`'s requests to `addr` for `window` (`bare`: the bare
+/// server, which has the echo route only).
+async fn run(addr: SocketAddr, route: Route, bare: bool, window: Duration) -> Run {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
-    let uri = format!("http://{addr}/api/load/echo");
+    let keyed = route != Route::Guarded;
+    let uri = if route == Route::Mint && !bare {
+        format!("http://{addr}/api/mint-dream")
+    } else {
+        format!("http://{addr}/api/load/echo")
+    };
     let counter = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..CLIENTS)
@@ -113,8 +146,13 @@ async fn run(addr: SocketAddr, keyed: bool, window: Duration) -> Run {
                         request = request
                             .method(Method::POST)
                             .header("idempotency-key", key)
-                            .header("content-type", "application/json");
-                        Bytes::from_static(b"{\"n\":1}")
+                            .header("content-type", "application/json")
+                            .header("x-account-id", "load");
+                        if route == Route::Mint {
+                            Bytes::from_static(MINT_BODY)
+                        } else {
+                            Bytes::from_static(b"{\"n\":1}")
+                        }
                     } else {
                         Bytes::new()
                     };
@@ -175,12 +213,16 @@ fn main() {
             projects.push(("redis", start_project(Some(&url)).await));
         }
         for (store, (project, _app)) in &projects {
-            for (route, keyed) in [("guarded GET echo", false), ("keyed POST echo", true)] {
-                let label = format!("{route}, {store}");
+            let mut routes = vec![Route::Guarded, Route::Keyed];
+            if *store == "memory" && std::env::var_os("DREAMNET_LOAD_MINT").is_some() {
+                routes.push(Route::Mint);
+            }
+            for route in routes {
+                let label = format!("{}, {store}", route.label());
                 let mut ratios = Vec::new();
                 for round in 1..=rounds {
-                    let b = run(bare, keyed, window).await;
-                    let p = run(*project, keyed, window).await;
+                    let b = run(bare, route, true, window).await;
+                    let p = run(*project, route, false, window).await;
                     let ratio = p.per_sec / b.per_sec;
                     ratios.push(ratio);
                     println!(
