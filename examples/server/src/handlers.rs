@@ -168,18 +168,15 @@ pub(crate) struct MintResponse {
 /// Parses and validates a mint body: a JSON object with non-empty string `dreamId` and
 /// `wallet` (at most 256 bytes each).
 pub(crate) fn parse_mint(bytes: &[u8]) -> Result<MintRequest, String> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|err| format!("malformed JSON body: {err}"))?;
-    // serde's derive also reads a struct from a JSON array (`["d", "w"]`): only an object is
-    // the documented body.
-    if !value.is_object() {
-        return Err(
-            "body must be a JSON object {\"dreamId\": string, \"wallet\": string}".to_owned(),
-        );
-    }
-    let request: MintRequest = serde_json::from_value(value).map_err(|err| {
-        format!("body must be {{\"dreamId\": string, \"wallet\": string}}: {err}")
-    })?;
+    // The common case straight into the struct (no `Value` tree). serde's derive also reads
+    // a struct from a JSON array (`["d", "w"]`), so this path takes only bodies that open
+    // an object; anything else, and every failure, goes the long way for its exact message.
+    let request = match bytes.trim_ascii_start().first() {
+        Some(b'{') => {
+            serde_json::from_slice::<MintRequest>(bytes).or_else(|_| parse_mint_slowly(bytes))?
+        }
+        _ => parse_mint_slowly(bytes)?,
+    };
     for (field, value) in [("dreamId", &request.dream_id), ("wallet", &request.wallet)] {
         if value.trim().is_empty() {
             return Err(format!("{field} must be a non-empty string"));
@@ -189,6 +186,19 @@ pub(crate) fn parse_mint(bytes: &[u8]) -> Result<MintRequest, String> {
         }
     }
     Ok(request)
+}
+
+/// [`parse_mint`] through a `Value`, which tells a malformed body from one of the wrong shape.
+fn parse_mint_slowly(bytes: &[u8]) -> Result<MintRequest, String> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|err| format!("malformed JSON body: {err}"))?;
+    if !value.is_object() {
+        return Err(
+            "body must be a JSON object {\"dreamId\": string, \"wallet\": string}".to_owned(),
+        );
+    }
+    serde_json::from_value(value)
+        .map_err(|err| format!("body must be {{\"dreamId\": string, \"wallet\": string}}: {err}"))
 }
 
 /// Middleware in front of the billable layer: a mint body that is not valid is answered 400
@@ -202,9 +212,10 @@ pub(crate) async fn validate_mint(request: Request, next: Next) -> Response {
         Ok(read) => read,
         Err(response) => return response,
     };
-    if let Err(detail) = parse_mint(&bytes) {
-        return problem::respond(StatusCode::BAD_REQUEST, detail, &parts.extensions);
-    }
+    let mint = match parse_mint(&bytes) {
+        Ok(mint) => mint,
+        Err(detail) => return problem::respond(StatusCode::BAD_REQUEST, detail, &parts.extensions),
+    };
     if dreamnet_common::AccountId::from_headers(&parts.headers).is_err() {
         return problem::respond(
             StatusCode::BAD_REQUEST,
@@ -212,8 +223,10 @@ pub(crate) async fn validate_mint(request: Request, next: Next) -> Response {
             &parts.extensions,
         );
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    // The handler takes the parsed body from here instead of parsing it again.
+    let mut request = Request::from_parts(parts, Body::from(bytes));
+    request.extensions_mut().insert(mint);
+    next.run(request).await
 }
 
 /// What kind of mint a handler performs.
@@ -225,13 +238,23 @@ pub(crate) enum MintKind {
 
 /// `POST /api/mint-dream` and `/api/mint-dream-token`: 201 with the minted token.
 pub(crate) async fn mint(kind: MintKind, request: Request) -> Response {
-    let (parts, bytes) = match read_body(request).await {
-        Ok(read) => read,
-        Err(response) => return response,
-    };
-    let body = match parse_mint(&bytes) {
-        Ok(body) => body,
-        Err(detail) => return problem::respond(StatusCode::BAD_REQUEST, detail, &parts.extensions),
+    let (mut parts, body) = request.into_parts();
+    let body = match parts.extensions.remove::<MintRequest>() {
+        Some(body) => body,
+        // Reached without `validate_mint` in front: parse the body here.
+        None => {
+            let bytes;
+            (parts, bytes) = match read_body(Request::from_parts(parts, body)).await {
+                Ok(read) => read,
+                Err(response) => return response,
+            };
+            match parse_mint(&bytes) {
+                Ok(body) => body,
+                Err(detail) => {
+                    return problem::respond(StatusCode::BAD_REQUEST, detail, &parts.extensions)
+                }
+            }
+        }
     };
     let prefix = match kind {
         MintKind::Dream => "dream",
@@ -277,5 +300,15 @@ mod tests {
         ] {
             assert!(parse_mint(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+        // The fast path (a body that opens an object) keeps the long way's messages.
+        let detail = |body: &[u8]| parse_mint(body).unwrap_err();
+        assert!(detail(br#"{"dreamId":"d""#).starts_with("malformed JSON body: "));
+        assert!(detail(br#" {"dreamId":"d"}"#).starts_with("body must be {\"dreamId\""));
+        assert!(detail(br#"{"dreamId":1,"wallet":"w"}"#).contains("invalid type"));
+        assert!(detail(br#"["d","w"]"#).starts_with("body must be a JSON object"));
+        assert_eq!(
+            detail(br#"{"dreamId":"d","wallet":" "}"#),
+            "wallet must be a non-empty string"
+        );
     }
 }
