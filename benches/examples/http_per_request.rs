@@ -16,7 +16,10 @@
 //! Cases: `bare` (a `GET` of the echo), `bare_post` (a keyed `POST` of the mint body to
 //! the echo), `server` (guarded `GET /api/load/echo`, memory stores), `server_keyed` (keyed
 //! `POST` with a fresh `Idempotency-Key`), `server_mint` (`POST /api/mint-dream`, fresh key,
-//! memory ledger).
+//! memory ledger), and `peers` (the bare echo behind what a user would otherwise assemble
+//! from crates for the same edge work: tower-http's request id set + propagated, access log
+//! (`TraceLayer`), request timeout, body deadline, body limit and panic catcher, and
+//! tower_governor with its headers: the floor the server's stack is measured against).
 #![allow(missing_docs, clippy::print_stdout)]
 
 #[path = "shared/bare.rs"]
@@ -32,6 +35,17 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
+use tower::ServiceBuilder;
+use tower_governor::{
+    governor::GovernorConfigBuilder, key_extractor::GlobalKeyExtractor, GovernorLayer,
+};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    limit::RequestBodyLimitLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::{RequestBodyDeadlineLayer, TimeoutLayer},
+    trace::TraceLayer,
+};
 
 /// One cluster whose windows never refuse (and `dream-state`, which the mint routes need).
 const CONFIG: &str = include_str!("../../examples/server/fixtures/unlimited-load.toml");
@@ -44,12 +58,16 @@ async fn listener() -> (tokio::net::TcpListener, SocketAddr) {
     (listener, addr)
 }
 
-/// Starts the bare server or the example server; the `App` (if any) is returned to be kept
+/// Starts the bare server, the peers' stack or the example server; the `App` (if any) is returned to be kept
 /// alive.
-async fn start(bare: bool) -> (SocketAddr, Option<App>) {
+async fn start(bare: bool, peers: bool) -> (SocketAddr, Option<App>) {
     let (listener, addr) = listener().await;
     if bare {
         tokio::spawn(async move { axum::serve(listener, bare::bare_router()).await });
+        return (addr, None);
+    }
+    if peers {
+        tokio::spawn(async move { axum::serve(listener, peers_router()).await });
         return (addr, None);
     }
     let config = Config {
@@ -71,6 +89,33 @@ async fn start(bare: bool) -> (SocketAddr, Option<App>) {
 const MINT_BODY: &[u8] = br#"{"dreamId": "dream-123", "wallet": "0xabc"}"#;
 
 /// A `GET` of `uri`, or with `body` a `POST` of it with a fresh `Idempotency-Key`.
+/// The bare echo behind the peer crates' layers for the server's edge work, outermost first
+/// as the server orders its own (ids, access log, panic catcher, timeout, body limit, body
+/// deadline, rate limit with headers).
+fn peers_router() -> axum::Router {
+    let governor = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .key_extractor(GlobalKeyExtractor)
+        .use_headers()
+        .finish()
+        .expect("a valid governor config");
+    bare::bare_router().layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(TraceLayer::new_for_http())
+            .layer(CatchPanicLayer::new())
+            .layer(TimeoutLayer::with_status_code(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                Duration::from_secs(30),
+            ))
+            .layer(RequestBodyLimitLayer::new(1 << 20))
+            .layer(RequestBodyDeadlineLayer::new(Duration::from_secs(10)))
+            .layer(GovernorLayer::new(governor)),
+    )
+}
+
 fn request(uri: &str, body: Option<&'static [u8]>, n: u64) -> Request<Full<Bytes>> {
     let builder = Request::builder().uri(uri);
     match body {
@@ -120,17 +165,17 @@ fn main() {
     let case = args.next().unwrap_or_else(|| "server".to_owned());
     let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5_000);
     let (path, body): (&str, Option<&'static [u8]>) = match case.as_str() {
-        "bare" | "server" => ("/api/load/echo", None),
+        "bare" | "server" | "peers" => ("/api/load/echo", None),
         "bare_post" => ("/api/load/echo", Some(MINT_BODY)),
         "server_keyed" => ("/api/load/echo", Some(b"{\"n\":1}")),
         "server_mint" => ("/api/mint-dream", Some(MINT_BODY)),
-        _ => panic!("cases: bare, bare_post, server, server_keyed, server_mint"),
+        _ => panic!("cases: bare, bare_post, peers, server, server_keyed, server_mint"),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    let (addr, _app) = runtime.block_on(start(case.starts_with("bare")));
+    let (addr, _app) = runtime.block_on(start(case.starts_with("bare"), case == "peers"));
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let uri = format!("http://{addr}{path}");
