@@ -86,6 +86,7 @@
 mod context;
 mod future;
 mod id;
+mod incoming;
 mod layer;
 mod propagate;
 mod scope;

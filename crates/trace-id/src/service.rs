@@ -4,6 +4,7 @@ use crate::{
     context::TraceContext,
     future::ResponseFuture,
     id::{is_valid_trace_id, is_valid_trace_id_bytes, MakeTraceId, TimestampHex},
+    incoming::{Field, Incoming},
     layer::{Shared, TraceIdLayer},
     scope::Scoped,
     traceparent::Traceparent,
@@ -17,6 +18,7 @@ use std::{
     task::{Context, Poll},
 };
 use tower_service::Service;
+use tracing::{level_filters::LevelFilter, Span};
 
 /// The service made by [`TraceIdLayer`]: resolves the request's trace id, stores a
 /// [`TraceContext`] in its extensions, runs the inner service inside the request's span and
@@ -122,32 +124,28 @@ struct Resolved {
 fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resolved {
     let names = &shared.names;
     let headers = request.headers();
-    let mut values = headers.get_all(&names.trace_id).iter();
-    let (incoming, rejected) = match (values.next(), values.next()) {
-        (None, _) => (None, None),
+    let found = Incoming::find(headers, names);
+    let (incoming, rejected) = match found.trace_id {
+        Field::Absent => (None, None),
         // Checked here by the allow-list only: the context checks UTF-8 once, over all ids.
-        (Some(value), None) if is_valid_trace_id_bytes(value.as_bytes()) => {
+        Field::One(value) if is_valid_trace_id_bytes(value.as_bytes()) => {
             (Some((value.as_bytes(), value)), None)
         }
-        (Some(value), None) => (None, Some(Rejected::Invalid { len: value.len() })),
+        Field::One(value) => (None, Some(Rejected::Invalid { len: value.len() })),
         // Intermediaries disagree on which of several values counts: use none of them.
-        (Some(_), Some(_)) => (None, Some(Rejected::Repeated)),
+        Field::Repeated => (None, Some(Rejected::Repeated)),
     };
 
     // W3C: tracestate is only parsed after a valid traceparent, and an invalid traceparent
     // takes its tracestate with it; an invalid tracestate does not affect traceparent.
-    let traceparent = Traceparent::from_headers(headers, &names.traceparent);
-    let (tracestate, dropped_state) = match traceparent {
-        Some(_) => match TraceState::from_headers(headers, &names.tracestate) {
+    let traceparent = Traceparent::from_field(found.traceparent);
+    let (tracestate, dropped_state) = match (&traceparent, found.tracestate) {
+        (_, false) => (None, None),
+        (Some(_), true) => match TraceState::from_headers(headers, &names.tracestate) {
             Ok(state) => (state, None),
             Err(error) => (None, Some(DroppedState::Invalid(error))),
         },
-        None => (
-            None,
-            headers
-                .contains_key(&names.tracestate)
-                .then_some(DroppedState::NoTraceparent),
-        ),
+        (None, true) => (None, Some(DroppedState::NoTraceparent)),
     };
 
     let (context, header, source) = match (incoming, traceparent) {
@@ -202,6 +200,20 @@ fn generate<B, M: MakeTraceId>(make: &M, request: &Request<B>) -> String {
     }
 }
 
+/// Whether an `info` span could be seen by anyone: a `tracing` subscriber that enables
+/// `info` (the level filter every subscriber registers, the one `info_span!` checks first),
+/// or a `log` logger that does (the fallback of tracing's `log` feature, used while no
+/// subscriber is set).
+///
+/// When neither is, `info_span!` would still build a disabled span and, with tracing's
+/// `log` feature on (another crate in the build may turn it on), record its fields for a
+/// logger that then drops them, and check the logger again on every enter, exit and drop:
+/// [`Span::none`] does none of that, and nobody can tell the difference.
+#[inline]
+fn span_observable() -> bool {
+    LevelFilter::current() >= LevelFilter::INFO || log::max_level() >= log::LevelFilter::Info
+}
+
 impl<S, M, ReqBody, ResBody> Service<Request<ReqBody>> for TraceId<S, M>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -236,17 +248,22 @@ where
             request.headers_mut().remove(&names.tracestate);
         }
 
-        // Field values are only evaluated when the span is enabled.
-        let span = tracing::info_span!(
-            "request",
-            method = request.method().as_str(),
-            path = request.uri().path(),
-            trace_id = context.trace_id(),
-            span_id = context.span_id(),
-            parent_span_id = context.parent_span_id(),
-            w3c_trace_id = context.distinct_w3c_trace_id(),
-            trace_source = source.as_str(),
-        );
+        // Field values are only evaluated when the span is enabled; when nothing could
+        // observe it, not even tracing's `log` fallback, the macro is not reached at all.
+        let span = if span_observable() {
+            tracing::info_span!(
+                "request",
+                method = request.method().as_str(),
+                path = request.uri().path(),
+                trace_id = context.trace_id(),
+                span_id = context.span_id(),
+                parent_span_id = context.parent_span_id(),
+                w3c_trace_id = context.distinct_w3c_trace_id(),
+                trace_source = source.as_str(),
+            )
+        } else {
+            Span::none()
+        };
         request.extensions_mut().insert(context.clone());
 
         // One scope for `call` and the future: the context moves in, no second clone.

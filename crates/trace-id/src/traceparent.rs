@@ -1,5 +1,7 @@
 //! W3C Trace Context `traceparent` parsing and the mapping of any trace id to a W3C one.
 
+use crate::incoming::Field;
+#[cfg(test)]
 use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -88,15 +90,19 @@ impl<'a> Traceparent<'a> {
         })
     }
 
-    /// The single `traceparent` of `headers` under `name`, if there is exactly one and it is
-    /// valid (several `traceparent` fields make the request's trace context invalid).
-    pub(crate) fn from_headers(headers: &'a HeaderMap, name: &HeaderName) -> Option<Self> {
-        let mut values = headers.get_all(name).iter();
-        let value = values.next()?;
-        if values.next().is_some() {
-            return None;
+    /// The request's `traceparent`, if there is exactly one field and it is valid (several
+    /// `traceparent` fields make the request's trace context invalid).
+    pub(crate) fn from_field(field: Field<'a>) -> Option<Self> {
+        match field {
+            Field::One(value) => Self::parse(value.to_str().ok()?),
+            Field::Absent | Field::Repeated => None,
         }
-        Self::parse(value.to_str().ok()?)
+    }
+
+    /// [`Traceparent::from_field`] of `headers` under `name`.
+    #[cfg(test)]
+    pub(crate) fn from_headers(headers: &'a HeaderMap, name: &HeaderName) -> Option<Self> {
+        Self::from_field(Field::of(headers, name))
     }
 
     /// The version byte of the header as received (`0x00`..=`0xfe`).
