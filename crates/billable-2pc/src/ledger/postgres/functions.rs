@@ -226,10 +226,8 @@ pub(super) fn functions(s: &str, acc: &str, act: &str, slots: &str) -> String {
 }
 
 /// The statement adding `pending` and `charged` (plpgsql expressions) to `account`'s slot
-/// row of this connection: one text for the single-request functions and the batches,
-/// which post inline (a call of `dreamnet_billable_add` per account and batch, with its
-/// `SET` clause saved and restored, cost more than the upsert).
-pub(super) fn post_to_slot(slots: &str, account: &str, pending: &str, charged: &str) -> String {
+/// row of this connection (the batches post theirs set-based, one row per account).
+fn post_to_slot(slots: &str, account: &str, pending: &str, charged: &str) -> String {
     format!(
         "INSERT INTO {slots} AS t (account, slot, pending, charged)
                      VALUES ({account}, pg_backend_pid() % 16, {pending}, {charged})
