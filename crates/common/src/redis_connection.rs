@@ -28,6 +28,9 @@
 
 use std::time::Duration;
 
+/// The `redis` crate this module is built on (the version the stores use), for callers that
+/// need its own types beside a [`RedisConnection`] (benchmarks comparing against it, tests).
+pub use redis;
 use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::{ClusterClientBuilder, ClusterConfig},
