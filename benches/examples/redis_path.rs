@@ -64,7 +64,8 @@ fn process_cpu() -> Duration {
     // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14, stime 15.
     let rest = &stat[stat.rfind(')').expect("comm") + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     Duration::from_millis(ticks * 10)
 }
 
@@ -158,14 +159,19 @@ async fn run(mode: &Mode, prefix: &str, ops: usize, base: usize) -> (Duration, f
     }
     let wall = t0.elapsed();
     let cpu = process_cpu().saturating_sub(cpu0);
-    (cpu / u32::try_from(ops).expect("ops"), ops as f64 / wall.as_secs_f64())
+    (
+        cpu / u32::try_from(ops).expect("ops"),
+        ops as f64 / wall.as_secs_f64(),
+    )
 }
 
 fn main() {
-    let url = std::env::var("DREAMNET_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let url =
+        std::env::var("DREAMNET_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let ops = env_or("DREAMNET_REDIS_PATH_OPS", 30_000);
     let rounds = env_or("DREAMNET_REDIS_PATH_ROUNDS", 3);
-    let wanted = std::env::var("DREAMNET_REDIS_PATH_MODES").unwrap_or_else(|_| "raw,lua,idem".to_owned());
+    let wanted =
+        std::env::var("DREAMNET_REDIS_PATH_MODES").unwrap_or_else(|_| "raw,lua,idem".to_owned());
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());

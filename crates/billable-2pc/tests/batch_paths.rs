@@ -214,7 +214,11 @@ async fn the_batch_functions_never_scan_the_tables() {
         // locked and checked by each insert's foreign key), a few per request, not every
         // row of an index: a plan joining a whole index (made on the empty tables) would
         // fetch every live action in every batch, more as the table grows.
-        let per_request = if table == "dreamnet_billable_actions" { 2 } else { 3 };
+        let per_request = if table == "dreamnet_billable_actions" {
+            2
+        } else {
+            3
+        };
         assert!(
             fetched <= per_request * 12 * 4,
             "{table}: {fetched} rows fetched by index in 12 batches of 4"

@@ -120,7 +120,11 @@ mod tests {
             &[("x-trace-id", "a"), ("x-trace-id", "b")],
             &[("traceparent", "tp"), ("tracestate", "k=v")],
             &[("tracestate", "k=v"), ("tracestate", "l=w")],
-            &[("traceparent", "1"), ("traceparent", "2"), ("x-trace-id", "a")],
+            &[
+                ("traceparent", "1"),
+                ("traceparent", "2"),
+                ("x-trace-id", "a"),
+            ],
             // Same length as x-trace-id and tracestate, other names.
             &[("x-trace-ix", "no"), ("tracestatf", "no"), ("host", "h")],
         ];
