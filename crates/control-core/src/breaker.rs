@@ -186,10 +186,6 @@ impl Breaker {
         }
     }
 
-    pub(crate) fn config(&self) -> &BreakerConfig {
-        &self.config
-    }
-
     /// The state at `now` (an expired `open` reads as `half_open`).
     pub(crate) fn state(&self, now: u64) -> BreakerState {
         match self.state {

@@ -81,5 +81,8 @@ pub use resolve::{PathSegment, ResolveCluster};
 pub use service::Control;
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
-pub use store::redis::{FleetReply, FleetTicket, RedisStore};
-pub use store::{ClientQuota, CounterStore, StateStore, StoreError};
+pub use store::redis::RedisStore;
+pub use store::{
+    BreakerOp, BreakerStore, ClientQuota, CounterStore, FleetReply, FleetTicket, StateStore,
+    StoreError,
+};

@@ -180,6 +180,9 @@ pub struct BreakerView {
     pub window: SlidingWindow,
     /// Calls or seconds.
     pub window_size: u32,
+    /// Whether the window and state are shared by every replica (a fleet-wide breaker on
+    /// the shared store) rather than this replica's own.
+    pub fleet_wide: bool,
 }
 
 /// One cluster (`GET /api/control` → `clusters.{id}`).

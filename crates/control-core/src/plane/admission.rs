@@ -10,12 +10,13 @@ use std::{
 };
 
 use super::{
-    decision::{Decision, Permit, RateLimitStatus, RejectReason, Rejection},
+    decision::{BreakerTicket, Decision, Permit, RateLimitStatus, RejectReason, Rejection},
+    fleet::{Check, FleetBreaker},
     runtime::{ClusterRuntime, Inner, Limits},
     ControlPlane,
 };
 use crate::{
-    store::{ClientQuota, Count, StoreError, Taken},
+    store::{BreakerOp, ClientQuota, Count, StoreError, Taken},
     window::Verdict,
 };
 
@@ -23,6 +24,16 @@ use crate::{
 pub(crate) enum Admission {
     Ready(Decision),
     Pending(Pin<Box<dyn Future<Output = Decision> + Send>>),
+}
+
+/// What the breaker says about one admission.
+enum Gate {
+    /// The call may go on to the rate limit, with this ticket.
+    Pass(BreakerTicket),
+    /// The breaker refuses (with the time left, when known).
+    Refuse(Option<u64>),
+    /// Only the fleet-wide breaker's store can say.
+    Ask(Arc<FleetBreaker>),
 }
 
 impl Inner {
@@ -112,16 +123,103 @@ impl Inner {
         if let Some(rejection) = self.switched_off(rt, now, trace_id) {
             return Admission::Ready(Decision::Deny(rejection));
         }
-        let acquired = rt.breaker.lock().try_acquire(now);
-        let ticket = match acquired {
-            Ok(ticket) => ticket,
-            Err(retry_after) => {
-                let detail = format!("the circuit breaker of cluster {} is open", rt.id);
-                let reason = RejectReason::CircuitOpen;
-                let rejection = self.reject(rt, reason, detail, retry_after, trace_id);
-                return Admission::Ready(Decision::Deny(rejection));
+        match self.breaker_gate(rt, now) {
+            Gate::Pass(ticket) => self.count(rt, ticket, now, trace_id, client),
+            Gate::Refuse(retry_after) => {
+                Admission::Ready(Decision::Deny(self.circuit_open(rt, retry_after, trace_id)))
             }
-        };
+            Gate::Ask(fleet) => {
+                // Only the fleet's store can say (half-open permits, an open breaker's wait
+                // over): one round trip before the rate limit's.
+                let limits = rt.limits();
+                let client = (!limits.per_client.is_empty()).then(client);
+                let (plane, rt) = (Arc::clone(self), Arc::clone(rt));
+                let trace_id = trace_id.map(str::to_owned);
+                Admission::Pending(Box::pin(async move {
+                    let trace_id = trace_id.as_deref();
+                    let ticket = match plane.ask_fleet(&rt, &fleet).await {
+                        Ok(ticket) => ticket,
+                        Err(retry_after) => {
+                            return Decision::Deny(plane.circuit_open(&rt, retry_after, trace_id))
+                        }
+                    };
+                    let client = || client.unwrap_or_else(|| Arc::from(crate::ANONYMOUS_CLIENT));
+                    let now = plane.clock.now_millis();
+                    match plane.count(&rt, ticket, now, trace_id, client) {
+                        Admission::Ready(decision) => decision,
+                        Admission::Pending(decision) => decision.await,
+                    }
+                }))
+            }
+        }
+    }
+
+    /// The breaker's part of an admission: a manual trip (from the state document) refuses
+    /// on every replica; then the fleet-wide breaker's copy decides when it can; else this
+    /// replica's own breaker.
+    fn breaker_gate(&self, rt: &ClusterRuntime, now: u64) -> Gate {
+        let mut local = rt.breaker.lock();
+        if local.is_forced_open() {
+            return Gate::Refuse(None);
+        }
+        if let Some(fleet) = &rt.fleet {
+            match fleet.check(now) {
+                Check::Admit(ticket) => return Gate::Pass(BreakerTicket::Fleet(ticket)),
+                Check::Refuse(retry_after) => return Gate::Refuse(retry_after),
+                Check::Ask => return Gate::Ask(Arc::clone(fleet)),
+                Check::Local => {}
+            }
+        }
+        match local.try_acquire(now) {
+            Ok(ticket) => Gate::Pass(BreakerTicket::Local(ticket)),
+            Err(retry_after) => Gate::Refuse(retry_after),
+        }
+    }
+
+    /// Asks the fleet's store for a permit; if the store fails, this replica's own breaker
+    /// decides (and does for a while, see `fleet`).
+    async fn ask_fleet(
+        &self,
+        rt: &ClusterRuntime,
+        fleet: &FleetBreaker,
+    ) -> Result<BreakerTicket, Option<u64>> {
+        match fleet.run(&rt.id, BreakerOp::Acquire).await {
+            Ok(reply) => {
+                self.learned(rt, fleet, &reply);
+                reply
+                    .ticket
+                    .map(BreakerTicket::Fleet)
+                    .ok_or(reply.retry_after_ms)
+            }
+            Err(error) => {
+                self.store_failed(&error);
+                let now = self.clock.now_millis();
+                fleet.failed(now);
+                let acquired = rt.breaker.lock().try_acquire(now);
+                acquired.map(BreakerTicket::Local)
+            }
+        }
+    }
+
+    fn circuit_open(
+        &self,
+        rt: &ClusterRuntime,
+        retry_after: Option<u64>,
+        trace_id: Option<&str>,
+    ) -> Rejection {
+        let detail = format!("the circuit breaker of cluster {} is open", rt.id);
+        self.reject(rt, RejectReason::CircuitOpen, detail, retry_after, trace_id)
+    }
+
+    /// The rate limit's part of an admission, for a call the breaker let through.
+    fn count(
+        self: &Arc<Self>,
+        rt: &Arc<ClusterRuntime>,
+        ticket: BreakerTicket,
+        now: u64,
+        trace_id: Option<&str>,
+        client: impl FnOnce() -> Arc<str>,
+    ) -> Admission {
         let permit = Permit {
             plane: Arc::clone(self),
             cluster: Arc::clone(rt),

@@ -8,12 +8,15 @@ use std::{
 
 use parking_lot::{Mutex, RwLock};
 
-use super::runtime::{ClusterRuntime, Counters, Inner, Limits};
+use super::{
+    fleet::FleetBreaker,
+    runtime::{ClusterRuntime, Counters, Inner, Limits},
+};
 use crate::{
     breaker::{Breaker, ClassifyFailure, ServerErrors},
     client_key::{ClientKey, SharedClientKey},
-    config::ControlConfig,
-    store::{ControlState, CounterStore, StateStore, Versioned},
+    config::{ControlConfig, SlidingWindow},
+    store::{BreakerStore, ControlState, CounterStore, StateStore, Versioned},
     MemoryStore,
 };
 use dreamnet_common::{SharedClock, SystemClock};
@@ -56,6 +59,7 @@ pub struct ControlPlaneBuilder {
     config: ControlConfig,
     counter_store: Option<Arc<dyn CounterStore>>,
     state_store: Option<Arc<dyn StateStore>>,
+    breaker_store: Option<Arc<dyn BreakerStore>>,
     clock: Option<SharedClock>,
     classifier: Arc<dyn ClassifyFailure>,
     client_key: SharedClientKey,
@@ -110,6 +114,33 @@ impl ControlPlaneBuilder {
         self
     }
 
+    /// Shares every cluster's circuit breaker with the other replicas on this store (default:
+    /// none, each replica has its own): one window of every replica's calls, transitions
+    /// once fleet-wide, half-open permits exact across replicas. A closed breaker costs no
+    /// round trip before a call (its outcome is sent after the response); a cluster whose
+    /// breaker uses a time-based window keeps a per-replica breaker (only count windows are
+    /// shared). While the store fails, each replica's own breaker decides.
+    ///
+    /// ```
+    /// # #[cfg(feature = "redis")]
+    /// # async fn wire(store: dreamnet_control_core::RedisStore) {
+    /// use std::sync::Arc;
+    /// use dreamnet_control_core::ControlPlane;
+    ///
+    /// let store = Arc::new(store);
+    /// let plane = ControlPlane::builder()
+    ///     .shared_store(Arc::clone(&store))
+    ///     .breaker_store(store)
+    ///     .build();
+    /// # drop(plane);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn breaker_store(mut self, store: Arc<dyn BreakerStore>) -> Self {
+        self.breaker_store = Some(store);
+        self
+    }
+
     /// Uses this clock (default: the system clock). Tests pass a `ManualClock`.
     #[must_use]
     pub fn clock(mut self, clock: SharedClock) -> Self {
@@ -157,11 +188,21 @@ impl ControlPlaneBuilder {
             .iter()
             .map(|(id, cluster)| {
                 let id: Arc<str> = Arc::from(id.as_str());
+                let breaker = self.config.breaker_for(&id);
+                let fleet = self
+                    .breaker_store
+                    .as_ref()
+                    .filter(|_| breaker.window == SlidingWindow::Count)
+                    .map(|store| Arc::new(FleetBreaker::new(Arc::clone(store), breaker.clone())));
+                if self.breaker_store.is_some() && fleet.is_none() {
+                    tracing::warn!(cluster = %id, "the breaker's window is time-based: it stays per replica (only count windows are shared)");
+                }
                 let rt = ClusterRuntime {
                     id: Arc::clone(&id),
                     disabled_until: AtomicU64::new(cluster.disabled.blocked_until()),
                     limits: RwLock::new(Arc::new(Limits::new(&cluster.rate_limit))),
-                    breaker: Mutex::new(Breaker::new(self.config.breaker_for(&id))),
+                    breaker: Mutex::new(Breaker::new(breaker)),
+                    fleet,
                     breaker_resets_seen: AtomicU64::new(0),
                     epoch_seen: AtomicU64::new(u64::MAX),
                     counters: Counters::default(),
@@ -216,6 +257,7 @@ impl ControlPlane {
             config: ControlConfig::default(),
             counter_store: None,
             state_store: None,
+            breaker_store: None,
             clock: None,
             classifier: Arc::new(ServerErrors),
             client_key: SharedClientKey::default(),

@@ -10,7 +10,8 @@ use crate::{
     breaker::BreakerState,
     config::{validate_client_windows, validate_windows, WindowConfig},
     store::{
-        AuditEntry, ClusterState, ControlState, RateLimitSettings, StoreError, Switch, Versioned,
+        AuditEntry, BreakerOp, ClusterState, ControlState, RateLimitSettings, StoreError, Switch,
+        Versioned,
     },
     views::{BreakerView, ClusterView, KillSwitchView, RateLimitView},
 };
@@ -433,6 +434,22 @@ impl ControlPlane {
             Ok((before, after))
         })
         .await?;
+        if let Some(rt) = self.runtime(cluster) {
+            if let Some(fleet) = &rt.fleet {
+                // The document records the trip for every replica (and the audit); the fleet
+                // breaker's own state follows, once: a reset empties the shared window.
+                let op = if trip {
+                    BreakerOp::ForceOpen
+                } else {
+                    BreakerOp::Reset
+                };
+                let reply = fleet
+                    .run(&rt.id, op)
+                    .await
+                    .inspect_err(|_| fleet.mark_stale())?;
+                self.inner.learned(rt, fleet, &reply);
+            }
+        }
         self.breaker(cluster)
             .ok_or_else(|| ControlError::UnknownCluster(cluster.to_owned()))
     }

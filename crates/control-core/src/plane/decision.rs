@@ -8,8 +8,16 @@ use super::runtime::{ClusterRuntime, Inner, Limits};
 use crate::{
     breaker::{Classification, Outcome, Ticket},
     config::WindowConfig,
+    store::{BreakerOp, FleetTicket},
     window::Verdict,
 };
+
+/// Which breaker admitted a call: this replica's own, or the fleet-wide one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BreakerTicket {
+    Local(Ticket),
+    Fleet(FleetTicket),
+}
 
 /// Why a guarded call was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,7 +169,7 @@ impl Rejection {
 pub struct Permit {
     pub(crate) plane: Arc<Inner>,
     pub(crate) cluster: Arc<ClusterRuntime>,
-    pub(crate) ticket: Option<Ticket>,
+    pub(crate) ticket: Option<BreakerTicket>,
     pub(crate) started: u64,
     pub(crate) rate_limit: Option<RateLimitStatus>,
 }
@@ -192,23 +200,47 @@ impl Permit {
     }
 
     /// Records the outcome in the cluster's breaker (classified by the plane's classifier;
-    /// an ignored outcome records nothing and gives a half-open probe permit back).
+    /// an ignored outcome records nothing and gives a half-open probe permit back). A
+    /// fleet-wide breaker gets the outcome from a spawned task: the response never waits
+    /// for it.
     pub fn finish(mut self, outcome: Outcome) {
-        if let Some(ticket) = self.ticket.take() {
-            let failed = match self.plane.classifier.classify(outcome) {
-                Classification::Ignored => {
-                    self.cluster.breaker.lock().release(ticket);
-                    return;
-                }
-                Classification::Failure => true,
-                Classification::Success => false,
-            };
-            let now = self.plane.clock.now_millis();
-            let took = now.saturating_sub(self.started);
-            self.cluster
-                .breaker
-                .lock()
-                .record(ticket, failed, took, now);
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        let failed = match self.plane.classifier.classify(outcome) {
+            Classification::Ignored => return self.release(ticket),
+            Classification::Failure => true,
+            Classification::Success => false,
+        };
+        let now = self.plane.clock.now_millis();
+        let took = now.saturating_sub(self.started);
+        match ticket {
+            BreakerTicket::Local(ticket) => {
+                self.cluster
+                    .breaker
+                    .lock()
+                    .record(ticket, failed, took, now);
+            }
+            BreakerTicket::Fleet(ticket) => {
+                let op = BreakerOp::Record {
+                    ticket,
+                    failed,
+                    duration_ms: took,
+                };
+                self.plane.send_to_fleet(&self.cluster, op);
+            }
+        }
+    }
+
+    /// Gives a half-open probe permit back (a closed breaker's ticket needs nothing).
+    fn release(&self, ticket: BreakerTicket) {
+        match ticket {
+            BreakerTicket::Local(ticket) => self.cluster.breaker.lock().release(ticket),
+            BreakerTicket::Fleet(ticket) if ticket.probe => {
+                self.plane
+                    .send_to_fleet(&self.cluster, BreakerOp::Release(ticket));
+            }
+            BreakerTicket::Fleet(_) => {}
         }
     }
 }
@@ -216,7 +248,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
-            self.cluster.breaker.lock().release(ticket);
+            self.release(ticket);
         }
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! - `builder`: the plane and [`ControlPlaneBuilder`];
 //! - `runtime`: per-cluster atomics, the breaker mutexes and the metric counters;
+//! - `fleet`: a cluster's fleet-wide breaker (its store and this replica's copy);
 //! - `admission`: the checks in order (kill switch, cluster, breaker, rate limit);
 //! - `decision`: what a check decides;
 //! - `sync`: the refresher task, reloads and applying a loaded state;
@@ -16,6 +17,7 @@ mod builder;
 mod commands;
 mod decision;
 mod expiry;
+mod fleet;
 mod read;
 mod runtime;
 mod sync;

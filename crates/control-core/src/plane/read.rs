@@ -32,15 +32,16 @@ impl ControlPlane {
     pub fn breaker(&self, cluster: &str) -> Option<BreakerView> {
         let rt = self.runtime(cluster)?;
         let now = self.inner.clock.now_millis();
-        let breaker = rt.breaker.lock();
-        let totals = breaker.totals();
+        let (state, totals) = rt.breaker_seen(now);
+        let config = self.inner.config.breaker_for(cluster);
         Some(BreakerView {
-            state: breaker.state(now),
+            state,
             calls: totals.calls,
             failures: totals.failures,
             slow_calls: totals.slow,
-            window: breaker.config().window,
-            window_size: breaker.config().window_size,
+            window: config.window,
+            window_size: config.window_size,
+            fleet_wide: rt.fleet.is_some(),
         })
     }
 
@@ -147,7 +148,7 @@ impl ControlPlane {
                 Some(ClusterMetrics {
                     admitted: rt.counters.admitted.load(Ordering::Relaxed),
                     rejected: Rejections::read(&rt.counters.rejected),
-                    breaker: rt.breaker.lock().state(now),
+                    breaker: rt.breaker_seen(now).0,
                     enabled: now >= rt.disabled_until.load(Ordering::Acquire),
                     cluster: id,
                 })

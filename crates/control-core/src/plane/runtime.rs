@@ -13,8 +13,9 @@ use http::HeaderValue;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 
+use super::fleet::FleetBreaker;
 use crate::{
-    breaker::{Breaker, ClassifyFailure},
+    breaker::{Breaker, BreakerState, ClassifyFailure, Totals},
     client_key::SharedClientKey,
     config::{ControlConfig, WindowConfig},
     store::{CounterStore, RateLimitSettings, StateStore, StoreError, Versioned},
@@ -89,7 +90,12 @@ pub(crate) struct ClusterRuntime {
     /// 0 = enabled, `u64::MAX` = disabled without expiry, else the expiry (Unix ms).
     pub(crate) disabled_until: AtomicU64,
     pub(crate) limits: RwLock<Arc<Limits>>,
+    /// This replica's own breaker: it holds a manual trip (from the state document), and it
+    /// decides alone when the cluster has no fleet-wide breaker or its store is failing.
     pub(crate) breaker: Mutex<Breaker>,
+    /// The fleet-wide breaker, when the plane has a [`BreakerStore`](crate::BreakerStore)
+    /// and the cluster's window is count-based.
+    pub(crate) fleet: Option<Arc<FleetBreaker>>,
     pub(crate) breaker_resets_seen: AtomicU64,
     /// The shared store's epoch for this cluster last seen (`u64::MAX` = none yet).
     pub(crate) epoch_seen: AtomicU64,
@@ -99,6 +105,19 @@ pub(crate) struct ClusterRuntime {
 impl ClusterRuntime {
     pub(crate) fn limits(&self) -> Arc<Limits> {
         Arc::clone(&self.limits.read())
+    }
+
+    /// The breaker as the views show it: the fleet-wide state and window when the cluster
+    /// has a fleet breaker whose store answers, else this replica's own; a manual trip
+    /// (every replica has it from the state document) reads as forced open either way.
+    pub(crate) fn breaker_seen(&self, now: u64) -> (BreakerState, Totals) {
+        let local = self.breaker.lock();
+        let fleet = self.fleet.as_ref().and_then(|f| f.view(now));
+        let (state, totals) = fleet.unwrap_or_else(|| (local.state(now), local.totals()));
+        if local.is_forced_open() {
+            return (BreakerState::ForcedOpen, totals);
+        }
+        (state, totals)
     }
 }
 

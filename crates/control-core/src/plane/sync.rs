@@ -23,6 +23,7 @@ pub(crate) async fn refresher(plane: Weak<Inner>, every: Duration) {
         if inner.state_store.is_shared() {
             let _ = inner.refresh(false).await;
         }
+        inner.peek_fleet().await;
         let _ = inner.end_expired().await;
     }
 }
@@ -76,13 +77,18 @@ impl Inner {
             let resets = rt
                 .breaker_resets_seen
                 .swap(cluster.breaker_resets, Ordering::AcqRel);
-            if resets != cluster.breaker_resets
-                || (breaker.is_forced_open() && !cluster.breaker_forced_open)
-            {
+            let reset = resets != cluster.breaker_resets
+                || (breaker.is_forced_open() && !cluster.breaker_forced_open);
+            if reset {
                 breaker.reset();
             }
-            if cluster.breaker_forced_open {
+            let tripped = cluster.breaker_forced_open && !breaker.is_forced_open();
+            if tripped {
                 breaker.force_open();
+            }
+            if let Some(fleet) = rt.fleet.as_ref().filter(|_| reset || tripped) {
+                // A manual trip or reset on another replica: the fleet's state changed too.
+                fleet.mark_stale();
             }
         }
         *local = loaded;

@@ -1,5 +1,6 @@
 //! Where rate-limit counters and control state live: two small traits, in the shape of
-//! governor's `StateStore` and tower-sessions' `SessionStore`.
+//! governor's `StateStore` and tower-sessions' `SessionStore` (and a third, optional one,
+//! [`BreakerStore`], for breakers shared by the fleet).
 //!
 //! - [`CounterStore`]: one atomic take-or-peek over a cluster's windows ([`Count`]), plus
 //!   [`give_back`](CounterStore::give_back). The algorithm stays in the plane:
@@ -31,6 +32,7 @@ use std::{fmt, sync::Arc};
 use crate::config::WindowConfig;
 
 mod clients;
+mod fleet;
 mod future;
 mod layout;
 pub(crate) mod memory;
@@ -40,6 +42,7 @@ mod state;
 
 pub use crate::window::{decide, Slot, Taken};
 pub use clients::DEFAULT_CLIENT_CAPACITY;
+pub use fleet::{BreakerOp, BreakerStore, FleetReply, FleetTicket};
 pub use future::StoreFuture;
 pub use memory::AUDIT_CAPACITY;
 pub use state::{AuditEntry, ClusterState, ControlState, RateLimitSettings, Switch, Versioned};

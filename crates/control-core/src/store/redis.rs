@@ -38,8 +38,6 @@ use redis::{aio::ConnectionManager, AsyncCommands};
 
 mod breaker;
 
-pub use breaker::{FleetReply, FleetTicket};
-
 use super::{
     AuditEntry, ClientQuota, ControlState, Count, CounterStore, StateStore, StoreError,
     StoreFuture, Versioned, AUDIT_CAPACITY,

@@ -9,7 +9,7 @@
 //! | `{prefix}ctl:{<cluster>}:br` | hash | state, generation, open-until, half-open permits issued / succeeded, ring position, window totals |
 //! | `{prefix}ctl:{<cluster>}:brw` | hash | ring slot -> outcome flags (1 failed, 2 slow) |
 //!
-//! Every operation (acquire, record, release, force-open, reset) is one `EVALSHA` of
+//! Every operation (acquire, record, release, force-open, reset, peek) is one `EVALSHA` of
 //! [`FLEET_BREAKER_SCRIPT`], which mirrors [`crate::breaker`]'s state machine on Redis
 //! server time. Why a script per outcome and not batching: the script is atomic, so the
 //! window holds the combined calls of every replica with no lag, a transition happens
@@ -19,7 +19,7 @@
 //!
 //! Only count-based windows are shared; a time-based window is refused with a typed error.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use dreamnet_common::redis_connection::LuaScript;
 
@@ -27,15 +27,15 @@ use super::{RedisStore, Retry};
 use crate::{
     breaker::BreakerState,
     config::{BreakerConfig, SlidingWindow},
-    store::StoreError,
+    store::{BreakerOp, BreakerStore, FleetReply, FleetTicket, StoreError, StoreFuture},
 };
 
 /// The fleet breaker script. `KEYS[1]` the state hash, `KEYS[2]` the ring.
-/// `ARGV`: op (`a` acquire, `r` record, `l` release, `f` force open, `z` reset), ticket
-/// generation, probe, failed, slow, window size, minimum calls, failure threshold, slow
-/// threshold, wait in open (ms), half-open permits, enabled (plus, in tests only, a time).
-/// Returns `{admitted, generation, probe, retry_ms (-1 = none), state, transitioned}`;
-/// state is 0 closed, 1 open, 2 half-open, 3 forced open.
+/// `ARGV`: op (`a` acquire, `r` record, `l` release, `f` force open, `z` reset, `p` peek),
+/// ticket generation, probe, failed, slow, window size, minimum calls, failure threshold,
+/// slow threshold, wait in open (ms), half-open permits, enabled (plus, in tests only, a
+/// time). Returns `{admitted, generation, probe, retry_ms (-1 = none), state, transitioned,
+/// calls, failures, slow}`; state is 0 closed, 1 open, 2 half-open, 3 forced open.
 pub(crate) const FLEET_BREAKER_SCRIPT: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local b, w = KEYS[1], KEYS[2]
@@ -58,6 +58,13 @@ local iss, suc = tonumber(h[4]) or 0, tonumber(h[5]) or 0
 local nxt, len = tonumber(h[6]) or 0, tonumber(h[7]) or 0
 local calls, fail, slw = tonumber(h[8]) or 0, tonumber(h[9]) or 0, tonumber(h[10]) or 0
 local moved = 0
+-- A peek changes nothing (an expired open reads as half-open, as in the plane's breaker).
+if op == 'p' then
+  if tonumber(h[11]) ~= size then calls, fail, slw = 0, 0, 0 end
+  local shown, retry = st, -1
+  if st == 1 and now >= untl then shown = 2 elseif st == 1 then retry = untl - now end
+  return {0, gen, 0, retry, shown, 0, calls, fail, slw}
+end
 local function empty()
   nxt, len, calls, fail, slw = 0, 0, 0, 0, 0
   redis.call('DEL', w)
@@ -111,62 +118,39 @@ elseif op == 'z' then
 end
 redis.call('HSET', b, 'st', st, 'gen', gen, 'until', untl, 'iss', iss, 'suc', suc,
   'next', nxt, 'len', len, 'calls', calls, 'fail', fail, 'slow', slw, 'size', size)
-return {ok, gen, probe, retry, st, moved}
+if ok == 0 and st == 1 then retry = untl - now end
+return {ok, gen, probe, retry, st, moved, calls, fail, slw}
 ";
 
 static SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(FLEET_BREAKER_SCRIPT));
 
-/// A permission to make one call through the fleet-wide breaker, tied to the breaker
-/// generation that issued it (an outcome from an older generation is ignored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FleetTicket {
-    /// The fleet-wide generation when the permit was issued.
-    pub generation: u64,
-    /// Whether this is one of the half-open probes.
-    pub probe: bool,
-}
-
-/// What one fleet breaker operation answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FleetReply {
-    /// The permit, when the call may proceed (acquire only).
-    pub ticket: Option<FleetTicket>,
-    /// When rejected: how long until the breaker may admit again (milliseconds), if known.
-    pub retry_after_ms: Option<u64>,
-    /// The fleet-wide state after the operation.
-    pub state: BreakerState,
-    /// Whether this operation opened, closed or forced the breaker: exactly one caller
-    /// fleet-wide sees `true` per transition, so audit entries and metrics fire once.
-    pub transitioned: bool,
-}
-
-/// One operation of the fleet breaker script.
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    Acquire,
-    Record { failed: bool, slow: bool },
-    Release,
-    ForceOpen,
-    Reset,
+impl BreakerStore for RedisStore {
+    fn breaker(
+        &self,
+        cluster: &Arc<str>,
+        config: &Arc<BreakerConfig>,
+        op: BreakerOp,
+    ) -> StoreFuture<'static, Result<FleetReply, StoreError>> {
+        let (store, cluster, config) = (self.clone(), Arc::clone(cluster), Arc::clone(config));
+        StoreFuture::new(async move { store.run_breaker(&cluster, &config, op).await })
+    }
 }
 
 impl RedisStore {
-    /// Asks the fleet-wide breaker of `cluster` for a permit. A half-open breaker hands out
-    /// exactly `config.half_open_calls` permits across every replica.
+    /// Asks the fleet-wide breaker of `cluster` for a permit ([`BreakerOp::Acquire`]).
     ///
     /// # Errors
-    /// The store is unreachable or late (the caller falls back, see the README), or
-    /// `config` uses a time-based window (only count windows are shared).
+    /// The store is unreachable or late (the plane then falls back to the replica's own
+    /// breaker), or `config` uses a time-based window (only count windows are shared).
     pub async fn breaker_acquire(
         &self,
         cluster: &str,
         config: &BreakerConfig,
     ) -> Result<FleetReply, StoreError> {
-        self.run_breaker(cluster, config, None, Op::Acquire).await
+        self.run_breaker(cluster, config, BreakerOp::Acquire).await
     }
 
-    /// Records the outcome of a call made with `ticket`. Store faults must not be
-    /// recorded (release the ticket instead): they say nothing about the upstream.
+    /// Records the outcome of a call made with `ticket` ([`BreakerOp::Record`]).
     ///
     /// # Errors
     /// As [`RedisStore::breaker_acquire`].
@@ -178,12 +162,15 @@ impl RedisStore {
         failed: bool,
         duration_ms: u64,
     ) -> Result<FleetReply, StoreError> {
-        let slow = duration_ms >= config.slow_call_duration_ms;
-        let op = Op::Record { failed, slow };
-        self.run_breaker(cluster, config, Some(ticket), op).await
+        let op = BreakerOp::Record {
+            ticket,
+            failed,
+            duration_ms,
+        };
+        self.run_breaker(cluster, config, op).await
     }
 
-    /// Gives back a permit whose call never completed or whose outcome is ignored.
+    /// Gives back a permit ([`BreakerOp::Release`]).
     ///
     /// # Errors
     /// As [`RedisStore::breaker_acquire`].
@@ -193,7 +180,7 @@ impl RedisStore {
         config: &BreakerConfig,
         ticket: FleetTicket,
     ) -> Result<FleetReply, StoreError> {
-        self.run_breaker(cluster, config, Some(ticket), Op::Release)
+        self.run_breaker(cluster, config, BreakerOp::Release(ticket))
             .await
     }
 
@@ -206,7 +193,8 @@ impl RedisStore {
         cluster: &str,
         config: &BreakerConfig,
     ) -> Result<FleetReply, StoreError> {
-        self.run_breaker(cluster, config, None, Op::ForceOpen).await
+        self.run_breaker(cluster, config, BreakerOp::ForceOpen)
+            .await
     }
 
     /// Closes the fleet-wide breaker with an empty window.
@@ -218,32 +206,41 @@ impl RedisStore {
         cluster: &str,
         config: &BreakerConfig,
     ) -> Result<FleetReply, StoreError> {
-        self.run_breaker(cluster, config, None, Op::Reset).await
+        self.run_breaker(cluster, config, BreakerOp::Reset).await
     }
 
     async fn run_breaker(
         &self,
         cluster: &str,
         config: &BreakerConfig,
-        ticket: Option<FleetTicket>,
-        op: Op,
+        op: BreakerOp,
     ) -> Result<FleetReply, StoreError> {
         if config.window != SlidingWindow::Count {
             return Err(StoreError::corrupt(
                 "the fleet-wide breaker shares count-based windows only",
             ));
         }
-        let (code, failed, slow) = match op {
-            Op::Acquire => ("a", false, false),
-            Op::Record { failed, slow } => ("r", failed, slow),
-            Op::Release => ("l", false, false),
-            Op::ForceOpen => ("f", false, false),
-            Op::Reset => ("z", false, false),
-        };
-        let ticket = ticket.unwrap_or(FleetTicket {
+        let none = FleetTicket {
             generation: 0,
             probe: false,
-        });
+        };
+        let (code, ticket, failed, slow) = match op {
+            BreakerOp::Acquire => ("a", none, false, false),
+            BreakerOp::Record {
+                ticket,
+                failed,
+                duration_ms,
+            } => (
+                "r",
+                ticket,
+                failed,
+                duration_ms >= config.slow_call_duration_ms,
+            ),
+            BreakerOp::Release(ticket) => ("l", ticket, false, false),
+            BreakerOp::ForceOpen => ("f", none, false, false),
+            BreakerOp::Reset => ("z", none, false, false),
+            BreakerOp::Peek => ("p", none, false, false),
+        };
         let mut invocation = SCRIPT.call();
         invocation
             .key(format!("{}ctl:{{{cluster}}}:br", self.prefix))
@@ -261,7 +258,8 @@ impl RedisStore {
             .arg(config.half_open_calls)
             .arg(u8::from(config.enabled));
         let invocation = &invocation;
-        // Not idempotent (a record moves the ring): sent again only if it never left.
+        // Peeks and acquires of a closed breaker could be sent twice, but a record moves the
+        // ring: no operation is sent again unless it never left.
         let reply: Vec<i64> = self
             .timed(Retry::IfUnsent, move |mut conn| async move {
                 invocation.invoke(&mut conn).await
@@ -272,7 +270,7 @@ impl RedisStore {
 }
 
 fn parse(reply: &[i64]) -> Result<FleetReply, StoreError> {
-    let &[ok, generation, probe, retry, state, moved] = reply else {
+    let &[ok, generation, probe, retry, state, moved, calls, failures, slow] = reply else {
         return Err(StoreError::corrupt(
             "breaker script answered the wrong shape",
         ));
@@ -288,8 +286,8 @@ fn parse(reply: &[i64]) -> Result<FleetReply, StoreError> {
             ))
         }
     };
-    let generation =
-        u64::try_from(generation).map_err(|_| StoreError::corrupt("negative generation"))?;
+    let count = |n: i64| u64::try_from(n).map_err(|_| StoreError::corrupt("negative count"));
+    let generation = count(generation)?;
     Ok(FleetReply {
         ticket: (ok == 1).then_some(FleetTicket {
             generation,
@@ -297,6 +295,10 @@ fn parse(reply: &[i64]) -> Result<FleetReply, StoreError> {
         }),
         retry_after_ms: u64::try_from(retry).ok(),
         state,
+        generation,
         transitioned: moved == 1,
+        calls: count(calls)?,
+        failures: count(failures)?,
+        slow_calls: count(slow)?,
     })
 }
