@@ -2,10 +2,13 @@
 //! window, one state machine and one set of half-open permits, on one Redis and on a Redis
 //! Cluster. Each test uses its own key prefix.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use dreamnet_common::redis_connection::RedisEndpoint;
-use dreamnet_control_core::{BreakerConfig, BreakerState, FleetTicket, RedisStore, SlidingWindow};
+use dreamnet_control_core::{
+    BreakerConfig, BreakerState, ClusterConfig, ControlConfig, ControlPlane, FleetTicket, Outcome,
+    RedisStore, RejectReason, SlidingWindow,
+};
 use dreamnet_test_support::redis_cluster::OwnRedisCluster;
 
 const WAIT_MS: u64 = 300;
@@ -197,4 +200,91 @@ async fn force_open_reset_stale_tickets_and_time_windows() {
         err.to_string().contains("count-based windows only"),
         "{err}"
     );
+}
+
+/// Two planes on one Redis prefix, sharing their breakers ([`ControlPlaneBuilder::breaker_store`]).
+fn fleet_plane(store: &RedisStore) -> ControlPlane {
+    let mut clusters = BTreeMap::new();
+    clusters.insert(
+        "api".to_owned(),
+        ClusterConfig::per_minute_hour_day(1000, 10_000, 100_000),
+    );
+    let config = ControlConfig {
+        clusters,
+        // Open long enough for every check below to see it open.
+        breaker: BreakerConfig {
+            wait_in_open_ms: 60_000,
+            ..config()
+        },
+        ..ControlConfig::default()
+    };
+    ControlPlane::builder()
+        .config(config)
+        .store(store.clone())
+        .breaker_store(Arc::new(store.clone()))
+        .build()
+}
+
+/// One call through `plane`, ending with `status` (a 500 is a failure); `None` when refused.
+async fn call(plane: &ControlPlane, status: u16) -> Option<()> {
+    let permit = plane.acquire("api", None).await.ok()?;
+    permit.finish(Outcome::Status(http::StatusCode::from_u16(status).unwrap()));
+    Some(())
+}
+
+async fn wait_until(what: &str, mut holds: impl FnMut() -> bool) {
+    dreamnet_test_support::eventually(what, Duration::from_secs(3), || {
+        let held = holds();
+        async move { held.then_some(()) }
+    })
+    .await;
+}
+
+/// Through the plane: ten calls alternating between two replicas, every other one failing,
+/// trip the breaker at the combined threshold (each replica alone saw 5 calls, below the
+/// 10-call minimum); both replicas then refuse and show it open; a manual trip and reset on
+/// one are seen by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_planes_trip_one_fleet_breaker_at_the_combined_threshold() {
+    let Some(store) = single().await else { return };
+    let store = store.prefix(&dreamnet_test_support::unique_prefix("fleet-plane"));
+    let (a, b) = (fleet_plane(&store), fleet_plane(&store));
+    assert!(a.breaker("api").unwrap().fleet_wide);
+    for i in 0..10 {
+        let plane = if i % 2 == 0 { &a } else { &b };
+        let status = if i % 2 == 1 { 500 } else { 200 };
+        call(plane, status).await.expect("closed: admitted");
+        // Outcomes travel from a spawned task: let each land before the next call.
+        let calls = i + 1;
+        wait_until("the outcome is in the shared window", || {
+            let seen = plane.breaker("api").unwrap();
+            seen.calls == calls || seen.state == BreakerState::Open
+        })
+        .await;
+    }
+    for plane in [&a, &b] {
+        wait_until("both replicas see the fleet breaker open", || {
+            plane.breaker("api").unwrap().state == BreakerState::Open
+        })
+        .await;
+        let refused = plane.acquire("api", None).await.unwrap_err();
+        assert_eq!(refused.reason(), Some(RejectReason::CircuitOpen));
+        assert!(refused.retry_after().is_some());
+    }
+
+    b.reset_breaker("api", None, "ops").await.unwrap();
+    wait_until("A sees B's reset", || {
+        a.breaker("api").unwrap().state == BreakerState::Closed
+    })
+    .await;
+    call(&a, 200).await.expect("closed again");
+    a.trip_breaker("api", Some("upstream down"), "ops")
+        .await
+        .unwrap();
+    wait_until("B sees A's manual trip", || {
+        b.breaker("api").unwrap().state == BreakerState::ForcedOpen
+    })
+    .await;
+    assert!(call(&b, 200).await.is_none());
+    store.purge().await.unwrap();
 }
