@@ -377,7 +377,9 @@ async fn control_plane(config: &Config, stores: &StoreMetrics) -> Result<Control
         Some(timeout) => store.timeout(timeout),
         None => store,
     };
+    // Breakers are fleet-wide on Redis: every replica's calls in one window.
     let plane = builder
+        .breaker_store(Arc::new(store.clone()))
         .store(TimedControl::new(store, "redis", stores))
         .build();
     // Load the shared state (kill switches, limits set by other replicas) before serving.
