@@ -1,0 +1,153 @@
+//! Two servers on one Redis share each cluster's circuit breaker: failures spread over the
+//! replicas trip it at the combined threshold, and a reset through one closes it for both.
+//!
+//! Each replica alone sees fewer calls than the breaker's minimum, so with per-replica
+//! breakers (the memory store, or a Redis breaker under another prefix) neither would open.
+//! Without the backends the test says so and skips, unless `DREAMNET_REQUIRE_BACKENDS=1`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backends, TestServer};
+use dreamnet_server::{Config, FileConfig};
+use dreamnet_test_support::holds_within;
+
+/// Four calls in the window, opened at 50% failures, for a minute.
+const BREAKER: &str = r#"
+    [control.breaker]
+    window_size = 4
+    minimum_calls = 4
+    failure_rate_threshold = 50.0
+    wait_in_open_ms = 60000
+"#;
+
+async fn replica(backends: &Backends) -> TestServer {
+    let mut config = Config {
+        file: FileConfig::from_toml(BREAKER).expect("a valid breaker config"),
+        ..Config::default()
+    };
+    backends.configure(&mut config);
+    TestServer::start_with(config).await
+}
+
+/// `clusters.<cluster>.circuitBreaker` of one replica's `GET /api/control`.
+async fn breaker_of(server: &TestServer, cluster: &str) -> serde_json::Value {
+    server.http.admin_get("/api/control").await.json()["clusters"][cluster]["circuitBreaker"]
+        .clone()
+}
+
+#[tokio::test]
+async fn failures_spread_over_two_replicas_trip_one_breaker() {
+    let Some(backends) = Backends::reserve().await else {
+        return;
+    };
+    let (a, b) = (replica(&backends).await, replica(&backends).await);
+
+    let view = breaker_of(&a, "jaggy-core").await;
+    assert_eq!(view["fleetWide"], true, "{view}");
+    assert_eq!(view["state"], "closed", "{view}");
+
+    // Two failures through each replica: 4 calls, 100% failed, fleet-wide. Each replica's
+    // own window would hold only 2 calls, below the minimum of 4.
+    for server in [&a, &b, &a, &b] {
+        server
+            .http
+            .get("/api/jaggy-core/status/500")
+            .await
+            .assert_problem(500);
+    }
+
+    // Outcomes are recorded after the response; each replica learns of the trip from the
+    // reply to its next outcome or from its refresher's peek (copies older than 1 s).
+    for (name, server) in [("a", &a), ("b", &b)] {
+        let refused = holds_within(Duration::from_secs(3), || async {
+            server.http.get("/api/jaggy-core/status/200").await.status == 503
+        })
+        .await;
+        assert!(refused, "replica {name} still admits 3 s after the fleet tripped");
+        let open = server.http.get("/api/jaggy-core/status/200").await;
+        open.assert_problem(503);
+        assert!(open.header("retry-after").is_some());
+        let view = breaker_of(server, "jaggy-core").await;
+        assert_eq!(view["state"], "open", "replica {name}: {view}");
+        assert!(view["failures"].as_u64() >= Some(2), "replica {name}: {view}");
+    }
+    // Another cluster is unaffected.
+    assert_eq!(b.http.get("/api/ai-seo/status/200").await.status, 200);
+    let metrics = b.http.get("/metrics").await.text();
+    assert!(
+        metrics.contains("dreamnet_circuit_breaker_state{cluster=\"jaggy-core\",state=\"open\"} 1"),
+        "{metrics}"
+    );
+
+    // A reset through one replica closes the breaker for both.
+    let reset = a
+        .http
+        .admin_post(
+            "/api/control/cluster/jaggy-core/circuit-breaker/reset",
+            "{}",
+        )
+        .await;
+    assert_eq!(reset.status, 200, "{}", reset.text());
+    for (name, server) in [("a", &a), ("b", &b)] {
+        let admitted = holds_within(Duration::from_secs(3), || async {
+            server.http.get("/api/jaggy-core/status/200").await.status == 200
+        })
+        .await;
+        assert!(admitted, "replica {name} still refuses 3 s after the reset");
+    }
+
+    // A manual trip through b refuses on a too, and both views say so.
+    let trip = b
+        .http
+        .admin_post("/api/control/cluster/jaggy-core/circuit-breaker/trip", "{}")
+        .await;
+    assert_eq!(trip.status, 200, "{}", trip.text());
+    let refused = holds_within(Duration::from_secs(3), || async {
+        a.http.get("/api/jaggy-core/echo").await.status == 503
+    })
+    .await;
+    assert!(refused, "replica a admits 3 s after a manual trip through b");
+    assert_eq!(breaker_of(&a, "jaggy-core").await["state"], "forced_open");
+
+    a.stop().await;
+    b.stop().await;
+    backends.drop_all().await;
+}
+
+#[tokio::test]
+async fn replicas_under_different_prefixes_keep_their_own_breakers() {
+    let Some(first) = Backends::reserve().await else {
+        return;
+    };
+    let Some(second) = Backends::reserve().await else {
+        return;
+    };
+    let (a, b) = (replica(&first).await, replica(&second).await);
+
+    // The same four failures, but on two fleets: neither window reaches its minimum.
+    for server in [&a, &b, &a, &b] {
+        server
+            .http
+            .get("/api/jaggy-core/status/500")
+            .await
+            .assert_problem(500);
+    }
+    // Wait past a peek so that a copy which could have changed has been refreshed.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for (name, server) in [("a", &a), ("b", &b)] {
+        assert_eq!(
+            server.http.get("/api/jaggy-core/status/200").await.status,
+            200,
+            "replica {name}"
+        );
+        let view = breaker_of(server, "jaggy-core").await;
+        assert_eq!(view["state"], "closed", "replica {name}: {view}");
+    }
+
+    a.stop().await;
+    b.stop().await;
+    first.drop_all().await;
+    second.drop_all().await;
+}
