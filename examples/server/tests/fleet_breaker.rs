@@ -65,13 +65,19 @@ async fn failures_spread_over_two_replicas_trip_one_breaker() {
             server.http.get("/api/jaggy-core/status/200").await.status == 503
         })
         .await;
-        assert!(refused, "replica {name} still admits 3 s after the fleet tripped");
+        assert!(
+            refused,
+            "replica {name} still admits 3 s after the fleet tripped"
+        );
         let open = server.http.get("/api/jaggy-core/status/200").await;
         open.assert_problem(503);
         assert!(open.header("retry-after").is_some());
         let view = breaker_of(server, "jaggy-core").await;
         assert_eq!(view["state"], "open", "replica {name}: {view}");
-        assert!(view["failures"].as_u64() >= Some(2), "replica {name}: {view}");
+        assert!(
+            view["failures"].as_u64() >= Some(2),
+            "replica {name}: {view}"
+        );
     }
     // Another cluster is unaffected.
     assert_eq!(b.http.get("/api/ai-seo/status/200").await.status, 200);
@@ -108,7 +114,10 @@ async fn failures_spread_over_two_replicas_trip_one_breaker() {
         a.http.get("/api/jaggy-core/echo").await.status == 503
     })
     .await;
-    assert!(refused, "replica a admits 3 s after a manual trip through b");
+    assert!(
+        refused,
+        "replica a admits 3 s after a manual trip through b"
+    );
     assert_eq!(breaker_of(&a, "jaggy-core").await["state"], "forced_open");
 
     a.stop().await;

@@ -16,13 +16,24 @@
 //! # fn main() {}
 //! ```
 //!
+//! A store holding fleet-wide breakers ([`BreakerStore`], e.g. `RedisStore`) runs
+//! `breaker_store_tests!` the same way:
+//!
+//! ```no_run
+//! # async fn connect() -> Option<dreamnet_control_core::RedisStore> { None }
+//! dreamnet_control_core::breaker_store_tests!(connect());
+//! # fn main() {}
+//! ```
+//!
 //! Each test is also a plain `async fn` taking the store as `Arc<dyn ...>`, for a harness of
 //! your own. Long windows (365 days) keep the counting tests clear of window boundaries,
 //! because a shared store may use its own clock, which tests cannot move.
 //!
 //! [`CounterStore`]: crate::CounterStore
 //! [`StateStore`]: crate::StateStore
+//! [`BreakerStore`]: crate::BreakerStore
 
+pub mod breaker;
 pub mod counter;
 pub mod per_client;
 pub mod state;
@@ -74,6 +85,27 @@ macro_rules! state_store_tests {
         $crate::__store_suite!(state_store_conformance; state; StateStore; $make; $cleanup;
             compare_and_swap_and_audit,
             notify_is_accepted,
+        );
+    };
+}
+
+/// Runs the [`breaker`] suite: `$make` gives `Option<S>` where `S: BreakerStore` (as for
+/// [`counter_store_tests!`]).
+#[macro_export]
+macro_rules! breaker_store_tests {
+    ($make:expr) => {
+        $crate::breaker_store_tests!($make, |_store| async {});
+    };
+    ($make:expr, $cleanup:expr) => {
+        $crate::__store_suite!(breaker_store_conformance; breaker; BreakerStore; $make; $cleanup;
+            opens_at_the_threshold_once,
+            stays_closed_below_the_minimum_and_the_rate,
+            half_open_permits_are_exact,
+            a_failed_probe_reopens,
+            forced_open_reset_and_stale_outcomes,
+            peek_changes_nothing,
+            clusters_are_isolated,
+            concurrent_outcomes_open_once,
         );
     };
 }

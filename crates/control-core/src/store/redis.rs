@@ -647,6 +647,7 @@ pub(crate) mod tests {
     crate::counter_store_tests!(store(), purge);
     crate::state_store_tests!(store(), purge);
     crate::epoch_tests!(store(), purge);
+    crate::breaker_store_tests!(store(), purge);
 
     /// The same suites on a 3-master Redis Cluster of this test binary's own: the state's
     /// scripts (`{state}`) and each cluster's counters (`{<cluster>}`) on their masters.
@@ -674,6 +675,7 @@ pub(crate) mod tests {
         crate::counter_store_tests!(store(), purge);
         crate::state_store_tests!(store(), purge);
         crate::epoch_tests!(store(), purge);
+        crate::breaker_store_tests!(store(), purge);
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn notify_bumps_epochs_that_live_on_different_masters() {
