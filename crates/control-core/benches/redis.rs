@@ -1,11 +1,12 @@
-//! The control layer on Redis: latency of one guarded request (one `EVALSHA` per decision)
-//! and of a kill-switch 503 (one read-only `EVALSHA` for `RateLimit`), and Redis round trips
-//! per request.
+//! The control layer on Redis: latency of one guarded request (one `EVALSHA` per decision),
+//! the same with the cluster's breaker fleet-wide (plus one `EVALSHA` per outcome, sent
+//! after the response), and of a kill-switch 503 (no round trip), and Redis round trips per
+//! request.
 //!
 //! Run: `cargo bench -p dreamnet-control-core --features redis --bench redis`
 #![allow(missing_docs, clippy::print_stdout)]
 
-use std::{collections::BTreeMap, convert::Infallible, time::Duration};
+use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -47,7 +48,7 @@ fn redis(c: &mut Criterion) {
     };
     let plane = rt.block_on(async {
         ControlPlane::builder()
-            .config(config)
+            .config(config.clone())
             .store(store.clone())
             .refresh_interval(Duration::from_secs(3600))
             .build()
@@ -57,6 +58,44 @@ fn redis(c: &mut Criterion) {
         .service(service_fn(|_req: Request<Full<Bytes>>| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
         }));
+    // The same on another prefix, with the breaker fleet-wide.
+    let fleet_store = store.clone().prefix(&format!("{prefix}fleet:"));
+    let fleet_plane = rt.block_on(async {
+        ControlPlane::builder()
+            .config(config)
+            .store(fleet_store.clone())
+            .breaker_store(Arc::new(fleet_store.clone()))
+            .refresh_interval(Duration::from_secs(3600))
+            .build()
+    });
+    let fleet_svc = ServiceBuilder::new()
+        .layer(fleet_plane.layer("wolf-pack"))
+        .service(service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        }));
+    let trips_before = fleet_store.round_trips();
+    let admitted_before = fleet_plane.metrics().admitted;
+    c.bench_function("control/layer_redis_3_windows_fleet_breaker", |b| {
+        b.to_async(&rt).iter(|| {
+            let svc = fleet_svc.clone();
+            async move {
+                let response = svc
+                    .oneshot(Request::new(Full::new(Bytes::new())))
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        });
+    });
+    // Let the last outcomes land before counting.
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(200)).await });
+    let requests = fleet_plane.metrics().admitted - admitted_before;
+    let trips = fleet_store.round_trips() - trips_before;
+    #[allow(clippy::cast_precision_loss)]
+    let per_request = trips as f64 / requests.max(1) as f64;
+    println!(
+        "control/redis round trips per request, fleet-wide breaker: {per_request:.3} ({trips} round trips for {requests} requests)"
+    );
     let trips_before = store.round_trips();
     let admitted_before = plane.metrics().admitted;
     c.bench_function("control/layer_redis_3_windows", |b| {
@@ -104,6 +143,7 @@ fn redis(c: &mut Criterion) {
         "control/redis round trips per kill-switch 503: {per_rejection:.3} ({trips} for {rejected})"
     );
     rt.block_on(store.purge()).ok();
+    rt.block_on(fleet_store.purge()).ok();
 }
 
 criterion_group! {
