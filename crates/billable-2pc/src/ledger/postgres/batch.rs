@@ -266,9 +266,12 @@ mod tests {
 
     use super::*;
 
+    /// The sizes of the batches a batcher started, in order.
+    type Started = Arc<Mutex<Vec<usize>>>;
+
     /// A batcher with two writers whose batches each wait for one permit of `gate`, and the
-    /// sizes of the batches it started, in order.
-    fn gated() -> (Batcher<u32, u32>, Arc<Semaphore>, Arc<Mutex<Vec<usize>>>) {
+    /// sizes of the batches it started.
+    fn gated() -> (Batcher<u32, u32>, Arc<Semaphore>, Started) {
         let gate = Arc::new(Semaphore::new(0));
         let started = Arc::new(Mutex::new(Vec::new()));
         let config = BatchConfig {
