@@ -1,7 +1,7 @@
 //! The handlers behind [`router`](super::router): extract, call the plane, answer JSON.
 
 use axum::{
-    extract::{FromRequestParts, RawQuery, State},
+    extract::{FromRequest, FromRequestParts, RawQuery, Request, State},
     http::request::Parts,
     response::Response,
 };
@@ -20,8 +20,27 @@ use crate::{
 #[cfg(feature = "openapi")]
 use dreamnet_admin::api::openapi::{BadRequest, NotFound, TooLarge, Unavailable};
 use dreamnet_common::Problem;
+use serde::Serialize;
 
 type Answer = Result<Response, ApiError>;
+
+/// The optional note of a command (`reason`, `disabledBy`): an absent or empty body is no
+/// note; a body that is there must be a valid JSON object.
+pub(super) struct Note(NoteBody);
+
+impl<S: Send + Sync> FromRequest<S> for Note {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let body = Option::<JsonObject<NoteBody>>::from_request(request, state).await?;
+        Ok(Self(body.map(|JsonObject(b)| b).unwrap_or_default()))
+    }
+}
+
+/// A command's view as JSON, or its problem.
+fn answer<V: Serialize>(result: Result<V, ControlError>) -> Answer {
+    result.map(|view| json(&view)).map_err(problem)
+}
 
 /// The `{id}` of a cluster the plane has; an unknown one is 404 before the body is read.
 pub(super) struct Cluster(String);
@@ -84,11 +103,11 @@ pub(super) async fn engage_kill_switch(
     State(plane): State<ControlPlane>,
     JsonObject(body): JsonObject<SwitchBody>,
 ) -> Answer {
-    let view = plane
-        .engage_kill_switch(&body.reason()?, body.actor(), body.ttl()?)
-        .await
-        .map_err(problem)?;
-    Ok(json(&view))
+    answer(
+        plane
+            .engage_kill_switch(&body.reason()?, body.actor(), body.ttl()?)
+            .await,
+    )
 }
 
 #[cfg_attr(feature = "openapi", utoipa::path(
@@ -99,14 +118,13 @@ pub(super) async fn engage_kill_switch(
 ))]
 pub(super) async fn release_kill_switch(
     State(plane): State<ControlPlane>,
-    body: Option<JsonObject<NoteBody>>,
+    Note(note): Note,
 ) -> Answer {
-    let body = body.map(|JsonObject(b)| b).unwrap_or_default();
-    let view = plane
-        .release_kill_switch(body.reason.as_deref(), body.actor())
-        .await
-        .map_err(problem)?;
-    Ok(json(&view))
+    answer(
+        plane
+            .release_kill_switch(note.reason.as_deref(), note.actor())
+            .await,
+    )
 }
 
 /// A cluster with its usage windows (the shape of `GET /cluster/{id}` and of the answers
@@ -156,11 +174,10 @@ pub(super) async fn disable_cluster(
 pub(super) async fn enable_cluster(
     State(plane): State<ControlPlane>,
     Cluster(id): Cluster,
-    body: Option<JsonObject<NoteBody>>,
+    Note(note): Note,
 ) -> Answer {
-    let body = body.map(|JsonObject(b)| b).unwrap_or_default();
     plane
-        .enable_cluster(&id, body.reason.as_deref(), body.actor())
+        .enable_cluster(&id, note.reason.as_deref(), note.actor())
         .await
         .map_err(problem)?;
     cluster_with_usage(&plane, &id).await
@@ -189,11 +206,11 @@ pub(super) async fn set_rate_limit(
     JsonObject(body): JsonObject<RateLimitBody>,
 ) -> Answer {
     let (update, reason, actor) = body.into_update()?;
-    let view = plane
-        .set_rate_limit(&id, &update, &actor, reason.as_deref())
-        .await
-        .map_err(problem)?;
-    Ok(json(&view))
+    answer(
+        plane
+            .set_rate_limit(&id, &update, &actor, reason.as_deref())
+            .await,
+    )
 }
 
 #[cfg_attr(feature = "openapi", utoipa::path(
@@ -216,14 +233,13 @@ pub(super) async fn breaker(State(plane): State<ControlPlane>, Cluster(id): Clus
 pub(super) async fn trip_breaker(
     State(plane): State<ControlPlane>,
     Cluster(id): Cluster,
-    body: Option<JsonObject<NoteBody>>,
+    Note(note): Note,
 ) -> Answer {
-    let body = body.map(|JsonObject(b)| b).unwrap_or_default();
-    let view = plane
-        .trip_breaker(&id, body.reason.as_deref(), body.actor())
-        .await
-        .map_err(problem)?;
-    Ok(json(&view))
+    answer(
+        plane
+            .trip_breaker(&id, note.reason.as_deref(), note.actor())
+            .await,
+    )
 }
 
 #[cfg_attr(feature = "openapi", utoipa::path(
@@ -236,14 +252,13 @@ pub(super) async fn trip_breaker(
 pub(super) async fn reset_breaker(
     State(plane): State<ControlPlane>,
     Cluster(id): Cluster,
-    body: Option<JsonObject<NoteBody>>,
+    Note(note): Note,
 ) -> Answer {
-    let body = body.map(|JsonObject(b)| b).unwrap_or_default();
-    let view = plane
-        .reset_breaker(&id, body.reason.as_deref(), body.actor())
-        .await
-        .map_err(problem)?;
-    Ok(json(&view))
+    answer(
+        plane
+            .reset_breaker(&id, note.reason.as_deref(), note.actor())
+            .await,
+    )
 }
 
 #[cfg_attr(feature = "openapi", utoipa::path(
