@@ -195,18 +195,7 @@ async fn rate_limit_admits_exactly_the_limit_and_reports_headers(stores: Stores)
 }
 
 async fn breaker_opens_on_failures_and_resets_by_hand(stores: Stores) {
-    let Some(server) = TestServer::on_file_config(
-        stores,
-        r#"
-        [control.breaker]
-        window_size = 4
-        minimum_calls = 4
-        failure_rate_threshold = 50.0
-        wait_in_open_ms = 60000
-        "#,
-    )
-    .await
-    else {
+    let Some(server) = TestServer::on_file_config(stores, common::TOUCHY_BREAKER).await else {
         return;
     };
     let http = &server.http;

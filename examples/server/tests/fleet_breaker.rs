@@ -9,22 +9,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backends, TestServer};
+use common::{Backends, TestServer, TOUCHY_BREAKER};
 use dreamnet_server::{Config, FileConfig};
 use dreamnet_test_support::holds_within;
 
-/// Four calls in the window, opened at 50% failures, for a minute.
-const BREAKER: &str = r#"
-    [control.breaker]
-    window_size = 4
-    minimum_calls = 4
-    failure_rate_threshold = 50.0
-    wait_in_open_ms = 60000
-"#;
-
 async fn replica(backends: &Backends) -> TestServer {
     let mut config = Config {
-        file: FileConfig::from_toml(BREAKER).expect("a valid breaker config"),
+        file: FileConfig::from_toml(TOUCHY_BREAKER).expect("a valid breaker config"),
         ..Config::default()
     };
     backends.configure(&mut config);
@@ -35,6 +26,20 @@ async fn replica(backends: &Backends) -> TestServer {
 async fn breaker_of(server: &TestServer, cluster: &str) -> serde_json::Value {
     server.http.admin_get("/api/control").await.json()["clusters"][cluster]["circuitBreaker"]
         .clone()
+}
+
+/// Waits (up to 3 s: a replica learns of a change from its next outcome's reply or from its
+/// refresher's peek of copies older than 1 s) until `server` answers `path` with `status`.
+async fn answers_within(server: &TestServer, path: &str, status: u16) {
+    let seen = holds_within(Duration::from_secs(3), || async {
+        server.http.get(path).await.status == status
+    })
+    .await;
+    assert!(
+        seen,
+        "{} still not {status} on {path} after 3 s",
+        server.addr
+    );
 }
 
 #[tokio::test]
@@ -61,14 +66,7 @@ async fn failures_spread_over_two_replicas_trip_one_breaker() {
     // Outcomes are recorded after the response; each replica learns of the trip from the
     // reply to its next outcome or from its refresher's peek (copies older than 1 s).
     for (name, server) in [("a", &a), ("b", &b)] {
-        let refused = holds_within(Duration::from_secs(3), || async {
-            server.http.get("/api/jaggy-core/status/200").await.status == 503
-        })
-        .await;
-        assert!(
-            refused,
-            "replica {name} still admits 3 s after the fleet tripped"
-        );
+        answers_within(server, "/api/jaggy-core/status/200", 503).await;
         let open = server.http.get("/api/jaggy-core/status/200").await;
         open.assert_problem(503);
         assert!(open.header("retry-after").is_some());
@@ -96,12 +94,8 @@ async fn failures_spread_over_two_replicas_trip_one_breaker() {
         )
         .await;
     assert_eq!(reset.status, 200, "{}", reset.text());
-    for (name, server) in [("a", &a), ("b", &b)] {
-        let admitted = holds_within(Duration::from_secs(3), || async {
-            server.http.get("/api/jaggy-core/status/200").await.status == 200
-        })
-        .await;
-        assert!(admitted, "replica {name} still refuses 3 s after the reset");
+    for server in [&a, &b] {
+        answers_within(server, "/api/jaggy-core/status/200", 200).await;
     }
 
     // A manual trip through b refuses on a too, and both views say so.
@@ -110,14 +104,7 @@ async fn failures_spread_over_two_replicas_trip_one_breaker() {
         .admin_post("/api/control/cluster/jaggy-core/circuit-breaker/trip", "{}")
         .await;
     assert_eq!(trip.status, 200, "{}", trip.text());
-    let refused = holds_within(Duration::from_secs(3), || async {
-        a.http.get("/api/jaggy-core/echo").await.status == 503
-    })
-    .await;
-    assert!(
-        refused,
-        "replica a admits 3 s after a manual trip through b"
-    );
+    answers_within(&a, "/api/jaggy-core/echo", 503).await;
     assert_eq!(breaker_of(&a, "jaggy-core").await["state"], "forced_open");
 
     a.stop().await;

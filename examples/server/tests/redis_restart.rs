@@ -7,19 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestServer;
+// `TOUCHY_BREAKER` opens after 2 failures out of 4 calls: 20 store-fault 503s would open
+// it many times over if they were counted.
+use common::{TestServer, TOUCHY_BREAKER};
 use dreamnet_server::{Config, FileConfig};
 use dreamnet_test_support::{redis_server::OwnRedis, unique_prefix};
-
-/// A breaker that opens after 2 failures out of 4 calls: 20 store-fault 503s would open it
-/// many times over if they were counted.
-const TOUCHY_BREAKER: &str = r#"
-[control.breaker]
-window_size = 4
-minimum_calls = 4
-failure_rate_threshold = 50.0
-wait_in_open_ms = 60000
-"#;
 
 const ECHO: &str = "/api/jaggy-core/echo";
 

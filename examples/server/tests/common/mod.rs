@@ -20,6 +20,16 @@ pub mod own_redis;
 
 pub const TOKEN: &str = "test-admin-token";
 
+/// A file config whose breakers open at 50 % failures of 4 calls (at least 4), for a minute:
+/// a few failed calls open one, and it stays open for the rest of a test.
+pub const TOUCHY_BREAKER: &str = r#"
+[control.breaker]
+window_size = 4
+minimum_calls = 4
+failure_rate_threshold = 50.0
+wait_in_open_ms = 60000
+"#;
+
 /// A response, fully read.
 #[derive(Debug)]
 pub struct Reply {
