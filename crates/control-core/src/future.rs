@@ -248,35 +248,29 @@ mod tests {
         }
         clock.advance(Duration::from_secs(30));
         // Exhaust the rate limit: the 429s must not consume the 3 probe permits.
-        plane
-            .set_rate_limit(
-                "alpha",
-                &RateLimitUpdate {
-                    requests_per_minute: Some(0),
-                    ..RateLimitUpdate::default()
-                },
-                "ops",
-                None,
-            )
-            .await
-            .unwrap();
+        set_limit(
+            &plane,
+            "alpha",
+            RateLimitUpdate {
+                requests_per_minute: Some(0),
+                ..RateLimitUpdate::default()
+            },
+        )
+        .await;
         let ok = guarded(&plane, "alpha", ok_status());
         for _ in 0..5 {
             assert_eq!(send(&ok).await.status(), 429);
         }
         // A cancelled probe (future dropped before completion) gives its permit back too.
-        plane
-            .set_rate_limit(
-                "alpha",
-                &RateLimitUpdate {
-                    enabled: Some(false),
-                    ..RateLimitUpdate::default()
-                },
-                "ops",
-                None,
-            )
-            .await
-            .unwrap();
+        set_limit(
+            &plane,
+            "alpha",
+            RateLimitUpdate {
+                enabled: Some(false),
+                ..RateLimitUpdate::default()
+            },
+        )
+        .await;
         for _ in 0..4 {
             let future = ok.clone().oneshot(Request::new(Full::default()));
             drop(future);

@@ -407,19 +407,16 @@ mod tests {
             assert_eq!(send(&svc).await.status(), 200);
         }
         assert_eq!(send(&svc).await.status(), 429);
-        let view = plane
-            .set_rate_limit(
-                "alpha",
-                &RateLimitUpdate {
-                    requests_per_minute: Some(3),
-                    windows: None,
-                    ..RateLimitUpdate::default()
-                },
-                "ops",
-                None,
-            )
-            .await
-            .unwrap();
+        let view = set_limit(
+            &plane,
+            "alpha",
+            RateLimitUpdate {
+                requests_per_minute: Some(3),
+                windows: None,
+                ..RateLimitUpdate::default()
+            },
+        )
+        .await;
         assert_eq!(view.requests_per_minute, Some(3));
         assert_eq!(view.requests_per_hour, Some(1000));
         let response = send(&svc).await;
@@ -513,18 +510,15 @@ mod tests {
         assert_eq!(plane.usage("alpha").await.unwrap()[1].used, 7);
         // Requests without any key share the anonymous client's quota.
         let anonymous = |b: http::request::Builder| b;
-        plane
-            .set_rate_limit(
-                "alpha",
-                &RateLimitUpdate {
-                    requests_per_hour: Some(1000),
-                    ..RateLimitUpdate::default()
-                },
-                "ops",
-                None,
-            )
-            .await
-            .unwrap();
+        set_limit(
+            &plane,
+            "alpha",
+            RateLimitUpdate {
+                requests_per_hour: Some(1000),
+                ..RateLimitUpdate::default()
+            },
+        )
+        .await;
         let statuses: Vec<u16> = futures_util::future::join_all((0..5).map(|_| call(anonymous)))
             .await
             .iter()

@@ -53,6 +53,18 @@ pub(crate) fn plane(minute: u64) -> (ControlPlane, ManualClock) {
     (plane, clock)
 }
 
+/// Applies `update` to `cluster`'s rate limit as `ops`, with no reason.
+pub(crate) async fn set_limit(
+    plane: &ControlPlane,
+    cluster: &str,
+    update: RateLimitUpdate,
+) -> crate::views::RateLimitView {
+    plane
+        .set_rate_limit(cluster, &update, "ops", None)
+        .await
+        .expect("a valid rate-limit update")
+}
+
 /// A handler answering with the status in `status` (shared so tests can change it).
 pub(crate) fn guarded(plane: &ControlPlane, cluster: &str, status: Arc<AtomicU16>) -> Svc {
     let service = ServiceBuilder::new()
