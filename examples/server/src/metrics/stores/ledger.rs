@@ -76,12 +76,9 @@ fn timed<'a, T: Send + 'a>(
     op: &'a Op,
     call: BoxFuture<'a, LedgerResult<T>>,
 ) -> BoxFuture<'a, LedgerResult<T>> {
-    let started = Instant::now();
-    Box::pin(async move {
-        let result = call.await;
-        op.record(started, result.as_ref().is_err_and(LedgerError::is_backend));
-        result
-    })
+    Box::pin(super::timed(op, Instant::now(), call, |result| {
+        result.as_ref().is_err_and(LedgerError::is_backend)
+    }))
 }
 
 impl Ledger for TimedLedger {
