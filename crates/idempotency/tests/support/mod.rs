@@ -152,15 +152,12 @@ impl Backend {
                     .await;
             }
         });
-        Self {
+        Self::remote(
             name,
-            store: Arc::new(store),
-            replica: Arc::new(replica),
-            unreachable: Arc::new(unreachable),
-            clock: None,
-            corrupt: Some(Box::new(corrupt)),
-            cleanup: Some(cleanup),
-        }
+            [store, replica, unreachable],
+            Box::new(corrupt),
+            cleanup,
+        )
     }
 
     #[cfg(feature = "postgres")]
@@ -214,15 +211,27 @@ impl Backend {
                 .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
                 .await;
         });
-        Some(Self {
-            name: "postgres",
+        let stores = [store, replica, unreachable];
+        Some(Self::remote("postgres", stores, Box::new(corrupt), cleanup))
+    }
+
+    /// A backend on a server (Redis, PostgreSQL): its store, replica and unreachable store,
+    /// real time (no fake clock), a way to write foreign values, and a cleanup.
+    fn remote<S: IdempotencyStore>(
+        name: &'static str,
+        [store, replica, unreachable]: [S; 3],
+        corrupt: Box<CorruptFn>,
+        cleanup: BoxFut,
+    ) -> Self {
+        Self {
+            name,
             store: Arc::new(store),
             replica: Arc::new(replica),
             unreachable: Arc::new(unreachable),
             clock: None,
-            corrupt: Some(Box::new(corrupt)),
+            corrupt: Some(corrupt),
             cleanup: Some(cleanup),
-        })
+        }
     }
 
     /// Lease used by tests that wait for a lease to end.
