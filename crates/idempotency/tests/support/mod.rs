@@ -138,20 +138,7 @@ impl Backend {
                     .expect("write foreign value");
             })
         };
-        let mut cleanup_conn = raw;
-        let cleanup = Box::pin(async move {
-            let keys = cleanup_conn
-                .keys_matching(&format!("{prefix}*"))
-                .await
-                .unwrap_or_default();
-            // One DEL per key: on a cluster the keys live in different slots.
-            for key in keys {
-                let _: Result<(), _> = redis::cmd("DEL")
-                    .arg(key)
-                    .query_async(&mut cleanup_conn)
-                    .await;
-            }
-        });
+        let cleanup = Box::pin(delete_redis_keys(raw, prefix));
         Self::remote(
             name,
             [store, replica, unreachable],
@@ -263,6 +250,22 @@ impl Backend {
         if let Some(cleanup) = self.cleanup {
             cleanup.await;
         }
+    }
+}
+
+/// Deletes every Redis key under `prefix` (a test's cleanup), one DEL per key: on a cluster
+/// the keys live in different slots.
+#[cfg(feature = "redis")]
+pub async fn delete_redis_keys(
+    mut conn: dreamnet_common::redis_connection::RedisConnection,
+    prefix: String,
+) {
+    let keys = conn
+        .keys_matching(&format!("{prefix}*"))
+        .await
+        .unwrap_or_default();
+    for key in keys {
+        let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
     }
 }
 
