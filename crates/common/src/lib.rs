@@ -30,6 +30,7 @@
 pub mod account;
 pub mod body;
 pub mod clock;
+mod delegate;
 pub mod fault;
 pub mod grpc;
 pub mod heartbeat;

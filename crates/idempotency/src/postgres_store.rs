@@ -306,13 +306,8 @@ impl PostgresStore {
         self.inner
             .migrated
             .get_or_try_init(|| async {
-                let client = self
-                    .inner
-                    .pool
-                    .get()
-                    .await
-                    .map_err(StoreError::unavailable)?;
-                client
+                self.client()
+                    .await?
                     .batch_execute(&self.inner.sql.migrate)
                     .await
                     .map_err(StoreError::unavailable)
@@ -326,20 +321,7 @@ impl PostgresStore {
     /// # Errors
     /// [`StoreError::Unavailable`] when the database cannot be reached.
     pub async fn purge_expired(&self) -> Result<u64, StoreError> {
-        self.with_deadline(async {
-            self.migrate().await?;
-            let client = self
-                .inner
-                .pool
-                .get()
-                .await
-                .map_err(StoreError::unavailable)?;
-            client
-                .execute(&self.inner.sql.purge, &[])
-                .await
-                .map_err(StoreError::unavailable)
-        })
-        .await
+        self.execute(&self.inner.sql.purge, &[]).await
     }
 
     async fn with_deadline<T>(
@@ -351,17 +333,17 @@ impl PostgresStore {
             .unwrap_or_else(|_| Err(StoreError::unavailable("postgres: operation timed out")))
     }
 
+    /// A pooled connection (waiting for one is bounded by the pool's own timeouts).
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.inner.pool.get().await.map_err(StoreError::unavailable)
+    }
+
     /// A pooled connection and the prepared (cached per connection) statement for `sql`.
     async fn prepared(
         &self,
         sql: &str,
     ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), StoreError> {
-        let client = self
-            .inner
-            .pool
-            .get()
-            .await
-            .map_err(StoreError::unavailable)?;
+        let client = self.client().await?;
         let statement = client
             .prepare_cached(sql)
             .await
@@ -369,9 +351,28 @@ impl PostgresStore {
         Ok((client, statement))
     }
 
+    /// Runs the single-statement write `sql` within the deadline, after the migration: the
+    /// number of rows it changed. Every write but the claim (which reads its row back) is
+    /// one such call, so each states only its statement and parameters.
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        self.with_deadline(async {
+            self.migrate().await?;
+            let (client, statement) = self.prepared(sql).await?;
+            client
+                .execute(&statement, params)
+                .await
+                .map_err(StoreError::unavailable)
+        })
+        .await
+    }
+
     async fn claim_once(&self, request: &ClaimRequest<'_>) -> Result<Option<Claim>, StoreError> {
         let (client, statement) = self.prepared(&self.inner.sql.claim).await?;
-        let lease = i64::try_from(request.lease.as_millis()).unwrap_or(i64::MAX);
+        let lease = sql_millis(request.lease);
         let rows = client
             .query(
                 &statement,
@@ -466,22 +467,18 @@ impl IdempotencyStore for PostgresStore {
         response: &'a StoredResponse,
         ttl: Duration,
     ) -> StoreFuture<'a, Completion> {
-        Box::pin(self.with_deadline(async move {
-            self.migrate().await?;
-            let (client, statement) = self.prepared(&self.inner.sql.complete).await?;
-            let token = i64::try_from(token.0).unwrap_or(i64::MAX);
-            let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-            let encoded = response.encode();
-            let updated = client
-                .execute(&statement, &[&scope, &key, &token, &encoded, &ttl])
-                .await
-                .map_err(StoreError::unavailable)?;
+        Box::pin(async move {
+            let (token, ttl, encoded) = (sql_token(token), sql_millis(ttl), response.encode());
+            let sql = &self.inner.sql.complete;
+            let updated = self
+                .execute(sql, &[&scope, &key, &token, &encoded, &ttl])
+                .await?;
             Ok(if updated == 1 {
                 Completion::Stored
             } else {
                 Completion::Superseded
             })
-        }))
+        })
     }
 
     fn release<'a>(
@@ -490,16 +487,13 @@ impl IdempotencyStore for PostgresStore {
         key: &'a str,
         token: FencingToken,
     ) -> StoreFuture<'a, bool> {
-        Box::pin(self.with_deadline(async move {
-            self.migrate().await?;
-            let (client, statement) = self.prepared(&self.inner.sql.release).await?;
-            let token = i64::try_from(token.0).unwrap_or(i64::MAX);
-            let deleted = client
-                .execute(&statement, &[&scope, &key, &token])
-                .await
-                .map_err(StoreError::unavailable)?;
+        Box::pin(async move {
+            let token = sql_token(token);
+            let deleted = self
+                .execute(&self.inner.sql.release, &[&scope, &key, &token])
+                .await?;
             Ok(deleted == 1)
-        }))
+        })
     }
 
     fn extend<'a>(
@@ -509,18 +503,24 @@ impl IdempotencyStore for PostgresStore {
         token: FencingToken,
         lease: Duration,
     ) -> StoreFuture<'a, bool> {
-        Box::pin(self.with_deadline(async move {
-            self.migrate().await?;
-            let (client, statement) = self.prepared(&self.inner.sql.extend).await?;
-            let token = i64::try_from(token.0).unwrap_or(i64::MAX);
-            let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-            let updated = client
-                .execute(&statement, &[&scope, &key, &token, &lease])
-                .await
-                .map_err(StoreError::unavailable)?;
+        Box::pin(async move {
+            let (token, lease) = (sql_token(token), sql_millis(lease));
+            let sql = &self.inner.sql.extend;
+            let updated = self.execute(sql, &[&scope, &key, &token, &lease]).await?;
             Ok(updated == 1)
-        }))
+        })
     }
+}
+
+/// A fencing token as the table's `bigint` (tokens are microsecond clock readings, far
+/// below `i64::MAX`; a larger one saturates rather than wraps).
+fn sql_token(token: FencingToken) -> i64 {
+    i64::try_from(token.0).unwrap_or(i64::MAX)
+}
+
+/// A lease or TTL in whole milliseconds, the statements' `$n::bigint` interval.
+fn sql_millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -319,6 +319,21 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Runs one of the scripts that answer 1 or 0 (complete, release, extend) on the record
+    /// of (scope, key): whether the token still held it.
+    async fn run_flag(
+        &self,
+        script: &LuaScript,
+        scope: &str,
+        key: &str,
+        args: &[&[u8]],
+    ) -> Result<bool, StoreError> {
+        let value = self.run(script, self.record_key(scope, key), args).await?;
+        parse_flag(&value)
+    }
+}
+
 fn millis_arg(d: Duration) -> String {
     u64::try_from(d.as_millis())
         .unwrap_or(u64::MAX)
@@ -438,14 +453,11 @@ impl IdempotencyStore for RedisStore {
             let token = token.0.to_string();
             let ttl = millis_arg(ttl);
             let encoded = response.encode();
-            let value = self
-                .run(
-                    &self.inner.complete,
-                    self.record_key(scope, key),
-                    &[token.as_bytes(), &encoded, ttl.as_bytes()],
-                )
+            let args: [&[u8]; 3] = [token.as_bytes(), &encoded, ttl.as_bytes()];
+            let stored = self
+                .run_flag(&self.inner.complete, scope, key, &args)
                 .await?;
-            Ok(if parse_flag(&value)? {
+            Ok(if stored {
                 Completion::Stored
             } else {
                 Completion::Superseded
@@ -461,14 +473,8 @@ impl IdempotencyStore for RedisStore {
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let token = token.0.to_string();
-            let value = self
-                .run(
-                    &self.inner.release,
-                    self.record_key(scope, key),
-                    &[token.as_bytes()],
-                )
-                .await?;
-            parse_flag(&value)
+            self.run_flag(&self.inner.release, scope, key, &[token.as_bytes()])
+                .await
         })
     }
 
@@ -482,14 +488,8 @@ impl IdempotencyStore for RedisStore {
         Box::pin(async move {
             let token = token.0.to_string();
             let lease = millis_arg(lease);
-            let value = self
-                .run(
-                    &self.inner.extend,
-                    self.record_key(scope, key),
-                    &[token.as_bytes(), lease.as_bytes()],
-                )
-                .await?;
-            parse_flag(&value)
+            let args: [&[u8]; 2] = [token.as_bytes(), lease.as_bytes()];
+            self.run_flag(&self.inner.extend, scope, key, &args).await
         })
     }
 }

@@ -138,38 +138,121 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     }
 }
 
-impl<T: IdempotencyStore + ?Sized> IdempotencyStore for std::sync::Arc<T> {
-    fn claim<'a>(&'a self, request: ClaimRequest<'a>) -> StoreFuture<'a, Claim> {
-        (**self).claim(request)
-    }
+/// One of the [`IdempotencyStore`] methods, as handed to the wrapping expression of
+/// [`forward_idempotency_store!`](crate::forward_idempotency_store) (a metrics label, a
+/// fault to inject for one method only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StoreOp {
+    /// [`IdempotencyStore::claim`].
+    Claim,
+    /// [`IdempotencyStore::complete`].
+    Complete,
+    /// [`IdempotencyStore::release`].
+    Release,
+    /// [`IdempotencyStore::extend`].
+    Extend,
+}
 
-    fn complete<'a>(
-        &'a self,
-        scope: &'a str,
-        key: &'a str,
-        token: FencingToken,
-        response: &'a StoredResponse,
-        ttl: Duration,
-    ) -> StoreFuture<'a, Completion> {
-        (**self).complete(scope, key, token, response, ttl)
-    }
-
-    fn release<'a>(
-        &'a self,
-        scope: &'a str,
-        key: &'a str,
-        token: FencingToken,
-    ) -> StoreFuture<'a, bool> {
-        (**self).release(scope, key, token)
-    }
-
-    fn extend<'a>(
-        &'a self,
-        scope: &'a str,
-        key: &'a str,
-        token: FencingToken,
-        lease: Duration,
-    ) -> StoreFuture<'a, bool> {
-        (**self).extend(scope, key, token, lease)
+impl StoreOp {
+    /// The method's name: `claim`, `complete`, `release` or `extend`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Claim => "claim",
+            Self::Complete => "complete",
+            Self::Release => "release",
+            Self::Extend => "extend",
+        }
     }
 }
+
+/// Implements [`IdempotencyStore`] for a wrapper by forwarding every method to the store
+/// it wraps, so a wrapper writes what it adds once instead of repeating the four
+/// signatures (and cannot forget `extend`, whose default would silently drop the lease
+/// heartbeat).
+///
+/// `|this| inner` names the wrapped store from `this` (the wrapper, `&Self`). The optional
+/// `|op, call| wrap` builds each method's [`StoreFuture`] knowing which method it is (`op`,
+/// a [`StoreOp`]); `call()` makes the forwarded call. It is a closure, not the inner
+/// future, because a store may do its work in the call itself (the memory store answers
+/// at once): a wrapper that times a call starts its clock before `call()`, and one that
+/// injects a fault need not call at all. Without `wrap` the inner future is returned as
+/// is. Generic parameters go in brackets after `impl`.
+///
+/// ```
+/// use dreamnet_idempotency::{forward_idempotency_store, store::StoreOp, IdempotencyStore};
+///
+/// /// Logs every store call's method.
+/// struct Logged<S>(S);
+///
+/// forward_idempotency_store!(impl[S: IdempotencyStore] for Logged<S> => |this| this.0, |op, call| {
+///     println!("store call: {}", op.as_str());
+///     call()
+/// });
+///
+/// let _store = Logged(dreamnet_idempotency::MemoryStore::new());
+/// ```
+#[macro_export]
+macro_rules! forward_idempotency_store {
+    (impl $([$($generics:tt)*])? for $ty:ty => |$this:ident| $inner:expr) => {
+        $crate::forward_idempotency_store!(
+            impl $([$($generics)*])? for $ty => |$this| $inner, |_op, call| call()
+        );
+    };
+    (
+        impl $([$($generics:tt)*])? for $ty:ty => |$this:ident| $inner:expr,
+        |$op:ident, $call:ident| $wrap:expr $(,)?
+    ) => {
+        impl $(<$($generics)*>)? $crate::IdempotencyStore for $ty {
+            fn claim<'a>(
+                &'a self,
+                request: $crate::store::ClaimRequest<'a>,
+            ) -> $crate::store::StoreFuture<'a, $crate::store::Claim> {
+                let $this = self;
+                let $op = $crate::store::StoreOp::Claim;
+                let $call = move || $inner.claim(request);
+                $wrap
+            }
+
+            fn complete<'a>(
+                &'a self,
+                scope: &'a str,
+                key: &'a str,
+                token: $crate::store::FencingToken,
+                response: &'a $crate::store::StoredResponse,
+                ttl: ::std::time::Duration,
+            ) -> $crate::store::StoreFuture<'a, $crate::store::Completion> {
+                let $this = self;
+                let $op = $crate::store::StoreOp::Complete;
+                let $call = move || $inner.complete(scope, key, token, response, ttl);
+                $wrap
+            }
+
+            fn release<'a>(
+                &'a self,
+                scope: &'a str,
+                key: &'a str,
+                token: $crate::store::FencingToken,
+            ) -> $crate::store::StoreFuture<'a, bool> {
+                let $this = self;
+                let $op = $crate::store::StoreOp::Release;
+                let $call = move || $inner.release(scope, key, token);
+                $wrap
+            }
+
+            fn extend<'a>(
+                &'a self,
+                scope: &'a str,
+                key: &'a str,
+                token: $crate::store::FencingToken,
+                lease: ::std::time::Duration,
+            ) -> $crate::store::StoreFuture<'a, bool> {
+                let $this = self;
+                let $op = $crate::store::StoreOp::Extend;
+                let $call = move || $inner.extend(scope, key, token, lease);
+                $wrap
+            }
+        }
+    };
+}
+
+forward_idempotency_store!(impl[T: IdempotencyStore + ?Sized] for std::sync::Arc<T> => |this| (**this));

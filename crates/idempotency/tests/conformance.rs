@@ -70,6 +70,26 @@ mod memory {
     }
 }
 
+/// The store-level harness on Redis at `endpoint` (one server or a cluster): a store, a
+/// second connection as its replica, and a cleanup of their keys through `raw`.
+#[cfg(all(feature = "redis", feature = "conformance"))]
+async fn redis_harness(
+    endpoint: dreamnet_common::redis_connection::RedisEndpoint,
+    raw: dreamnet_common::redis_connection::RedisConnection,
+) -> dreamnet_idempotency::conformance::Harness {
+    use dreamnet_idempotency::{conformance::Harness, RedisStore};
+    let prefix = dreamnet_test_support::unique_prefix("idem-store");
+    let connect = || {
+        RedisStore::builder_for(endpoint.clone())
+            .prefix(&prefix)
+            .connect()
+    };
+    let store = connect().await.expect("redis answered the fixture");
+    let replica = connect().await.expect("second connection");
+    let cleanup = support::delete_redis_keys(raw, prefix);
+    Harness::new(store).replica(replica).cleanup(cleanup)
+}
+
 #[cfg(feature = "redis")]
 mod redis {
     use super::*;
@@ -77,26 +97,13 @@ mod redis {
 
     #[cfg(feature = "conformance")]
     mod store {
-        use dreamnet_idempotency::{conformance::Harness, idempotency_store_tests, RedisStore};
+        use dreamnet_common::redis_connection::{RedisConnection, RedisEndpoint};
+        use dreamnet_idempotency::{conformance::Harness, idempotency_store_tests};
 
         async fn redis() -> Option<Harness> {
-            let mut raw = dreamnet_test_support::redis_connection().await?;
-            let url = dreamnet_test_support::redis_url();
-            let prefix = dreamnet_test_support::unique_prefix("idem-store");
-            let connect = || RedisStore::builder(&url).prefix(&prefix).connect();
-            let store = connect().await.expect("redis answered the fixture");
-            let replica = connect().await.expect("second connection");
-            let cleanup = async move {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{prefix}*"))
-                    .query_async(&mut raw)
-                    .await
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut raw).await;
-                }
-            };
-            Some(Harness::new(store).replica(replica).cleanup(cleanup))
+            let raw = dreamnet_test_support::redis_connection().await?;
+            let endpoint = RedisEndpoint::single(dreamnet_test_support::redis_url());
+            Some(super::super::redis_harness(endpoint, RedisConnection::Single(raw)).await)
         }
 
         idempotency_store_tests!(redis);
@@ -113,35 +120,18 @@ mod redis_cluster {
     #[cfg(feature = "conformance")]
     mod store {
         use dreamnet_common::redis_connection::{RedisConnection, RedisEndpoint, RedisTimeouts};
-        use dreamnet_idempotency::{conformance::Harness, idempotency_store_tests, RedisStore};
+        use dreamnet_idempotency::{conformance::Harness, idempotency_store_tests};
         use std::time::Duration;
 
         async fn redis_cluster() -> Option<Harness> {
             let cluster = dreamnet_test_support::redis_cluster::OwnRedisCluster::shared()?;
             let endpoint = RedisEndpoint::cluster(cluster.urls());
-            let prefix = dreamnet_test_support::unique_prefix("idem-store");
-            let connect = || {
-                RedisStore::builder_for(endpoint.clone())
-                    .prefix(&prefix)
-                    .connect()
-            };
-            let store = connect().await.expect("the cluster answered the fixture");
-            let replica = connect().await.expect("second connection");
             let timeouts = RedisTimeouts {
                 connection: Duration::from_secs(1),
                 response: Duration::from_secs(1),
             };
-            let mut raw = RedisConnection::lazy(&endpoint, timeouts).expect("valid URLs");
-            let cleanup = async move {
-                for key in raw
-                    .keys_matching(&format!("{prefix}*"))
-                    .await
-                    .unwrap_or_default()
-                {
-                    let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut raw).await;
-                }
-            };
-            Some(Harness::new(store).replica(replica).cleanup(cleanup))
+            let raw = RedisConnection::lazy(&endpoint, timeouts).expect("valid URLs");
+            Some(super::super::redis_harness(endpoint, raw).await)
         }
 
         idempotency_store_tests!(redis_cluster);

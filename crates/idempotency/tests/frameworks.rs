@@ -35,15 +35,24 @@ where
     let mut out = Vec::new();
     for _ in 0..2 {
         let response = svc.clone().oneshot(request()).await.expect("response");
-        let status = response.status();
-        let replayed = response
-            .headers()
-            .get(REPLAYED)
-            .map(|v| v.to_str().unwrap().to_owned());
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        out.push((status, replayed, body));
+        out.push(read(response).await);
     }
     out.try_into().unwrap()
+}
+
+/// What the tests compare of a response: its status, replayed header and whole body.
+async fn read<ResBody>(response: Response<ResBody>) -> (StatusCode, Option<String>, Bytes)
+where
+    ResBody: http_body::Body,
+    ResBody::Error: std::fmt::Debug,
+{
+    let status = response.status();
+    let replayed = response
+        .headers()
+        .get(REPLAYED)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, replayed, body)
 }
 
 fn assert_replayed(
@@ -181,13 +190,7 @@ mod hyper_incoming {
                 .unwrap();
             client.ready().await.unwrap();
             let response = client.send_request(request).await.unwrap();
-            let status = response.status();
-            let replayed = response
-                .headers()
-                .get(REPLAYED)
-                .map(|v| v.to_str().unwrap().to_owned());
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            results.push((status, replayed, body));
+            results.push(read(response).await);
         }
         let expected = (StatusCode::CREATED, "call 1: {\"amount\":100}");
         assert_replayed(results.try_into().unwrap(), &calls, expected);

@@ -80,6 +80,11 @@ where
             lease,
         })
         .await;
+    // A replay and a 409 log the same "Duplicate detected" line, told apart by `outcome`.
+    let logged = |original: Option<String>, outcome, answer: Duplicate| {
+        log_duplicate(key, trace, fingerprint, original.as_deref(), outcome);
+        answer
+    };
     let duplicate = match claim {
         Ok(Claim::Proceed(token)) => {
             log_new(key, trace, fingerprint);
@@ -88,19 +93,15 @@ where
         Ok(Claim::Completed {
             response,
             original_trace_id,
-        }) => {
-            let original = original_trace_id.as_deref();
-            log_duplicate(key, trace, fingerprint, original, "replayed");
-            Duplicate::Replay(response)
-        }
+        }) => logged(original_trace_id, "replayed", Duplicate::Replay(response)),
         Ok(Claim::InFlight {
             retry_after,
             original_trace_id,
-        }) => {
-            let original = original_trace_id.as_deref();
-            log_duplicate(key, trace, fingerprint, original, "in_flight");
-            Duplicate::InFlight { retry_after }
-        }
+        }) => logged(
+            original_trace_id,
+            "in_flight",
+            Duplicate::InFlight { retry_after },
+        ),
         Ok(Claim::Mismatch { original_trace_id }) => {
             log_mismatch(key, trace, fingerprint, original_trace_id.as_deref());
             Duplicate::Mismatch

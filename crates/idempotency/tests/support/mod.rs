@@ -138,29 +138,13 @@ impl Backend {
                     .expect("write foreign value");
             })
         };
-        let mut cleanup_conn = raw;
-        let cleanup = Box::pin(async move {
-            let keys = cleanup_conn
-                .keys_matching(&format!("{prefix}*"))
-                .await
-                .unwrap_or_default();
-            // One DEL per key: on a cluster the keys live in different slots.
-            for key in keys {
-                let _: Result<(), _> = redis::cmd("DEL")
-                    .arg(key)
-                    .query_async(&mut cleanup_conn)
-                    .await;
-            }
-        });
-        Self {
+        let cleanup = Box::pin(delete_redis_keys(raw, prefix));
+        Self::remote(
             name,
-            store: Arc::new(store),
-            replica: Arc::new(replica),
-            unreachable: Arc::new(unreachable),
-            clock: None,
-            corrupt: Some(Box::new(corrupt)),
-            cleanup: Some(cleanup),
-        }
+            [store, replica, unreachable],
+            Box::new(corrupt),
+            cleanup,
+        )
     }
 
     #[cfg(feature = "postgres")]
@@ -214,15 +198,27 @@ impl Backend {
                 .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
                 .await;
         });
-        Some(Self {
-            name: "postgres",
+        let stores = [store, replica, unreachable];
+        Some(Self::remote("postgres", stores, Box::new(corrupt), cleanup))
+    }
+
+    /// A backend on a server (Redis, PostgreSQL): its store, replica and unreachable store,
+    /// real time (no fake clock), a way to write foreign values, and a cleanup.
+    fn remote<S: IdempotencyStore>(
+        name: &'static str,
+        [store, replica, unreachable]: [S; 3],
+        corrupt: Box<CorruptFn>,
+        cleanup: BoxFut,
+    ) -> Self {
+        Self {
+            name,
             store: Arc::new(store),
             replica: Arc::new(replica),
             unreachable: Arc::new(unreachable),
             clock: None,
-            corrupt: Some(Box::new(corrupt)),
+            corrupt: Some(corrupt),
             cleanup: Some(cleanup),
-        })
+        }
     }
 
     /// Lease used by tests that wait for a lease to end.
@@ -254,6 +250,22 @@ impl Backend {
         if let Some(cleanup) = self.cleanup {
             cleanup.await;
         }
+    }
+}
+
+/// Deletes every Redis key under `prefix` (a test's cleanup), one DEL per key: on a cluster
+/// the keys live in different slots.
+#[cfg(feature = "redis")]
+pub async fn delete_redis_keys(
+    mut conn: dreamnet_common::redis_connection::RedisConnection,
+    prefix: String,
+) {
+    let keys = conn
+        .keys_matching(&format!("{prefix}*"))
+        .await
+        .unwrap_or_default();
+    for key in keys {
+        let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
     }
 }
 

@@ -2,19 +2,59 @@
 
 use std::{panic::AssertUnwindSafe, time::Duration};
 
+use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{header::RETRY_AFTER, Method, Request, StatusCode};
+use http::{header::RETRY_AFTER, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::Full;
 use tower::ServiceExt;
 
 use dreamnet_idempotency::{IdempotencyLayer, RequestBody};
 
-use super::{eventually, post, send, service, unique, Backend, Handler};
+use tokio::task::JoinHandle;
+
+use super::{eventually, post, send, service, unique, Backend, Body, Handler, HandlerError};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
 fn layer(backend: &Backend) -> dreamnet_idempotency::IdempotencyLayerBuilder {
     IdempotencyLayer::builder().shared_store(backend.store.clone())
+}
+
+/// `request` with `x-block: 1`: the handler waits for a permit from its gate.
+fn blocked(mut request: Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    request
+        .headers_mut()
+        .insert("x-block", HeaderValue::from_static("1"));
+    request
+}
+
+/// Sends `request` blocked, in the background, and returns once the handler has been
+/// entered `calls` times in all: the attempt then holds its key until the gate lets it on.
+async fn send_blocked<S>(
+    svc: &S,
+    request: Request<Full<Bytes>>,
+    handler: &Handler,
+    calls: usize,
+) -> JoinHandle<(StatusCode, HeaderMap, String)>
+where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = http::Response<dreamnet_common::ResponseBody<Body>>,
+            Error = HandlerError,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
+    let svc = svc.clone();
+    let request = blocked(request);
+    let running = tokio::spawn(async move { send(&svc, request).await });
+    eventually("the blocked attempt in the handler", DEADLINE, || async {
+        (handler.calls() == calls).then_some(())
+    })
+    .await;
+    running
 }
 
 /// Behaviour 1: New key: runs once; a retry replays status, body and allow-listed headers with
@@ -88,19 +128,12 @@ pub async fn t02_concurrent_duplicates_run_once(backend: &Backend) {
     let svc = service(&layer(backend).build(), &handler);
     let key = unique("k2");
     let account = unique("acct");
-    let blocked = |key: &str| {
-        let mut request = post("/ok", Some(key), &account, "same");
-        request
-            .headers_mut()
-            .insert("x-block", "1".parse().unwrap());
-        request
-    };
 
     let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..100 {
         let svc = svc.clone();
-        let request = blocked(&key);
+        let request = blocked(post("/ok", Some(&key), &account, "same"));
         let answered = answered.clone();
         tasks.push(tokio::spawn(async move {
             let answer = send(&svc, request).await;
@@ -174,14 +207,8 @@ pub async fn t03_different_payload_is_422(backend: &Backend) {
 
     // Also while the first is still in flight.
     let key = unique("k3b");
-    let mut first = post("/ok", Some(&key), &account, "a");
-    first.headers_mut().insert("x-block", "1".parse().unwrap());
-    let svc2 = svc.clone();
-    let running = tokio::spawn(async move { send(&svc2, first).await });
-    eventually("first in handler", DEADLINE, || async {
-        (handler.calls() == 2).then_some(())
-    })
-    .await;
+    let first = post("/ok", Some(&key), &account, "a");
+    let running = send_blocked(&svc, first, &handler, 2).await;
     let (status, _, _) = send(&svc, post("/ok", Some(&key), &account, "b")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     handler.gate.add_permits(1);
@@ -319,16 +346,8 @@ pub async fn t06b_dropped_request_releases_the_key(backend: &Backend) {
     let svc = service(&layer(backend).build(), &handler);
     let account = unique("acct");
     let key = unique("k6-drop");
-    let mut request = post("/ok", Some(&key), &account, "x");
-    request
-        .headers_mut()
-        .insert("x-block", "1".parse().unwrap());
-    let svc2 = svc.clone();
-    let running = tokio::spawn(async move { send(&svc2, request).await });
-    eventually("handler entered", DEADLINE, || async {
-        (handler.calls() == 1).then_some(())
-    })
-    .await;
+    let request = post("/ok", Some(&key), &account, "x");
+    let running = send_blocked(&svc, request, &handler, 1).await;
     running.abort();
     assert!(running.await.unwrap_err().is_cancelled());
     // The release is spawned by the drop guard: poll until the key is free (no clock moves).
@@ -359,14 +378,8 @@ pub async fn t07b_a_handler_slower_than_its_lease_runs_once(backend: &Backend) {
     let svc = service(&layer.build(), &handler);
     let account = unique("acct");
     let key = unique("k7b");
-    let mut slow = post("/ok", Some(&key), &account, "x");
-    slow.headers_mut().insert("x-block", "1".parse().unwrap());
-    let svc2 = svc.clone();
-    let slow = tokio::spawn(async move { send(&svc2, slow).await });
-    eventually("slow attempt in handler", DEADLINE, || async {
-        (handler.calls() == 1).then_some(())
-    })
-    .await;
+    let slow = post("/ok", Some(&key), &account, "x");
+    let slow = send_blocked(&svc, slow, &handler, 1).await;
 
     let until = std::time::Instant::now() + lease * 3;
     let mut retries = 0;
@@ -409,14 +422,8 @@ pub async fn t07_lease_end_unblocks_and_late_completion_is_rejected(backend: &Ba
     );
     let account = unique("acct");
     let key = unique("k7");
-    let mut stuck = post("/ok", Some(&key), &account, "x");
-    stuck.headers_mut().insert("x-block", "1".parse().unwrap());
-    let svc2 = svc.clone();
-    let stuck = tokio::spawn(async move { send(&svc2, stuck).await });
-    eventually("stuck attempt in handler", DEADLINE, || async {
-        (handler.calls() == 1).then_some(())
-    })
-    .await;
+    let stuck = post("/ok", Some(&key), &account, "x");
+    let stuck = send_blocked(&svc, stuck, &handler, 1).await;
 
     let (status, headers, _) = send(&svc, post("/ok", Some(&key), &account, "x")).await;
     assert_eq!(
@@ -627,16 +634,8 @@ pub async fn t12_two_replicas_behave_as_one(backend: &Backend) {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 
     let key = unique("k12-busy");
-    let mut blocked = post("/ok", Some(&key), &account, "x");
-    blocked
-        .headers_mut()
-        .insert("x-block", "1".parse().unwrap());
-    let a2 = a.clone();
-    let running = tokio::spawn(async move { send(&a2, blocked).await });
-    eventually("replica A in handler", DEADLINE, || async {
-        (handler.calls() == 2).then_some(())
-    })
-    .await;
+    let request = post("/ok", Some(&key), &account, "x");
+    let running = send_blocked(&a, request, &handler, 2).await;
     let (status, _, _) = send(&b, post("/ok", Some(&key), &account, "x")).await;
     assert_eq!(status, StatusCode::CONFLICT);
     handler.gate.add_permits(1);

@@ -47,21 +47,22 @@ impl<S> TimedControl<S> {
     }
 }
 
+/// Makes `call` timed: the clock starts before it (the memory store answers in the call),
+/// and an answer that is ready at once is recorded on the spot and stays unboxed. Only a
+/// pending call gets its own handles, as its future may outlive `self`.
 fn timed<'a, T: Send + 'a>(
-    op: Op,
-    started: Instant,
-    call: StoreFuture<'a, Result<T, StoreError>>,
+    op: &Op,
+    call: impl FnOnce() -> StoreFuture<'a, Result<T, StoreError>>,
 ) -> StoreFuture<'a, Result<T, StoreError>> {
-    match call.into_ready() {
+    let started = Instant::now();
+    match call().into_ready() {
         Ok(result) => {
             op.record(started, result.is_err());
             StoreFuture::ready(result)
         }
-        Err(pending) => StoreFuture::new(async move {
-            let result = pending.await;
-            op.record(started, result.is_err());
-            result
-        }),
+        Err(pending) => {
+            StoreFuture::new(super::timed(op.clone(), started, pending, Result::is_err))
+        }
     }
 }
 
@@ -78,12 +79,9 @@ impl<S: CounterStore> CounterStore for TimedControl<S> {
             Count::Take => &self.count_take,
             Count::Peek => &self.count_peek,
         };
-        let started = Instant::now();
-        timed(
-            op.clone(),
-            started,
-            self.inner.count(cluster, windows, client, now_millis, mode),
-        )
+        timed(op, || {
+            self.inner.count(cluster, windows, client, now_millis, mode)
+        })
     }
 
     fn give_back<'a>(
@@ -93,24 +91,19 @@ impl<S: CounterStore> CounterStore for TimedControl<S> {
         client: Option<&'a ClientQuota>,
         taken: &'a Taken,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
-        let started = Instant::now();
-        timed(
-            self.give_back.clone(),
-            started,
-            self.inner.give_back(cluster, windows, client, taken),
-        )
+        timed(&self.give_back, || {
+            self.inner.give_back(cluster, windows, client, taken)
+        })
     }
 }
 
 impl<S: StateStore> StateStore for TimedControl<S> {
     fn load(&self) -> StoreFuture<'_, Result<Option<Versioned>, StoreError>> {
-        let started = Instant::now();
-        timed(self.load.clone(), started, self.inner.load())
+        timed(&self.load, || self.inner.load())
     }
 
     fn version(&self) -> StoreFuture<'_, Result<u64, StoreError>> {
-        let started = Instant::now();
-        timed(self.version.clone(), started, self.inner.version())
+        timed(&self.version, || self.inner.version())
     }
 
     fn compare_and_swap<'a>(
@@ -119,22 +112,17 @@ impl<S: StateStore> StateStore for TimedControl<S> {
         state: &'a ControlState,
         audit: &'a AuditEntry,
     ) -> StoreFuture<'a, Result<Option<u64>, StoreError>> {
-        let started = Instant::now();
-        timed(
-            self.compare_and_swap.clone(),
-            started,
-            self.inner.compare_and_swap(expected, state, audit),
-        )
+        timed(&self.compare_and_swap, || {
+            self.inner.compare_and_swap(expected, state, audit)
+        })
     }
 
     fn audit(&self, limit: usize) -> StoreFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
-        let started = Instant::now();
-        timed(self.audit.clone(), started, self.inner.audit(limit))
+        timed(&self.audit, || self.inner.audit(limit))
     }
 
     fn notify<'a>(&'a self, clusters: &'a [String]) -> StoreFuture<'a, Result<(), StoreError>> {
-        let started = Instant::now();
-        timed(self.notify.clone(), started, self.inner.notify(clusters))
+        timed(&self.notify, || self.inner.notify(clusters))
     }
 
     fn is_shared(&self) -> bool {

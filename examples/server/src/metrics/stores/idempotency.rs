@@ -1,15 +1,13 @@
 //! [`TimedIdempotency`]: an [`IdempotencyStore`] that times every call of the one it wraps.
 
-use std::{sync::Arc, time::Duration, time::Instant};
+use std::{sync::Arc, time::Instant};
 
-use dreamnet_idempotency::{
-    store::{Claim, ClaimRequest, Completion, FencingToken, StoreFuture, StoredResponse},
-    IdempotencyStore,
-};
+use dreamnet_idempotency::{forward_idempotency_store, store::StoreOp, IdempotencyStore};
 
-use super::{Op, StoreMetrics};
+use super::{timed, Op, StoreMetrics};
 
-/// Times the wrapped store's `claim`, `complete`, `release` and `extend`.
+/// Times the wrapped store's `claim`, `complete`, `release` and `extend` (all four are
+/// forwarded, so the lease heartbeat keeps working through the wrapper).
 pub(crate) struct TimedIdempotency {
     inner: Arc<dyn IdempotencyStore>,
     claim: Op,
@@ -25,62 +23,28 @@ impl TimedIdempotency {
         backend: &'static str,
         metrics: &StoreMetrics,
     ) -> Self {
-        let op = |name| metrics.op("idempotency", backend, name);
+        let op = |op: StoreOp| metrics.op("idempotency", backend, op.as_str());
         Self {
             inner,
-            claim: op("claim"),
-            complete: op("complete"),
-            release: op("release"),
-            extend: op("extend"),
+            claim: op(StoreOp::Claim),
+            complete: op(StoreOp::Complete),
+            release: op(StoreOp::Release),
+            extend: op(StoreOp::Extend),
+        }
+    }
+
+    fn op(&self, op: StoreOp) -> &Op {
+        match op {
+            StoreOp::Claim => &self.claim,
+            StoreOp::Complete => &self.complete,
+            StoreOp::Release => &self.release,
+            StoreOp::Extend => &self.extend,
         }
     }
 }
 
-fn timed<'a, T: Send + 'a>(op: &'a Op, call: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
+// The clock starts before the call: the memory store does its work in the call itself.
+forward_idempotency_store!(impl for TimedIdempotency => |this| this.inner, |op, call| {
     let started = Instant::now();
-    Box::pin(async move {
-        let result = call.await;
-        op.record(started, result.is_err());
-        result
-    })
-}
-
-impl IdempotencyStore for TimedIdempotency {
-    fn claim<'a>(&'a self, request: ClaimRequest<'a>) -> StoreFuture<'a, Claim> {
-        timed(&self.claim, self.inner.claim(request))
-    }
-
-    fn complete<'a>(
-        &'a self,
-        scope: &'a str,
-        key: &'a str,
-        token: FencingToken,
-        response: &'a StoredResponse,
-        ttl: Duration,
-    ) -> StoreFuture<'a, Completion> {
-        timed(
-            &self.complete,
-            self.inner.complete(scope, key, token, response, ttl),
-        )
-    }
-
-    fn release<'a>(
-        &'a self,
-        scope: &'a str,
-        key: &'a str,
-        token: FencingToken,
-    ) -> StoreFuture<'a, bool> {
-        timed(&self.release, self.inner.release(scope, key, token))
-    }
-
-    // Forwarded, or the lease heartbeat would get the trait's default (no heartbeat).
-    fn extend<'a>(
-        &'a self,
-        scope: &'a str,
-        key: &'a str,
-        token: FencingToken,
-        lease: Duration,
-    ) -> StoreFuture<'a, bool> {
-        timed(&self.extend, self.inner.extend(scope, key, token, lease))
-    }
-}
+    Box::pin(timed(this.op(op), started, call(), Result::is_err))
+});

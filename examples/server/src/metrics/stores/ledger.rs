@@ -14,7 +14,7 @@ use dreamnet_billable::{
     },
     Ledger, LedgerAdmin,
 };
-use dreamnet_common::AccountId;
+use dreamnet_common::{delegate_through, AccountId};
 use futures_util::future::BoxFuture;
 
 use super::{Op, StoreMetrics};
@@ -72,112 +72,39 @@ impl TimedLedger {
     }
 }
 
+/// Times `call` into `op`, the clock started before the call is made; only a backend
+/// failure counts as an error.
 fn timed<'a, T: Send + 'a>(
     op: &'a Op,
-    call: BoxFuture<'a, LedgerResult<T>>,
+    call: impl FnOnce() -> BoxFuture<'a, LedgerResult<T>>,
 ) -> BoxFuture<'a, LedgerResult<T>> {
     let started = Instant::now();
-    Box::pin(async move {
-        let result = call.await;
-        op.record(started, result.as_ref().is_err_and(LedgerError::is_backend));
-        result
-    })
+    Box::pin(super::timed(op, started, call(), |result| {
+        result.as_ref().is_err_and(LedgerError::is_backend)
+    }))
 }
 
-impl Ledger for TimedLedger {
-    fn reserve(&self, request: ReserveRequest) -> BoxFuture<'_, LedgerResult<Reservation>> {
-        timed(&self.ops.reserve, self.inner.reserve(request))
-    }
-
-    fn confirm<'a>(
-        &'a self,
-        id: &'a ActionId,
-        response: Bytes,
-        actual: Option<Amount>,
-    ) -> BoxFuture<'a, LedgerResult<Action>> {
-        timed(&self.ops.confirm, self.inner.confirm(id, response, actual))
-    }
-
-    fn settle<'a>(
-        &'a self,
-        id: &'a ActionId,
-        response: Bytes,
-        actual: Option<Amount>,
-    ) -> BoxFuture<'a, LedgerResult<Action>> {
-        timed(&self.ops.settle, self.inner.settle(id, response, actual))
-    }
-
-    fn charge<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Action>> {
-        timed(&self.ops.charge, self.inner.charge(id))
-    }
-
-    fn void<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Action>> {
-        timed(&self.ops.void, self.inner.void(id))
-    }
-
-    fn find<'a>(
-        &'a self,
-        scope: &'a str,
-        idempotency_key: &'a str,
-    ) -> BoxFuture<'a, LedgerResult<Option<Action>>> {
-        timed(&self.ops.find, self.inner.find(scope, idempotency_key))
-    }
-
-    // Forwarded, or the reservation heartbeat would get the trait's default refusal.
-    fn extend<'a>(&'a self, id: &'a ActionId, by: Duration) -> BoxFuture<'a, LedgerResult<Action>> {
-        timed(&self.ops.extend, self.inner.extend(id, by))
-    }
+// Every method is forwarded (`extend` and `prune` included: otherwise the reservation
+// heartbeat would get the trait's default refusal, and the sweeper's pruning would forget
+// nothing), each timed into the `ops` handle of its name.
+delegate_through! {
+    impl Ledger for TimedLedger => timed, self.inner, self.ops;
+    fn reserve(&self, request: ReserveRequest) -> BoxFuture<'_, LedgerResult<Reservation>>;
+    fn confirm<'a>(&'a self, id: &'a ActionId, response: Bytes, actual: Option<Amount>) -> BoxFuture<'a, LedgerResult<Action>>;
+    fn settle<'a>(&'a self, id: &'a ActionId, response: Bytes, actual: Option<Amount>) -> BoxFuture<'a, LedgerResult<Action>>;
+    fn charge<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Action>>;
+    fn void<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Action>>;
+    fn find<'a>(&'a self, scope: &'a str, idempotency_key: &'a str) -> BoxFuture<'a, LedgerResult<Option<Action>>>;
+    fn extend<'a>(&'a self, id: &'a ActionId, by: Duration) -> BoxFuture<'a, LedgerResult<Action>>;
 }
 
-impl LedgerAdmin for TimedLedger {
-    fn action<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Option<Action>>> {
-        timed(&self.ops.action, self.inner.action(id))
-    }
-
-    fn stats(&self) -> BoxFuture<'_, LedgerResult<Stats>> {
-        timed(&self.ops.stats, self.inner.stats())
-    }
-
-    fn account<'a>(
-        &'a self,
-        account: &'a AccountId,
-    ) -> BoxFuture<'a, LedgerResult<Option<Account>>> {
-        timed(&self.ops.account, self.inner.account(account))
-    }
-
-    fn add_credit<'a>(
-        &'a self,
-        account: &'a AccountId,
-        amount: Amount,
-        currency: &'a str,
-    ) -> BoxFuture<'a, LedgerResult<Account>> {
-        timed(
-            &self.ops.add_credit,
-            self.inner.add_credit(account, amount, currency),
-        )
-    }
-
-    fn set_credit<'a>(
-        &'a self,
-        account: &'a AccountId,
-        credit: Option<Amount>,
-        currency: &'a str,
-    ) -> BoxFuture<'a, LedgerResult<Account>> {
-        timed(
-            &self.ops.set_credit,
-            self.inner.set_credit(account, credit, currency),
-        )
-    }
-
-    fn due_for_recovery(&self, limit: usize) -> BoxFuture<'_, LedgerResult<Vec<Action>>> {
-        timed(
-            &self.ops.due_for_recovery,
-            self.inner.due_for_recovery(limit),
-        )
-    }
-
-    // Forwarded, or the sweeper's pruning would get the trait's default (forget nothing).
-    fn prune(&self, limit: usize) -> BoxFuture<'_, LedgerResult<u64>> {
-        timed(&self.ops.prune, self.inner.prune(limit))
-    }
+delegate_through! {
+    impl LedgerAdmin for TimedLedger => timed, self.inner, self.ops;
+    fn action<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Option<Action>>>;
+    fn stats(&self) -> BoxFuture<'_, LedgerResult<Stats>>;
+    fn account<'a>(&'a self, account: &'a AccountId) -> BoxFuture<'a, LedgerResult<Option<Account>>>;
+    fn add_credit<'a>(&'a self, account: &'a AccountId, amount: Amount, currency: &'a str) -> BoxFuture<'a, LedgerResult<Account>>;
+    fn set_credit<'a>(&'a self, account: &'a AccountId, credit: Option<Amount>, currency: &'a str) -> BoxFuture<'a, LedgerResult<Account>>;
+    fn due_for_recovery(&self, limit: usize) -> BoxFuture<'_, LedgerResult<Vec<Action>>>;
+    fn prune(&self, limit: usize) -> BoxFuture<'_, LedgerResult<u64>>;
 }

@@ -6,7 +6,7 @@ mod control;
 mod idempotency;
 mod ledger;
 
-use std::time::Instant;
+use std::{borrow::Borrow, future::Future, time::Instant};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -90,4 +90,19 @@ impl Op {
             self.errors.inc();
         }
     }
+}
+
+/// `call`, recorded into `op` once it resolves: its latency counted from `started` and,
+/// when `failed` says so of its output, an error. The one timing path of every store
+/// wrapper; `op` is borrowed by futures that may borrow the wrapper and owned by `'static`
+/// ones.
+async fn timed<R>(
+    op: impl Borrow<Op>,
+    started: Instant,
+    call: impl Future<Output = R>,
+    failed: fn(&R) -> bool,
+) -> R {
+    let result = call.await;
+    op.borrow().record(started, failed(&result));
+    result
 }
