@@ -156,7 +156,11 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
             value.clone(),
             Source::Header,
         ),
-        (Some((id, value)), None) => (TraceContext::root(id), value.clone(), Source::Header),
+        (Some((_, value)), None) => (
+            TraceContext::root_header(value),
+            value.clone(),
+            Source::Header,
+        ),
         (None, Some(tp)) => {
             let header = HeaderValue::from_str(tp.trace_id())
                 .expect("32 lowercase hex digits are a valid header value");
@@ -171,7 +175,7 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
             let header = HeaderValue::from_maybe_shared(Bytes::from(id))
                 .expect("a valid trace id is a valid header value");
             (
-                TraceContext::root(header.as_bytes()),
+                TraceContext::root_header(&header),
                 header,
                 Source::Generated,
             )
