@@ -38,9 +38,27 @@ static ALLOWED: [bool; 256] = {
     table
 };
 
+/// [`is_valid_trace_id`] of bytes (e.g. a header value's).
+///
+/// Branch-free over the bytes: a trace id is short and almost always valid, so one pass
+/// that ANDs a table load per byte (eight at a time) costs less than a test and a branch
+/// per byte that would stop early on the rare invalid one.
 #[inline]
 pub(crate) fn is_valid_trace_id_bytes(id: &[u8]) -> bool {
-    (1..=MAX_TRACE_ID_LEN).contains(&id.len()) && id.iter().all(|&b| ALLOWED[usize::from(b)])
+    if !(1..=MAX_TRACE_ID_LEN).contains(&id.len()) {
+        return false;
+    }
+    let mut chunks = id.chunks_exact(8);
+    let mut ok = true;
+    for chunk in &mut chunks {
+        ok &= chunk
+            .iter()
+            .fold(true, |all, &b| all & ALLOWED[usize::from(b)]);
+    }
+    chunks
+        .remainder()
+        .iter()
+        .fold(ok, |all, &b| all & ALLOWED[usize::from(b)])
 }
 
 /// A policy that makes the trace id of a request that brought no usable one.
