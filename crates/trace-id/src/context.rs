@@ -1,9 +1,10 @@
 use crate::{
     scope::{in_scope, with_current, Scoped},
-    text::Ids,
+    text::{span_hex, Ids},
     traceparent::{w3c_span_id, w3c_trace_id, TraceFlags, Traceparent},
     tracestate::TraceState,
 };
+use http::HeaderValue;
 use std::{cell::Cell, future::Future, sync::Arc};
 
 /// The trace a request belongs to, stored in the request's extensions by the trace-id layer.
@@ -73,10 +74,20 @@ impl TraceContext {
         Self::root(trace_id.into().as_bytes())
     }
 
-    /// A root context for a trace id given as its (UTF-8) bytes, e.g. a validated header's.
+    /// A root context for a trace id given as its (UTF-8) bytes.
     pub(crate) fn root(trace_id: &[u8]) -> Self {
         Self {
             ids: Ids::new(trace_id, &new_span_id(), None, None),
+            w3c: W3c::root(),
+        }
+    }
+
+    /// The root context the layer makes for a valid trace id header (received or
+    /// generated): it shares the header's bytes and makes the ids' text only when one is
+    /// read, so a request whose ids nobody reads allocates nothing for them.
+    pub(crate) fn root_header(trace_id: &HeaderValue) -> Self {
+        Self {
+            ids: Ids::root(trace_id.clone(), new_span_bits()),
             w3c: W3c::root(),
         }
     }
@@ -324,36 +335,25 @@ thread_local! {
 }
 
 /// A random, non-zero W3C span id: 16 lowercase hex digits, on the stack.
+pub(crate) fn new_span_id() -> [u8; 16] {
+    span_hex(new_span_bits())
+}
+
+/// The bits of a random, non-zero W3C span id (its digits: [`span_hex`]).
 ///
 /// Span ids only need to be unique, not unguessable (the trace id is the correlation id,
 /// and a span id grants nothing), so they come from a per-thread wyrand generator seeded
 /// once from the thread's CSPRNG: a handful of instructions instead of `rand::rng()`'s
 /// reference-counted ChaCha block buffer. Threads are seeded independently, so their
 /// sequences do not collide in practice (64-bit seeds, a 2^64 period).
-pub(crate) fn new_span_id() -> [u8; 16] {
+pub(crate) fn new_span_bits() -> u64 {
     loop {
         let id = next_span_random();
         if id != 0 {
-            let mut digits = [0u8; 16];
-            // Two digits per table load, eight loads.
-            for (pair, byte) in digits.chunks_exact_mut(2).zip(id.to_be_bytes()) {
-                pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
-            }
-            return digits;
+            return id;
         }
     }
 }
-
-/// `HEX_PAIRS[b]`: the two lowercase hex digits of byte `b`.
-static HEX_PAIRS: [[u8; 2]; 256] = {
-    let mut table = [[0u8; 2]; 256];
-    let mut b = 0;
-    while b < 256 {
-        table[b] = [crate::id::HEX[b >> 4], crate::id::HEX[b & 0xf]];
-        b += 1;
-    }
-    table
-};
 
 /// The next output of this thread's wyrand (Wang Yi's generator, the one `fastrand` uses).
 fn next_span_random() -> u64 {
@@ -400,5 +400,44 @@ mod span_id_tests {
         let a = std::thread::spawn(first).join().unwrap();
         let b = std::thread::spawn(first).join().unwrap();
         assert_ne!(a, b);
+    }
+}
+
+#[cfg(test)]
+mod root_header_tests {
+    use super::*;
+
+    /// The layer's root context reads like the one made from the same strings.
+    #[test]
+    fn a_header_root_is_the_context_of_its_strings() {
+        let header = HeaderValue::from_static("mbx2k9q1-3f9a0c1e77d24b6a");
+        let ctx = TraceContext::root_header(&header);
+        assert_eq!(ctx.trace_id(), "mbx2k9q1-3f9a0c1e77d24b6a");
+        assert_eq!(ctx.parent_span_id(), None);
+        assert_eq!(ctx.trace_flags(), TraceFlags::SAMPLED);
+        assert!(ctx.tracestate().is_none());
+        let span = ctx.span_id().to_owned();
+        assert_eq!(span.len(), 16);
+        assert!(span.bytes().all(|b| crate::id::HEX.contains(&b)), "{span}");
+        assert_ne!(span, "0000000000000000");
+        let same = TraceContext::from_parts("mbx2k9q1-3f9a0c1e77d24b6a", span.as_str(), None);
+        assert_eq!(ctx, same);
+        assert_eq!(ctx.w3c_trace_id(), same.w3c_trace_id());
+        assert_eq!(ctx.traceparent(), same.traceparent());
+        let child = ctx.child();
+        assert_eq!(child.trace_id(), ctx.trace_id());
+        assert_eq!(child.parent_span_id(), Some(span.as_str()));
+        // Two roots of one header are two spans.
+        assert_ne!(TraceContext::root_header(&header), ctx);
+    }
+
+    /// A clone taken before any id was read reads the same ids.
+    #[test]
+    fn a_clone_of_an_unread_root_reads_the_same() {
+        let ctx = TraceContext::root_header(&HeaderValue::from_static("checkout-42"));
+        let clone = ctx.clone();
+        assert_eq!(clone.span_id(), ctx.span_id());
+        assert_eq!(clone.trace_id(), "checkout-42");
+        assert_eq!(clone, ctx);
     }
 }

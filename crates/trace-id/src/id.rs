@@ -1,5 +1,6 @@
 //! Trace id validation and generation.
 
+use bytes::Bytes;
 use dreamnet_common::SharedClock;
 use http::Request;
 use rand::RngCore;
@@ -38,9 +39,27 @@ static ALLOWED: [bool; 256] = {
     table
 };
 
+/// [`is_valid_trace_id`] of bytes (e.g. a header value's).
+///
+/// Branch-free over the bytes: a trace id is short and almost always valid, so one pass
+/// that ANDs a table load per byte (eight at a time) costs less than a test and a branch
+/// per byte that would stop early on the rare invalid one.
 #[inline]
 pub(crate) fn is_valid_trace_id_bytes(id: &[u8]) -> bool {
-    (1..=MAX_TRACE_ID_LEN).contains(&id.len()) && id.iter().all(|&b| ALLOWED[usize::from(b)])
+    if !(1..=MAX_TRACE_ID_LEN).contains(&id.len()) {
+        return false;
+    }
+    let mut chunks = id.chunks_exact(8);
+    let mut ok = true;
+    for chunk in &mut chunks {
+        ok &= chunk
+            .iter()
+            .fold(true, |all, &b| all & ALLOWED[usize::from(b)]);
+    }
+    chunks
+        .remainder()
+        .iter()
+        .fold(ok, |all, &b| all & ALLOWED[usize::from(b)])
 }
 
 /// A policy that makes the trace id of a request that brought no usable one.
@@ -70,6 +89,16 @@ pub(crate) fn is_valid_trace_id_bytes(id: &[u8]) -> bool {
 pub trait MakeTraceId {
     /// A new trace id for `request`.
     fn make_trace_id<B>(&self, request: &Request<B>) -> String;
+
+    /// A new trace id for `request` as the bytes the layer stores and sends.
+    ///
+    /// The default is [`make_trace_id`](Self::make_trace_id)'s `String` (not copied). A
+    /// policy that can write its id without a `String` may override it, as [`TimestampHex`]
+    /// does. The layer calls this one and checks its output with [`is_valid_trace_id`]
+    /// whichever way it was made.
+    fn make_trace_id_bytes<B>(&self, request: &Request<B>) -> Bytes {
+        Bytes::from(self.make_trace_id(request))
+    }
 }
 
 impl<F> MakeTraceId for F
@@ -120,11 +149,16 @@ impl TimestampHex {
     /// A new id.
     #[must_use]
     pub fn generate(&self) -> String {
+        String::from(self.generate_digits().as_str())
+    }
+
+    /// A new id, on the stack.
+    fn generate_digits(&self) -> IdDigits {
         let millis = match &self.clock {
             Some(clock) => clock.now_millis(),
             None => system_millis(),
         };
-        format_id(millis, rand::rng().next_u64())
+        IdDigits::new(millis, rand::rng().next_u64())
     }
 }
 
@@ -132,6 +166,13 @@ impl MakeTraceId for TimestampHex {
     #[inline]
     fn make_trace_id<B>(&self, _request: &Request<B>) -> String {
         self.generate()
+    }
+
+    /// The id written once, into the one allocation of the `Bytes` that owns it: no
+    /// `String`, no UTF-8 check, and clones of the header value share it by a count.
+    #[inline]
+    fn make_trace_id_bytes<B>(&self, _request: &Request<B>) -> Bytes {
+        Bytes::from_owner(self.generate_digits())
     }
 }
 
@@ -144,25 +185,55 @@ fn system_millis() -> u64 {
 const BASE36: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 pub(crate) const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// `base36(millis)-hex16(random)`, built on the stack, then one allocation of the exact size.
-pub(crate) fn format_id(millis: u64, random: u64) -> String {
-    // u64::MAX has 13 base36 digits; then '-' and 16 hex digits.
-    let mut buf = [0u8; 13 + 1 + 16];
-    let mut start = 13;
-    let mut n = millis;
-    loop {
-        start -= 1;
-        buf[start] = BASE36[(n % 36) as usize];
-        n /= 36;
-        if n == 0 {
-            break;
+/// A `timestamp-hex` id, `base36(millis)-hex16(random)`, on the stack.
+#[derive(Clone, Copy)]
+pub(crate) struct IdDigits {
+    /// u64::MAX has 13 base36 digits; then '-' and 16 hex digits. The id is `buf[start..]`.
+    buf: [u8; 13 + 1 + 16],
+    start: u8,
+}
+
+impl IdDigits {
+    pub(crate) fn new(millis: u64, random: u64) -> Self {
+        let mut buf = [0u8; 13 + 1 + 16];
+        let mut start = 13;
+        let mut n = millis;
+        loop {
+            start -= 1;
+            buf[start] = BASE36[(n % 36) as usize];
+            n /= 36;
+            if n == 0 {
+                break;
+            }
+        }
+        buf[13] = b'-';
+        for (i, digit) in buf[14..].iter_mut().enumerate() {
+            *digit = HEX[((random >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        Self {
+            buf,
+            // At most 12: the first digit of 13.
+            start: start as u8,
         }
     }
-    buf[13] = b'-';
-    for (i, digit) in buf[14..].iter_mut().enumerate() {
-        *digit = HEX[((random >> (60 - 4 * i)) & 0xf) as usize];
+}
+
+impl AsRef<[u8]> for IdDigits {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[usize::from(self.start)..]
     }
-    String::from(std::str::from_utf8(&buf[start..]).expect("base36 and hex digits are ASCII"))
+}
+
+impl IdDigits {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_ref()).expect("base36 and hex digits are ASCII")
+    }
+}
+
+/// `base36(millis)-hex16(random)` as a `String`.
+#[cfg(test)]
+pub(crate) fn format_id(millis: u64, random: u64) -> String {
+    String::from(IdDigits::new(millis, random).as_str())
 }
 
 #[cfg(test)]
@@ -198,6 +269,38 @@ mod tests {
         assert!(id.starts_with("mbh9fx1c-"), "{id}");
         assert_eq!(id.len(), "mbh9fx1c-".len() + 16);
         assert!(is_valid_trace_id(&id));
+    }
+
+    /// The bytes the layer takes are the id `generate` gives, made without a `String`.
+    #[test]
+    fn the_layer_bytes_are_a_timestamp_hex_id() {
+        let make = TimestampHex::with_clock(Arc::new(ManualClock::new(1_749_000_000_000)));
+        let bytes = make.make_trace_id_bytes(&Request::new(()));
+        let id = std::str::from_utf8(&bytes).unwrap();
+        assert!(id.starts_with("mbh9fx1c-"), "{id}");
+        assert_eq!(id.len(), "mbh9fx1c-".len() + 16);
+        assert!(is_valid_trace_id_bytes(&bytes));
+        // A clone shares the bytes.
+        let clone = bytes.clone();
+        assert_eq!(clone.as_ptr(), bytes.as_ptr());
+        for (millis, random) in [(0, 0), (35, u64::MAX), (u64::MAX, 1)] {
+            let digits = IdDigits::new(millis, random);
+            assert_eq!(digits.as_ref(), format_id(millis, random).as_bytes());
+            assert_eq!(
+                Bytes::from_owner(digits).as_ref(),
+                format_id(millis, random).as_bytes()
+            );
+        }
+    }
+
+    /// A policy that only has `make_trace_id` gives the layer that `String`'s bytes.
+    #[test]
+    fn the_default_bytes_are_the_string() {
+        let make = || "from-closure".to_owned();
+        assert_eq!(
+            make.make_trace_id_bytes(&Request::new(())),
+            Bytes::from_static(b"from-closure")
+        );
     }
 
     #[test]

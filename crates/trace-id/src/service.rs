@@ -3,14 +3,13 @@
 use crate::{
     context::TraceContext,
     future::ResponseFuture,
-    id::{is_valid_trace_id, is_valid_trace_id_bytes, MakeTraceId, TimestampHex},
+    id::{is_valid_trace_id_bytes, MakeTraceId, TimestampHex},
     incoming::{Field, Incoming},
     layer::{Shared, TraceIdLayer},
     scope::Scoped,
     traceparent::Traceparent,
     tracestate::{TraceState, TraceStateError},
 };
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use std::{
     fmt,
@@ -156,7 +155,11 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
             value.clone(),
             Source::Header,
         ),
-        (Some((id, value)), None) => (TraceContext::root(id), value.clone(), Source::Header),
+        (Some((_, value)), None) => (
+            TraceContext::root_header(value),
+            value.clone(),
+            Source::Header,
+        ),
         (None, Some(tp)) => {
             let header = HeaderValue::from_str(tp.trace_id())
                 .expect("32 lowercase hex digits are a valid header value");
@@ -167,11 +170,9 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
             )
         }
         (None, None) => {
-            let id = generate(&*shared.make, request);
-            let header = HeaderValue::from_maybe_shared(Bytes::from(id))
-                .expect("a valid trace id is a valid header value");
+            let header = generate(&*shared.make, request);
             (
-                TraceContext::root(header.as_bytes()),
+                TraceContext::root_header(&header),
                 header,
                 Source::Generated,
             )
@@ -187,17 +188,20 @@ fn resolve<B, M: MakeTraceId>(shared: &Shared<M>, request: &Request<B>) -> Resol
     }
 }
 
-fn generate<B, M: MakeTraceId>(make: &M, request: &Request<B>) -> String {
-    let id = make.make_trace_id(request);
-    if is_valid_trace_id(&id) {
+/// A new id from the policy, as the header value: checked by the allow-list however the
+/// policy made it, replaced by a [`TimestampHex`] id when invalid.
+fn generate<B, M: MakeTraceId>(make: &M, request: &Request<B>) -> HeaderValue {
+    let id = make.make_trace_id_bytes(request);
+    let id = if is_valid_trace_id_bytes(&id) {
         id
     } else {
         tracing::warn!(
             len = id.len(),
             "MakeTraceId policy produced an invalid trace id; generated a timestamp-hex id instead"
         );
-        TimestampHex::new().generate()
-    }
+        TimestampHex::new().make_trace_id_bytes(request)
+    };
+    HeaderValue::from_maybe_shared(id).expect("a valid trace id is a valid header value")
 }
 
 /// Whether an `info` span could be seen by anyone: a `tracing` subscriber that enables

@@ -416,6 +416,34 @@ async fn custom_policy_and_its_invalid_output() {
     assert!(!capture.all_text().contains("bad id"));
 }
 
+/// A policy writing its own bytes is checked like one returning a `String`.
+#[tokio::test]
+async fn a_policy_s_own_bytes_are_checked_too() {
+    struct Bytewise(&'static [u8]);
+    impl crate::MakeTraceId for Bytewise {
+        fn make_trace_id<B>(&self, _request: &Request<B>) -> String {
+            unreachable!("the layer asks for the bytes")
+        }
+        fn make_trace_id_bytes<B>(&self, _request: &Request<B>) -> Bytes {
+            Bytes::from_static(self.0)
+        }
+    }
+    let make = |id: &'static [u8]| {
+        ServiceBuilder::new()
+            .layer(TraceIdLayer::new().make_trace_id(Bytewise(id)))
+            .service(service_fn(echo))
+    };
+    let response = make(b"bytes-id").oneshot(request(&[])).await.unwrap();
+    assert_eq!(assert_consistent(&response).trace_id(), "bytes-id");
+
+    let (capture, _guard) = Capture::install();
+    for bad in [&b"bad id"[..], b"", b"caf\xc3\xa9", &[b'x'; 129]] {
+        let response = make(bad).oneshot(request(&[])).await.unwrap();
+        assert_generated(assert_consistent(&response).trace_id());
+    }
+    assert!(!capture.all_text().contains("bad id"));
+}
+
 #[tokio::test]
 async fn span_fields_are_recorded_and_handler_logs_carry_them() {
     let (capture, _guard) = Capture::install();
