@@ -83,6 +83,6 @@ pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;
 pub use store::{
-    BreakerOp, BreakerStore, ClientQuota, CounterStore, FleetReply, FleetTicket, StateStore,
-    StoreError,
+    BreakerOp, BreakerStore, ClientQuota, CounterStore, FleetReply, FleetTicket, OutcomeBatch,
+    StateStore, StoreError,
 };

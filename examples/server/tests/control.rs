@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Stores, TestServer};
 use dreamnet_server::Config;
 
@@ -205,6 +207,16 @@ async fn breaker_opens_on_failures_and_resets_by_hand(stores: Stores) {
             .await
             .assert_problem(500);
     }
+    // On Redis the breaker is fleet-wide and the 4th failure's outcome is recorded from a
+    // task spawned after its response: give it a moment to land.
+    let opened = dreamnet_test_support::holds_within(Duration::from_secs(1), || async {
+        http.get("/api/jaggy-core/status/200").await.status == 503
+    })
+    .await;
+    assert!(
+        opened,
+        "the breaker did not open after 4 failures of 4 calls"
+    );
     let open = http.get("/api/jaggy-core/status/200").await;
     open.assert_problem(503);
     assert!(open.header("retry-after").is_some());

@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 use crate::{
     breaker::BreakerState,
     config::BreakerConfig,
-    store::{BreakerOp, BreakerStore, FleetReply, FleetTicket},
+    store::{BreakerOp, BreakerStore, FleetReply, FleetTicket, OutcomeBatch},
 };
 
 /// How long the suite's breakers stay open.
@@ -261,4 +261,45 @@ pub async fn concurrent_outcomes_open_once(store: Arc<dyn BreakerStore>) {
     assert_eq!(transitions, 1, "one caller is told of the opening");
     let peeked = run(&*store, "c1", BreakerOp::Peek).await;
     assert_eq!(peeked.state, BreakerState::Open, "{peeked:?}");
+}
+
+/// A batch of outcomes counts as if recorded one by one, in order: the one that reaches the
+/// threshold opens the breaker and the rest are ignored; a batch of an older generation
+/// is ignored whole.
+pub async fn batched_outcomes_count_in_order(store: Arc<dyn BreakerStore>) {
+    let generation = ticket(&*store, "c1").await.generation;
+    let mut batch = OutcomeBatch::new(generation);
+    for failed in [false, true, false] {
+        assert!(batch.push(failed, false));
+    }
+    let reply = run(&*store, "c1", BreakerOp::RecordMany(batch)).await;
+    assert_eq!(reply.state, BreakerState::Closed, "{reply:?}");
+    assert_eq!((reply.calls, reply.failures), (3, 1));
+
+    // Window of 4 at 50 %: the 4th outcome (a failure) trips it; the two after it are not
+    // counted.
+    let mut batch = OutcomeBatch::new(generation);
+    for failed in [true, true, true] {
+        batch.push(failed, false);
+    }
+    let reply = run(&*store, "c1", BreakerOp::RecordMany(batch)).await;
+    assert_eq!(reply.state, BreakerState::Open, "{reply:?}");
+    assert!(reply.transitioned, "the batch that trips it is told so");
+    assert_eq!((reply.calls, reply.failures), (4, 2), "{reply:?}");
+
+    let stale = run(&*store, "c1", BreakerOp::RecordMany(batch)).await;
+    assert!(!stale.transitioned);
+    assert_eq!(
+        (stale.calls, stale.failures),
+        (4, 2),
+        "a stale batch was counted"
+    );
+
+    // Slow calls count as such.
+    let generation = run(&*store, "c2", BreakerOp::Peek).await.generation;
+    let mut slow = OutcomeBatch::new(generation);
+    slow.push(false, true);
+    slow.push(false, false);
+    let reply = run(&*store, "c2", BreakerOp::RecordMany(slow)).await;
+    assert_eq!((reply.calls, reply.failures, reply.slow_calls), (2, 0, 1));
 }

@@ -106,6 +106,7 @@ macro_rules! breaker_store_tests {
             peek_changes_nothing,
             clusters_are_isolated,
             concurrent_outcomes_open_once,
+            batched_outcomes_count_in_order,
         );
     };
 }

@@ -222,12 +222,8 @@ impl Permit {
                     .record(ticket, failed, took, now);
             }
             BreakerTicket::Fleet(ticket) => {
-                let op = BreakerOp::Record {
-                    ticket,
-                    failed,
-                    duration_ms: took,
-                };
-                self.plane.send_to_fleet(&self.cluster, op);
+                self.plane
+                    .record_in_fleet(&self.cluster, ticket, failed, took);
             }
         }
     }

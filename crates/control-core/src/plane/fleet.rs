@@ -8,8 +8,17 @@
 //! is over, a half-open one (so its permits stay exact across replicas), or a copy marked
 //! stale (at start, after a manual trip or reset, after a store failure).
 //!
+//! Successes of a closed breaker's calls are batched: up to [`OutcomeBatch::CAPACITY`] of
+//! one generation go to the store in one operation, when the batch is full, when a failure
+//! or a slow call joins it (it goes at once, with the successes before it, in order), or at
+//! the refresher's next tick (every 250 ms by default); a half-open probe's outcome goes at
+//! once. So a failure reaches the store as fast as unbatched, a success at most one refresh
+//! interval late (which only delays an opening when a success is the call that brings the
+//! window to `minimum_calls`), and a healthy cluster's call costs a thirty-second of a
+//! round trip instead of one.
+//!
 //! Lag: a replica learns of a transition made elsewhere from the reply to its next recorded
-//! outcome, or from the refresher's peek (when the copy is older than [`PEEK_AFTER_MS`]). An
+//! batch, or from the refresher's peek (when the copy is older than [`PEEK_AFTER_MS`]). An
 //! outcome of a call admitted under the old generation is ignored by the store, so what slips
 //! through in that gap never counts twice.
 //!
@@ -25,7 +34,9 @@ use super::runtime::{ClusterRuntime, Inner};
 use crate::{
     breaker::{BreakerState, Totals},
     config::BreakerConfig,
-    store::{BreakerOp, BreakerStore, FleetReply, FleetTicket, StoreError, StoreFuture},
+    store::{
+        BreakerOp, BreakerStore, FleetReply, FleetTicket, OutcomeBatch, StoreError, StoreFuture,
+    },
 };
 
 /// How long the replica's own breaker decides after the store failed, before asking again.
@@ -40,6 +51,8 @@ pub(crate) struct FleetBreaker {
     store: Arc<dyn BreakerStore>,
     config: Arc<BreakerConfig>,
     seen: Mutex<Seen>,
+    /// Outcomes of closed-breaker calls not sent yet.
+    pending: Mutex<OutcomeBatch>,
 }
 
 /// What the store last answered, on this replica's clock.
@@ -85,7 +98,42 @@ impl FleetBreaker {
                 local_until: 0,
                 stale: true,
             }),
+            pending: Mutex::new(OutcomeBatch::default()),
         }
+    }
+
+    /// Adds the outcome of a call a closed breaker admitted with `ticket` to the batch of its
+    /// generation; the batch to send now when it is full or the outcome is a failure or a
+    /// slow call. Outcomes of an older generation than
+    /// the batch's are dropped, and a batch of an older generation than the outcome's is
+    /// replaced: the store ignores outcomes of every generation but its current one, and
+    /// an outcome of generation g means the store has reached g.
+    pub(crate) fn batch(
+        &self,
+        ticket: FleetTicket,
+        failed: bool,
+        duration_ms: u64,
+    ) -> Option<OutcomeBatch> {
+        let slow = duration_ms >= self.config.slow_call_duration_ms;
+        let mut pending = self.pending.lock();
+        if ticket.generation != pending.generation {
+            if ticket.generation < pending.generation {
+                return None;
+            }
+            *pending = OutcomeBatch::new(ticket.generation);
+        }
+        pending.push(failed, slow);
+        // Bad news goes at once (with the successes before it, in order): a failure or a
+        // slow call is what opens a breaker, so the fleet sees it without the batch's lag.
+        (failed || slow || pending.is_full())
+            .then(|| std::mem::replace(&mut *pending, OutcomeBatch::new(ticket.generation)))
+    }
+
+    /// The outcomes batched so far, if any (the refresher sends them).
+    pub(crate) fn take_batch(&self) -> Option<OutcomeBatch> {
+        let mut pending = self.pending.lock();
+        let generation = pending.generation;
+        (pending.calls > 0).then(|| std::mem::replace(&mut *pending, OutcomeBatch::new(generation)))
     }
 
     /// Runs `op` on the store.
@@ -194,6 +242,28 @@ impl Inner {
         }
     }
 
+    /// Records the outcome of a call `rt`'s fleet breaker admitted: a probe's at once, a
+    /// closed breaker's in the replica's batch (sent when full, or by the refresher).
+    pub(crate) fn record_in_fleet(
+        self: &Arc<Self>,
+        rt: &Arc<ClusterRuntime>,
+        ticket: FleetTicket,
+        failed: bool,
+        duration_ms: u64,
+    ) {
+        let Some(fleet) = &rt.fleet else { return };
+        if ticket.probe {
+            let op = BreakerOp::Record {
+                ticket,
+                failed,
+                duration_ms,
+            };
+            self.send_to_fleet(rt, op);
+        } else if let Some(batch) = fleet.batch(ticket, failed, duration_ms) {
+            self.send_to_fleet(rt, BreakerOp::RecordMany(batch));
+        }
+    }
+
     /// Sends an outcome or a released permit to `rt`'s fleet breaker from a spawned task,
     /// so the response never waits for it. Outside a tokio runtime there is nowhere to run
     /// it: the outcome is dropped (the store ignores nothing else, and a probe permit comes
@@ -216,15 +286,18 @@ impl Inner {
         });
     }
 
-    /// Peeks at every fleet breaker whose copy is old (the refresher's part: a replica with
-    /// no traffic of its own still shows the fleet's state within about a second).
-    pub(crate) async fn peek_fleet(&self) {
+    /// The refresher's part: sends every fleet breaker's batched outcomes, and peeks at those
+    /// whose copy is old (a replica with no traffic of its own still shows the fleet's state
+    /// within about a second). A sent batch's reply is as fresh as a peek.
+    pub(crate) async fn sync_fleet(&self) {
         for rt in self.clusters.values() {
             let Some(fleet) = &rt.fleet else { continue };
-            if !fleet.needs_peek(self.clock.now_millis()) {
-                continue;
-            }
-            match fleet.run(&rt.id, BreakerOp::Peek).await {
+            let op = match fleet.take_batch() {
+                Some(batch) => BreakerOp::RecordMany(batch),
+                None if fleet.needs_peek(self.clock.now_millis()) => BreakerOp::Peek,
+                None => continue,
+            };
+            match fleet.run(&rt.id, op).await {
                 Ok(reply) => self.learned(rt, fleet, &reply),
                 Err(error) => {
                     self.store_failed(&error);
@@ -317,5 +390,53 @@ mod tests {
         assert!(f.needs_peek(1_200 + PEEK_AFTER_MS));
         f.mark_stale();
         assert_eq!(f.check(1_202), Check::Ask);
+    }
+
+    fn ticket(generation: u64) -> FleetTicket {
+        FleetTicket {
+            generation,
+            probe: false,
+        }
+    }
+
+    #[test]
+    fn outcomes_are_batched_by_generation_and_sent_when_full() {
+        let f = fleet();
+        assert_eq!(f.take_batch(), None, "nothing to send");
+        let slow_ms = BreakerConfig::default().slow_call_duration_ms;
+        assert_eq!(f.batch(ticket(3), false, 1), None, "a success waits");
+        assert_eq!(f.batch(ticket(3), false, 1), None);
+        let sent = f.take_batch().expect("two outcomes");
+        assert_eq!((sent.generation, sent.calls, sent.failed), (3, 2, 0));
+        assert_eq!(f.take_batch(), None, "taken once");
+
+        // A failure or a slow call goes at once, with the successes before it.
+        f.batch(ticket(3), false, 1);
+        let failed = f.batch(ticket(3), true, 1).expect("a failure goes at once");
+        assert_eq!((failed.calls, failed.failed, failed.slow), (2, 0b10, 0));
+        let slow = f
+            .batch(ticket(3), false, slow_ms)
+            .expect("so does a slow call");
+        assert_eq!((slow.calls, slow.failed, slow.slow), (1, 0, 0b1));
+        assert_eq!(f.take_batch(), None);
+
+        // Full at 32: the batch comes back from the call that filled it.
+        for _ in 1..OutcomeBatch::CAPACITY {
+            assert_eq!(f.batch(ticket(3), false, 1), None);
+        }
+        let full = f.batch(ticket(3), false, 1).expect("the 32nd fills it");
+        assert_eq!((full.calls, full.failed), (OutcomeBatch::CAPACITY, 0));
+        assert_eq!(f.take_batch(), None);
+    }
+
+    #[test]
+    fn a_newer_generation_replaces_the_batch_and_an_older_outcome_is_dropped() {
+        let f = fleet();
+        f.batch(ticket(3), false, 1);
+        f.batch(ticket(4), false, 1);
+        // Generation 3's outcome would be ignored by a store at 4: it is not sent.
+        assert_eq!(f.batch(ticket(3), true, 1), None);
+        let sent = f.take_batch().expect("generation 4's outcome");
+        assert_eq!((sent.generation, sent.calls, sent.failed), (4, 1, 0));
     }
 }

@@ -23,7 +23,7 @@ pub(crate) async fn refresher(plane: Weak<Inner>, every: Duration) {
         if inner.state_store.is_shared() {
             let _ = inner.refresh(false).await;
         }
-        inner.peek_fleet().await;
+        inner.sync_fleet().await;
         let _ = inner.end_expired().await;
     }
 }

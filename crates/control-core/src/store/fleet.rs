@@ -3,8 +3,9 @@
 //!
 //! The plane keeps a replica-local copy of what the store last answered, so a call through a
 //! closed fleet breaker costs no round trip before it runs: only its outcome is sent (off the
-//! response path). Only an open breaker whose wait is over and a half-open one ask the store
-//! before admitting, which keeps the half-open permits exact across replicas.
+//! response path), batched with the replica's other outcomes of the same generation
+//! ([`OutcomeBatch`]). Only an open breaker whose wait is over and a half-open one ask the
+//! store before admitting, which keeps the half-open permits exact across replicas.
 
 use std::{fmt, sync::Arc};
 
@@ -19,6 +20,58 @@ pub struct FleetTicket {
     pub generation: u64,
     /// Whether this is one of the half-open probes.
     pub probe: bool,
+}
+
+/// The outcomes of up to [`OutcomeBatch::CAPACITY`] calls admitted by a closed breaker of
+/// one generation, in the order they finished: recorded as if one by one, so the outcome
+/// that trips the breaker opens it and the rest are ignored (as any outcome of an older
+/// generation is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutcomeBatch {
+    /// The generation that admitted the calls.
+    pub generation: u64,
+    /// How many outcomes (at most [`OutcomeBatch::CAPACITY`]).
+    pub calls: u8,
+    /// Bit `i` set: call `i` failed.
+    pub failed: u32,
+    /// Bit `i` set: call `i` was slow.
+    pub slow: u32,
+}
+
+impl OutcomeBatch {
+    /// The most outcomes one batch carries.
+    pub const CAPACITY: u8 = 32;
+
+    /// An empty batch for `generation`.
+    #[must_use]
+    pub fn new(generation: u64) -> Self {
+        Self {
+            generation,
+            ..Self::default()
+        }
+    }
+
+    /// Adds one outcome; `false` (and nothing added) when the batch is full.
+    pub fn push(&mut self, failed: bool, slow: bool) -> bool {
+        if self.calls >= Self::CAPACITY {
+            return false;
+        }
+        let bit = 1u32 << self.calls;
+        if failed {
+            self.failed |= bit;
+        }
+        if slow {
+            self.slow |= bit;
+        }
+        self.calls += 1;
+        true
+    }
+
+    /// Whether the batch holds [`OutcomeBatch::CAPACITY`] outcomes.
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        self.calls >= Self::CAPACITY
+    }
 }
 
 /// What one fleet breaker operation answered.
@@ -60,6 +113,8 @@ pub enum BreakerOp {
         /// How long the call took (slow at `slow_call_duration_ms` or more).
         duration_ms: u64,
     },
+    /// Records the outcomes of several calls of a closed breaker (not probes) at once.
+    RecordMany(OutcomeBatch),
     /// Gives back a permit whose call never completed or whose outcome is ignored.
     Release(FleetTicket),
     /// Trips the breaker by hand until [`BreakerOp::Reset`].

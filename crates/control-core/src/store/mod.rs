@@ -42,7 +42,7 @@ mod state;
 
 pub use crate::window::{decide, Slot, Taken};
 pub use clients::DEFAULT_CLIENT_CAPACITY;
-pub use fleet::{BreakerOp, BreakerStore, FleetReply, FleetTicket};
+pub use fleet::{BreakerOp, BreakerStore, FleetReply, FleetTicket, OutcomeBatch};
 pub use future::StoreFuture;
 pub use memory::AUDIT_CAPACITY;
 pub use state::{AuditEntry, ClusterState, ControlState, RateLimitSettings, Switch, Versioned};

@@ -31,8 +31,9 @@ use crate::{
 };
 
 /// The fleet breaker script. `KEYS[1]` the state hash, `KEYS[2]` the ring.
-/// `ARGV`: op (`a` acquire, `r` record, `l` release, `f` force open, `z` reset, `p` peek),
-/// ticket generation, probe, failed, slow, window size, minimum calls, failure threshold,
+/// `ARGV`: op (`a` acquire, `r` record, `m` record many, `l` release, `f` force open, `z`
+/// reset, `p` peek), ticket generation, probe (`m`: how many outcomes), failed (`m`: bit i
+/// = outcome i failed), slow (`m`: the same for slow), window size, minimum calls, failure threshold,
 /// slow threshold, wait in open (ms), half-open permits, enabled (plus, in tests only, a
 /// time). Returns `{admitted, generation, probe, retry_ms (-1 = none), state, transitioned,
 /// calls, failures, slow}`; state is 0 closed, 1 open, 2 half-open, 3 forced open.
@@ -77,6 +78,24 @@ local function go(to)
   if to == 1 then untl = now + wait end
   if to ~= 2 then moved = 1 end
 end
+-- Adds one closed-breaker outcome to the ring; whether the window now trips the breaker.
+local function add(failed, slow)
+  if len == size then
+    local old = tonumber(redis.call('HGET', w, nxt)) or 0
+    calls = calls - 1
+    if old % 2 == 1 then fail = fail - 1 end
+    if old >= 2 then slw = slw - 1 end
+  else
+    len = len + 1
+  end
+  redis.call('HSET', w, nxt, (failed and 1 or 0) + (slow and 2 or 0))
+  nxt = (nxt + 1) % size
+  calls = calls + 1
+  if failed then fail = fail + 1 end
+  if slow then slw = slw + 1 end
+  return enabled and calls > 0 and calls >= math.min(minimum, size)
+    and (fail * 100 >= fth * calls or slw * 100 >= sth * calls)
+end
 local ok, probe, retry = 0, 0, -1
 if op == 'a' then
   if st == 1 and now >= untl then go(2) end
@@ -87,25 +106,20 @@ if op == 'a' then
   elseif st == 2 then
     if iss < permits then iss, ok, probe = iss + 1, 1, 1 else retry = 1000 end
   end
+elseif op == 'm' and tgen == gen and st == 0 then
+  -- Outcomes of a closed breaker's calls, in order, as if recorded one by one: the one
+  -- that trips it opens it, and the rest (now of an older generation) are ignored.
+  local n, fbits, sbits = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+  for i = 0, n - 1 do
+    local bit = 2 ^ i
+    if add(math.floor(fbits / bit) % 2 == 1, math.floor(sbits / bit) % 2 == 1) then
+      go(1)
+      break
+    end
+  end
 elseif op == 'r' and tgen == gen then
   if st == 0 then
-    if len == size then
-      local old = tonumber(redis.call('HGET', w, nxt)) or 0
-      calls = calls - 1
-      if old % 2 == 1 then fail = fail - 1 end
-      if old >= 2 then slw = slw - 1 end
-    else
-      len = len + 1
-    end
-    redis.call('HSET', w, nxt, (failed and 1 or 0) + (slow and 2 or 0))
-    nxt = (nxt + 1) % size
-    calls = calls + 1
-    if failed then fail = fail + 1 end
-    if slow then slw = slw + 1 end
-    if enabled and calls > 0 and calls >= math.min(minimum, size)
-      and (fail * 100 >= fth * calls or slw * 100 >= sth * calls) then
-      go(1)
-    end
+    if add(failed, slow) then go(1) end
   elseif st == 2 and tprobe then
     if failed or slow then go(1) elseif suc + 1 >= permits then go(0) else suc = suc + 1 end
   end
@@ -224,8 +238,16 @@ impl RedisStore {
             generation: 0,
             probe: false,
         };
-        let (code, ticket, failed, slow) = match op {
-            BreakerOp::Acquire => ("a", none, false, false),
+        // `probe`, `failed` and `slow` as the script reads them (numbers for `m`).
+        let (code, ticket, failed, slow): (_, _, u32, u32) = match op {
+            BreakerOp::Acquire => ("a", none, 0, 0),
+            BreakerOp::RecordMany(batch) => {
+                let ticket = FleetTicket {
+                    generation: batch.generation,
+                    probe: false,
+                };
+                ("m", ticket, batch.failed, batch.slow)
+            }
             BreakerOp::Record {
                 ticket,
                 failed,
@@ -233,13 +255,17 @@ impl RedisStore {
             } => (
                 "r",
                 ticket,
-                failed,
-                duration_ms >= config.slow_call_duration_ms,
+                u32::from(failed),
+                u32::from(duration_ms >= config.slow_call_duration_ms),
             ),
-            BreakerOp::Release(ticket) => ("l", ticket, false, false),
-            BreakerOp::ForceOpen => ("f", none, false, false),
-            BreakerOp::Reset => ("z", none, false, false),
-            BreakerOp::Peek => ("p", none, false, false),
+            BreakerOp::Release(ticket) => ("l", ticket, 0, 0),
+            BreakerOp::ForceOpen => ("f", none, 0, 0),
+            BreakerOp::Reset => ("z", none, 0, 0),
+            BreakerOp::Peek => ("p", none, 0, 0),
+        };
+        let probe = match op {
+            BreakerOp::RecordMany(batch) => u32::from(batch.calls),
+            _ => u32::from(ticket.probe),
         };
         let mut invocation = SCRIPT.call();
         invocation
@@ -247,9 +273,9 @@ impl RedisStore {
             .key(format!("{}ctl:{{{cluster}}}:brw", self.prefix))
             .arg(code)
             .arg(ticket.generation)
-            .arg(u8::from(ticket.probe))
-            .arg(u8::from(failed))
-            .arg(u8::from(slow))
+            .arg(probe)
+            .arg(failed)
+            .arg(slow)
             .arg(config.window_size.max(1))
             .arg(config.minimum_calls)
             .arg(config.failure_rate_threshold)
