@@ -48,6 +48,17 @@ async fn answers_within(server: &TestServer, path: &str, status: u16) {
     }
 }
 
+/// Two failed calls through each replica, alternating: 4 calls, 100 % failed.
+async fn fail_twice_each(a: &TestServer, b: &TestServer) {
+    for server in [a, b, a, b] {
+        server
+            .http
+            .get("/api/jaggy-core/status/500")
+            .await
+            .assert_problem(500);
+    }
+}
+
 #[tokio::test]
 async fn failures_spread_over_two_replicas_trip_one_breaker() {
     let Some(backends) = Backends::reserve().await else {
@@ -71,13 +82,7 @@ async fn failures_spread_over_two_replicas_trip_one_breaker() {
 
     // Two failures through each replica: 4 calls, 100% failed, fleet-wide. Each replica's
     // own window would hold only 2 calls, below the minimum of 4.
-    for server in [&a, &b, &a, &b] {
-        server
-            .http
-            .get("/api/jaggy-core/status/500")
-            .await
-            .assert_problem(500);
-    }
+    fail_twice_each(&a, &b).await;
 
     // Outcomes are recorded after the response; each replica learns of the trip from the
     // reply to its next outcome or from its refresher's peek (copies older than 1 s).
@@ -139,13 +144,7 @@ async fn replicas_under_different_prefixes_keep_their_own_breakers() {
     let (a, b) = (replica(&first).await, replica(&second).await);
 
     // The same four failures, but on two fleets: neither window reaches its minimum.
-    for server in [&a, &b, &a, &b] {
-        server
-            .http
-            .get("/api/jaggy-core/status/500")
-            .await
-            .assert_problem(500);
-    }
+    fail_twice_each(&a, &b).await;
     // Wait past a peek so that a copy which could have changed has been refreshed.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     for (name, server) in [("a", &a), ("b", &b)] {
