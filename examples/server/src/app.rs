@@ -294,7 +294,7 @@ impl App {
     }
 
     /// The connection counters the edge ([`crate::serve_with`]) updates and `/metrics`
-    /// renders: pass them in [`crate::EdgeConfig::metrics`].
+    /// renders: pass them as `serve_with`'s last argument.
     pub fn edge_metrics(&self) -> crate::edge::EdgeMetrics {
         self.edge.clone()
     }
