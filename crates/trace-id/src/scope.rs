@@ -9,17 +9,23 @@
 use crate::context::TraceContext;
 use pin_project_lite::pin_project;
 use std::{
-    cell::RefCell,
+    cell::Cell,
     future::Future,
-    mem,
     pin::Pin,
     task::{Context, Poll},
 };
 use tracing::Span;
 
 thread_local! {
-    /// The context of the scope running on this thread, if any.
-    static CURRENT: RefCell<Option<TraceContext>> = const { RefCell::new(None) };
+    /// The context of the scope running on this thread, if any. A `Cell`, not a `RefCell`:
+    /// it is only ever swapped whole or taken and put back, so no borrow flag is needed.
+    static CURRENT: Cell<Option<TraceContext>> = const { Cell::new(None) };
+}
+
+/// Swaps `slot` with the thread's current context; `Err` only while the thread's locals
+/// are being destroyed.
+fn swap_current(slot: &mut Option<TraceContext>) -> Result<(), std::thread::AccessError> {
+    CURRENT.try_with(|current| *slot = current.replace(slot.take()))
 }
 
 /// Runs `f` with `slot`'s context as the current one; the previous one (if any) is back
@@ -31,13 +37,10 @@ pub(crate) fn in_scope<R>(slot: &mut Option<TraceContext>, f: impl FnOnce() -> R
         fn drop(&mut self) {
             // Fails only while the thread's locals are being destroyed: then there is
             // nothing to restore into.
-            let _ = CURRENT.try_with(|current| mem::swap(&mut *current.borrow_mut(), self.0));
+            let _ = swap_current(self.0);
         }
     }
-    if CURRENT
-        .try_with(|current| mem::swap(&mut *current.borrow_mut(), slot))
-        .is_err()
-    {
+    if swap_current(slot).is_err() {
         // Thread teardown: run without a current context rather than panic.
         return f();
     }
@@ -48,7 +51,13 @@ pub(crate) fn in_scope<R>(slot: &mut Option<TraceContext>, f: impl FnOnce() -> R
 /// `f` applied to the current context, if there is one.
 pub(crate) fn with_current<R>(f: impl FnOnce(&TraceContext) -> R) -> Option<R> {
     CURRENT
-        .try_with(|current| current.borrow().as_ref().map(f))
+        .try_with(|current| {
+            // Taken out for `f` and put back; `f` (a clone, a child) never reads the slot.
+            let context = current.take();
+            let out = context.as_ref().map(f);
+            current.set(context);
+            out
+        })
         .ok()
         .flatten()
 }
