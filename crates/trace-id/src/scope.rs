@@ -52,11 +52,16 @@ pub(crate) fn in_scope<R>(slot: &mut Option<TraceContext>, f: impl FnOnce() -> R
 pub(crate) fn with_current<R>(f: impl FnOnce(&TraceContext) -> R) -> Option<R> {
     CURRENT
         .try_with(|current| {
+            /// Puts the context back, also when `f` panics.
+            struct PutBack<'a>(&'a Cell<Option<TraceContext>>, Option<TraceContext>);
+            impl Drop for PutBack<'_> {
+                fn drop(&mut self) {
+                    self.0.set(self.1.take());
+                }
+            }
             // Taken out for `f` and put back; `f` (a clone, a child) never reads the slot.
-            let context = current.take();
-            let out = context.as_ref().map(f);
-            current.set(context);
-            out
+            let taken = PutBack(current, current.take());
+            taken.1.as_ref().map(f)
         })
         .ok()
         .flatten()
@@ -161,6 +166,16 @@ mod tests {
             TraceContext::new("doomed").sync_scope(|| panic!("boom"));
         });
         assert!(result.is_err());
+        assert!(TraceContext::current().is_none());
+    }
+
+    #[test]
+    fn a_panic_while_reading_the_current_context_puts_it_back() {
+        TraceContext::new("kept").sync_scope(|| {
+            let read = std::panic::catch_unwind(|| with_current(|_| panic!("boom")));
+            assert!(read.is_err());
+            assert_eq!(TraceContext::current().unwrap().trace_id(), "kept");
+        });
         assert!(TraceContext::current().is_none());
     }
 
