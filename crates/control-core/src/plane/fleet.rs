@@ -104,10 +104,10 @@ impl FleetBreaker {
 
     /// Adds the outcome of a call a closed breaker admitted with `ticket` to the batch of its
     /// generation; the batch to send now when it is full or the outcome is a failure or a
-    /// slow call. Outcomes of an older generation than
-    /// the batch's are dropped, and a batch of an older generation than the outcome's is
-    /// replaced: the store ignores outcomes of every generation but its current one, and
-    /// an outcome of generation g means the store has reached g.
+    /// slow call. Outcomes of an older generation than the batch's are dropped, and a batch
+    /// of an older generation than the outcome's is replaced: the store ignores outcomes of
+    /// every generation but its current one, and an outcome of generation g means the store
+    /// has reached g.
     pub(crate) fn batch(
         &self,
         ticket: FleetTicket,

@@ -16,9 +16,10 @@
 //! cut only once it is as full as the last batch started (or when nothing is in flight any
 //! more): a second writer that took whatever was queued (one or two calls) would halve
 //! the batches and pay a commit for each half (32 clients: 14 calls a batch -> 7, backend
-//! CPU per mint 224-228 -> 250-261 us in interleaved `ledger_load` runs of that rule), while
-//! waiting for a full batch keeps them whole and still overlaps one batch's execution with
-//! another's commit. Concurrent batches lock as any two transactions of the functions do
+//! CPU per mint 224-228 -> 250-261 us in interleaved `ledger_load` runs of that rule).
+//! Even so, with 32 clients two writers measured worse than one (batches of 10, 0.37-0.41x
+//! against 0.42-0.44x the spread ceiling; `crates/billable-2pc/README.md`), so one stays
+//! the default. Concurrent batches lock as any two transactions of the functions do
 //! (account rows first, in account order), so they never see each other half-applied. A
 //! batch that fails gives every caller in it the error, and nothing of it is applied (one
 //! transaction).
@@ -116,6 +117,8 @@ impl<Req: Send + 'static, Out: Send + 'static> Batcher<Req, Out> {
                 fill(&mut rx, &mut jobs, max_batch, config.max_wait).await;
                 if jobs.len() < last_size {
                     overlap_when_full(&mut rx, &mut jobs, last_size, max_batch, &mut running).await;
+                    // Whatever else queued meanwhile goes too.
+                    fill(&mut rx, &mut jobs, max_batch, Duration::ZERO).await;
                 }
                 last_size = jobs.len();
                 counted.batches.fetch_add(1, Ordering::Relaxed);
@@ -238,13 +241,6 @@ async fn overlap_when_full<J>(
                     return;
                 }
             }
-        }
-    }
-    // Whatever else queued meanwhile goes too.
-    while jobs.len() < max_batch {
-        match rx.try_recv() {
-            Ok(job) => jobs.push(job),
-            Err(_) => return,
         }
     }
 }

@@ -234,45 +234,39 @@ impl RedisStore {
                 "the fleet-wide breaker shares count-based windows only",
             ));
         }
-        let none = FleetTicket {
-            generation: 0,
-            probe: false,
-        };
-        // `probe`, `failed` and `slow` as the script reads them (numbers for `m`).
-        let (code, ticket, failed, slow): (_, _, u32, u32) = match op {
-            BreakerOp::Acquire => ("a", none, 0, 0),
-            BreakerOp::RecordMany(batch) => {
-                let ticket = FleetTicket {
-                    generation: batch.generation,
-                    probe: false,
-                };
-                ("m", ticket, batch.failed, batch.slow)
-            }
+        // The op's code and the numbers the script reads as ticket generation, probe,
+        // failed and slow (for `m`: how many outcomes and their bit sets).
+        let (code, generation, probe, failed, slow): (_, u64, u32, u32, u32) = match op {
+            BreakerOp::Acquire => ("a", 0, 0, 0, 0),
             BreakerOp::Record {
                 ticket,
                 failed,
                 duration_ms,
             } => (
                 "r",
-                ticket,
+                ticket.generation,
+                u32::from(ticket.probe),
                 u32::from(failed),
                 u32::from(duration_ms >= config.slow_call_duration_ms),
             ),
-            BreakerOp::Release(ticket) => ("l", ticket, 0, 0),
-            BreakerOp::ForceOpen => ("f", none, 0, 0),
-            BreakerOp::Reset => ("z", none, 0, 0),
-            BreakerOp::Peek => ("p", none, 0, 0),
-        };
-        let probe = match op {
-            BreakerOp::RecordMany(batch) => u32::from(batch.calls),
-            _ => u32::from(ticket.probe),
+            BreakerOp::RecordMany(batch) => (
+                "m",
+                batch.generation,
+                u32::from(batch.calls),
+                batch.failed,
+                batch.slow,
+            ),
+            BreakerOp::Release(ticket) => ("l", ticket.generation, u32::from(ticket.probe), 0, 0),
+            BreakerOp::ForceOpen => ("f", 0, 0, 0, 0),
+            BreakerOp::Reset => ("z", 0, 0, 0, 0),
+            BreakerOp::Peek => ("p", 0, 0, 0, 0),
         };
         let mut invocation = SCRIPT.call();
         invocation
             .key(format!("{}ctl:{{{cluster}}}:br", self.prefix))
             .key(format!("{}ctl:{{{cluster}}}:brw", self.prefix))
             .arg(code)
-            .arg(ticket.generation)
+            .arg(generation)
             .arg(probe)
             .arg(failed)
             .arg(slow)
