@@ -229,6 +229,23 @@ async fn a_hung_server_answers_within_the_deadline() {
         "four calls, each bounded by the deadline: {:?}",
         started.elapsed()
     );
+    // A call whose client deadline fired a moment before its server-side statement_timeout
+    // is still waiting on the lock: releasing the lock then would let it commit. Release
+    // it only once the server has given up on every statement waiting for it.
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' AND query LIKE '%{schema}%' AND pid <> pg_backend_pid()"
+    );
+    assert!(
+        dreamnet_test_support::holds_within(Duration::from_secs(5), || async {
+            // Another connection, autocommit: a transaction sees one snapshot of the view.
+            let watcher = pool.get().await.unwrap();
+            let n: i64 = watcher.query_one(&waiting, &[]).await.unwrap().get(0);
+            n == 0
+        })
+        .await,
+        "statements still waiting on the lock 5 s after their deadline"
+    );
     hold.rollback().await.unwrap();
     drop(locker);
     assert_eq!(f.ledger.stats().await.unwrap().pending, 1);
