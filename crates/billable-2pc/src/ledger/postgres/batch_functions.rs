@@ -38,7 +38,7 @@
 ///   joins a batch's few requests to their rows by key, which nested index lookups do best
 ///   at any size. And `enable_seqscan = off`, as every function (see
 ///   [`functions`](super::functions)).
-const PLANNER_SETTINGS: &str = "SET enable_seqscan = off SET enable_bitmapscan = off
+pub(super) const PLANNER_SETTINGS: &str = "SET enable_seqscan = off SET enable_bitmapscan = off
          SET enable_hashjoin = off SET enable_mergejoin = off
          SET plan_cache_mode = force_generic_plan";
 
@@ -47,6 +47,9 @@ const PLANNER_SETTINGS: &str = "SET enable_seqscan = off SET enable_bitmapscan =
 /// with the signatures and result types they had in 0.3.
 pub(super) fn batch_functions(s: &str, acc: &str, act: &str, slots: &str, out: &str) -> String {
     let settings = PLANNER_SETTINGS;
+    let replays = replays(act);
+    let lock_unlimited = lock_unlimited(acc, "v_accounts");
+    let fresh_keys = fresh_keys(act);
     format!(
         "
          -- A batch of reservations in one transaction. o_ord is the request's index
@@ -75,63 +78,19 @@ pub(super) fn batch_functions(s: &str, acc: &str, act: &str, slots: &str, out: &
              v_rows {act}[];
              o INT;
          BEGIN
-             SELECT array_agg(u.ord::INT), array_agg(a) INTO v_live_ords, v_live
-             FROM unnest(p_scopes, p_keys) WITH ORDINALITY AS u(scope, key, ord)
-             JOIN {act} AS a ON a.scope = u.scope AND a.idem_key = u.key AND a.state <> 'failed';
-             IF v_live_ords IS NOT NULL THEN
-                 -- A replay: answered from this lock-free read, writing nothing.
-                 SELECT COALESCE(array_agg(v_live_ords[j]), '{{}}') INTO v_replayed
-                 FROM generate_series(1, cardinality(v_live_ords)) AS j
-                 WHERE NOT ((v_live[j]).state = 'pending' AND p_now >= (v_live[j]).expires_at);
-                 RETURN QUERY SELECT v_live_ords[j], 'existing'::TEXT, NULL::TEXT, NULL::BIGINT,
-                     (v_live[j]).*
-                 FROM generate_series(1, cardinality(v_live_ords)) AS j
-                 WHERE v_live_ords[j] = ANY (v_replayed);
+             {replays}
                  IF cardinality(v_replayed) = v_n THEN
                      RETURN;
                  END IF;
-             ELSE
-                 v_live_ords := '{{}}';
              END IF;
              SELECT array_agg(DISTINCT p_accounts[g] ORDER BY p_accounts[g]) INTO v_accounts
              FROM generate_series(1, v_n) AS g WHERE g <> ALL (v_replayed);
-             -- The unlimited accounts, locked FOR SHARE (the lock re-checks the filter, so an
-             -- account given a credit line meanwhile is not taken: it goes to the slow path,
-             -- which locks it FOR UPDATE). Missing accounts are created (unlimited, unless
-             -- there is a default credit line: then the slow path creates them) and locked.
-             FOR o IN 1..2 LOOP
-                 SELECT COALESCE(array_agg(l.account), '{{}}'), COALESCE(array_agg(l.currency), '{{}}')
-                 INTO v_locked, v_currencies
-                 FROM (SELECT account, currency FROM {acc}
-                     WHERE account = ANY (v_accounts) AND credit IS NULL
-                     ORDER BY account FOR SHARE) AS l;
-                 EXIT WHEN o = 2 OR p_default_credit IS NOT NULL
-                     OR cardinality(v_locked) = cardinality(v_accounts);
-                 INSERT INTO {acc} (account, currency, credit, created_at, updated_at)
-                 SELECT DISTINCT ON (p_accounts[g]) p_accounts[g], p_currencies[g], NULL::BIGINT,
-                     p_now, p_now
-                 FROM generate_series(1, v_n) AS g
-                 WHERE g <> ALL (v_replayed) AND p_accounts[g] <> ALL (v_locked)
-                 ORDER BY p_accounts[g], g
-                 ON CONFLICT (account) DO NOTHING;
-             END LOOP;
+             {lock_unlimited}
              -- Every fresh key on a locked account of its currency, in one statement; the
              -- holds posted to this connection's slot of each account in the same one. A key
              -- taken meanwhile (or twice in the batch) is skipped here and answered below.
              WITH ins AS (
-                 INSERT INTO {act} AS n (id, scope, idem_key, fingerprint, action, account,
-                     reserved, amount, currency, state, trace_id, created_at, updated_at,
-                     expires_at)
-                 SELECT p_ids[g], p_scopes[g], p_keys[g], p_fingerprints[g], p_actions[g],
-                     p_accounts[g], p_amounts[g], p_amounts[g], p_currencies[g], 'pending',
-                     p_traces[g], p_now, p_now, p_expires[g]
-                 FROM generate_series(1, v_n) AS g
-                 JOIN unnest(v_locked, v_currencies) AS l(account, currency)
-                     ON l.account = p_accounts[g] AND l.currency = p_currencies[g]
-                 WHERE g <> ALL (v_live_ords)
-                 ORDER BY p_accounts[g], g
-                 ON CONFLICT (scope, idem_key) WHERE state <> 'failed' DO NOTHING
-                 RETURNING n
+                 {fresh_keys}
              ), held AS (
                  INSERT INTO {slots} AS t (account, slot, pending, charged)
                  SELECT (ins.n).account, pg_backend_pid() % 16, sum((ins.n).reserved), 0
@@ -204,5 +163,78 @@ pub(super) fn batch_functions(s: &str, acc: &str, act: &str, slots: &str, out: &
                  END LOOP;
              END IF;
          END $fn$;"
+    )
+}
+
+/// The reserve batch's first step (plpgsql, the reserve batch's parameters and variables): a
+/// lock-free read of every key's live action; the replays among them answered at once,
+/// writing nothing, their requests in `v_replayed`; the others (expired attempts, voided on
+/// the slow path) in `v_live_ords`. Leaves an `IF` open when some key was live, so the caller
+/// can end early when every request was a replay.
+pub(super) fn replays(act: &str) -> String {
+    format!(
+        "SELECT array_agg(u.ord::INT), array_agg(a) INTO v_live_ords, v_live
+             FROM unnest(p_scopes, p_keys) WITH ORDINALITY AS u(scope, key, ord)
+             JOIN {act} AS a ON a.scope = u.scope AND a.idem_key = u.key AND a.state <> 'failed';
+             IF v_live_ords IS NULL THEN
+                 v_live_ords := '{{}}';
+             ELSE
+                 -- A replay: answered from this lock-free read, writing nothing.
+                 SELECT COALESCE(array_agg(v_live_ords[j]), '{{}}') INTO v_replayed
+                 FROM generate_series(1, cardinality(v_live_ords)) AS j
+                 WHERE NOT ((v_live[j]).state = 'pending' AND p_now >= (v_live[j]).expires_at);
+                 RETURN QUERY SELECT v_live_ords[j], 'existing'::TEXT, NULL::TEXT, NULL::BIGINT,
+                     (v_live[j]).*
+                 FROM generate_series(1, cardinality(v_live_ords)) AS j
+                 WHERE v_live_ords[j] = ANY (v_replayed);"
+    )
+}
+
+/// The unlimited accounts among `to_lock` (a sorted `TEXT[]`), locked `FOR SHARE` in account
+/// order, into `v_locked` and their currencies into `v_currencies` (the lock re-checks the
+/// filter, so an account given a credit line meanwhile is not taken: it goes to the slow
+/// path, which locks it `FOR UPDATE`). The reserves' missing accounts (`v_accounts`) are
+/// created (unlimited, unless there is a default credit line: then the slow path creates
+/// them) and locked.
+pub(super) fn lock_unlimited(acc: &str, to_lock: &str) -> String {
+    format!(
+        "FOR o IN 1..2 LOOP
+                 SELECT COALESCE(array_agg(l.account), '{{}}'), COALESCE(array_agg(l.currency), '{{}}')
+                 INTO v_locked, v_currencies
+                 FROM (SELECT account, currency FROM {acc}
+                     WHERE account = ANY ({to_lock}) AND credit IS NULL
+                     ORDER BY account FOR SHARE) AS l;
+                 EXIT WHEN o = 2 OR p_default_credit IS NOT NULL
+                     OR COALESCE(v_accounts <@ v_locked, TRUE);
+                 INSERT INTO {acc} (account, currency, credit, created_at, updated_at)
+                 SELECT DISTINCT ON (p_accounts[g]) p_accounts[g], p_currencies[g], NULL::BIGINT,
+                     p_now, p_now
+                 FROM generate_series(1, v_n) AS g
+                 WHERE g <> ALL (v_replayed) AND p_accounts[g] <> ALL (v_locked)
+                 ORDER BY p_accounts[g], g
+                 ON CONFLICT (account) DO NOTHING;
+             END LOOP;"
+    )
+}
+
+/// The set-based reservation (a statement for a `WITH`): every fresh key (not live,
+/// `v_live_ords`) on a locked account of its currency (`v_locked`, `v_currencies`), inserted
+/// pending, in account order, returning the new rows as `n`. A key taken meanwhile (or twice
+/// in the batch) is skipped, for the slow path to answer.
+pub(super) fn fresh_keys(act: &str) -> String {
+    format!(
+        "INSERT INTO {act} AS n (id, scope, idem_key, fingerprint, action, account,
+                     reserved, amount, currency, state, trace_id, created_at, updated_at,
+                     expires_at)
+                 SELECT p_ids[g], p_scopes[g], p_keys[g], p_fingerprints[g], p_actions[g],
+                     p_accounts[g], p_amounts[g], p_amounts[g], p_currencies[g], 'pending',
+                     p_traces[g], p_now, p_now, p_expires[g]
+                 FROM generate_series(1, v_n) AS g
+                 JOIN unnest(v_locked, v_currencies) AS l(account, currency)
+                     ON l.account = p_accounts[g] AND l.currency = p_currencies[g]
+                 WHERE g <> ALL (v_live_ords)
+                 ORDER BY p_accounts[g], g
+                 ON CONFLICT (scope, idem_key) WHERE state <> 'failed' DO NOTHING
+                 RETURNING n"
     )
 }
