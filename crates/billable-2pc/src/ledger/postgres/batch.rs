@@ -69,9 +69,24 @@ pub(super) struct Batcher<Req, Out> {
 
 /// How many batches one writer sent, carrying how many calls (whatever their outcome).
 #[derive(Default)]
-struct Counts {
+pub(super) struct Counts {
     batches: AtomicU64,
     calls: AtomicU64,
+}
+
+impl Counts {
+    /// One more batch, of `calls` calls.
+    pub(super) fn add(&self, calls: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.calls.fetch_add(calls as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn get(&self) -> BatchCounts {
+        BatchCounts {
+            batches: self.batches.load(Ordering::Relaxed),
+            calls: self.calls.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// How many batches (transactions) a writer sent and how many calls they carried, since
@@ -121,10 +136,7 @@ impl<Req: Send + 'static, Out: Send + 'static> Batcher<Req, Out> {
                     fill(&mut rx, &mut jobs, max_batch, Duration::ZERO).await;
                 }
                 last_size = jobs.len();
-                counted.batches.fetch_add(1, Ordering::Relaxed);
-                counted
-                    .calls
-                    .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                counted.add(jobs.len());
                 let run = run.clone();
                 let in_flight = in_flight.clone();
                 in_flight.send_modify(|n| *n += 1);
@@ -140,10 +152,7 @@ impl<Req: Send + 'static, Out: Send + 'static> Batcher<Req, Out> {
 
     /// The batches this writer sent so far.
     pub(super) fn counts(&self) -> BatchCounts {
-        BatchCounts {
-            batches: self.counts.batches.load(Ordering::Relaxed),
-            calls: self.counts.calls.load(Ordering::Relaxed),
-        }
+        self.counts.get()
     }
 
     /// Queues `request` and waits for its batch's outcome.

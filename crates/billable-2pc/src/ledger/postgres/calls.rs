@@ -54,44 +54,11 @@ impl Core {
         batch: Vec<(ActionId, ReserveRequest)>,
     ) -> LedgerResult<Vec<LedgerResult<Reservation>>> {
         let now = self.now();
-        let column = |f: fn(&ReserveRequest) -> &str| -> Vec<&str> {
-            batch.iter().map(|(_, r)| f(r)).collect()
-        };
-        let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
-        let scopes = column(|r| &r.scope);
-        let keys = column(|r| &r.idempotency_key);
-        let fingerprints = column(|r| &r.fingerprint);
-        let actions = column(|r| &r.action);
-        let accounts = column(|r| r.account.as_str());
-        let currencies = column(|r| &r.currency);
-        let amounts: Vec<i64> = batch.iter().map(|(_, r)| r.amount).collect();
-        let traces: Vec<Option<&str>> = batch.iter().map(|(_, r)| r.trace_id.as_deref()).collect();
-        let expires: Vec<i64> = batch
-            .iter()
-            .map(|(_, r)| {
-                now.saturating_add(i64::try_from(r.timeout.as_millis()).unwrap_or(i64::MAX))
-            })
-            .collect();
-        let params: [&(dyn ToSql + Sync); 12] = [
-            &ids,
-            &scopes,
-            &keys,
-            &fingerprints,
-            &actions,
-            &accounts,
-            &amounts,
-            &currencies,
-            &traces,
-            &now,
-            &expires,
-            &self.default_credit,
-        ];
+        let columns = ReserveColumns::of(&batch, now);
+        let params = columns.params(&now, &self.default_credit);
         let rows = self.query(&self.sql.reserve_batch, &params).await?;
         let mut outcomes = in_order(batch.len(), rows)?;
-        Ok(batch
-            .into_iter()
-            .map(|(_, request)| reservation_from(outcomes.next().flatten(), request))
-            .collect())
+        Ok(reservations(batch, &mut outcomes))
     }
 
     /// One transaction for the whole batch of settles (`dreamnet_billable_resolve_batch`).
@@ -100,20 +67,44 @@ impl Core {
         batch: Vec<Settle>,
     ) -> LedgerResult<Vec<LedgerResult<Action>>> {
         let now = self.now();
-        let ids: Vec<&str> = batch.iter().map(|s| s.id.as_str()).collect();
+        let columns = SettleColumns::of(&batch);
         let tos: Vec<&str> = vec![ActionState::Charged.as_str(); batch.len()];
-        let actuals: Vec<Option<i64>> = batch.iter().map(|s| s.actual).collect();
-        let responses: Vec<&[u8]> = batch.iter().map(|s| &s.response[..]).collect();
-        let params: [&(dyn ToSql + Sync); 5] = [&ids, &tos, &actuals, &responses, &now];
+        let params: [&(dyn ToSql + Sync); 5] = [
+            &columns.ids,
+            &tos,
+            &columns.actuals,
+            &columns.responses,
+            &now,
+        ];
         let rows = self.query(&self.sql.resolve_batch, &params).await?;
         let mut outcomes = in_order(batch.len(), rows)?;
-        Ok(batch
-            .iter()
-            .map(|s| match outcomes.next().flatten() {
-                Some(row) => resolved_from(&row, &s.id, ActionState::Charged, s.actual),
-                None => Err(backend("a settle of the batch had no outcome")),
-            })
-            .collect())
+        Ok(settlements(&batch, &mut outcomes))
+    }
+
+    /// Reserves and settles in one transaction
+    /// (`dreamnet_billable_reserve_and_settle_batch`): the outcome of each, in order.
+    pub(super) async fn reserve_and_settle_batch(
+        &self,
+        reserves: Vec<(ActionId, ReserveRequest)>,
+        settles: Vec<Settle>,
+    ) -> LedgerResult<(Vec<LedgerResult<Reservation>>, Vec<LedgerResult<Action>>)> {
+        let now = self.now();
+        let (reserve, settle) = (
+            ReserveColumns::of(&reserves, now),
+            SettleColumns::of(&settles),
+        );
+        let mut params = reserve.params(&now, &self.default_credit).to_vec();
+        params.extend_from_slice(&[
+            &settle.ids as &(dyn ToSql + Sync),
+            &settle.actuals,
+            &settle.responses,
+        ]);
+        let rows = self
+            .query(&self.sql.reserve_and_settle_batch, &params)
+            .await?;
+        let mut outcomes = in_order(reserves.len() + settles.len(), rows)?;
+        let reserved = reservations(reserves, &mut outcomes);
+        Ok((reserved, settlements(&settles, &mut outcomes)))
     }
 
     /// Confirm (`to` = confirmed), charge or void, in one call of `dreamnet_billable_resolve`.
@@ -276,6 +267,109 @@ impl Core {
             .map(action_from)
             .collect()
     }
+}
+
+/// A batch of reserves as the batch functions take it: one array per column.
+struct ReserveColumns<'a> {
+    ids: Vec<&'a str>,
+    scopes: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    fingerprints: Vec<&'a str>,
+    actions: Vec<&'a str>,
+    accounts: Vec<&'a str>,
+    amounts: Vec<i64>,
+    currencies: Vec<&'a str>,
+    traces: Vec<Option<&'a str>>,
+    expires: Vec<i64>,
+}
+
+impl<'a> ReserveColumns<'a> {
+    fn of(batch: &'a [(ActionId, ReserveRequest)], now: i64) -> Self {
+        let column = |f: fn(&ReserveRequest) -> &str| -> Vec<&'a str> {
+            batch.iter().map(|(_, r)| f(r)).collect()
+        };
+        Self {
+            ids: batch.iter().map(|(id, _)| id.as_str()).collect(),
+            scopes: column(|r| &r.scope),
+            keys: column(|r| &r.idempotency_key),
+            fingerprints: column(|r| &r.fingerprint),
+            actions: column(|r| &r.action),
+            accounts: column(|r| r.account.as_str()),
+            amounts: batch.iter().map(|(_, r)| r.amount).collect(),
+            currencies: column(|r| &r.currency),
+            traces: batch.iter().map(|(_, r)| r.trace_id.as_deref()).collect(),
+            expires: batch
+                .iter()
+                .map(|(_, r)| {
+                    now.saturating_add(i64::try_from(r.timeout.as_millis()).unwrap_or(i64::MAX))
+                })
+                .collect(),
+        }
+    }
+
+    /// The batch functions' first 12 parameters.
+    fn params<'b>(
+        &'b self,
+        now: &'b i64,
+        default_credit: &'b Option<Amount>,
+    ) -> [&'b (dyn ToSql + Sync); 12] {
+        [
+            &self.ids,
+            &self.scopes,
+            &self.keys,
+            &self.fingerprints,
+            &self.actions,
+            &self.accounts,
+            &self.amounts,
+            &self.currencies,
+            &self.traces,
+            now,
+            &self.expires,
+            default_credit,
+        ]
+    }
+}
+
+/// A batch of settles as the batch functions take it.
+struct SettleColumns<'a> {
+    ids: Vec<&'a str>,
+    actuals: Vec<Option<i64>>,
+    responses: Vec<&'a [u8]>,
+}
+
+impl<'a> SettleColumns<'a> {
+    fn of(batch: &'a [Settle]) -> Self {
+        Self {
+            ids: batch.iter().map(|s| s.id.as_str()).collect(),
+            actuals: batch.iter().map(|s| s.actual).collect(),
+            responses: batch.iter().map(|s| &s.response[..]).collect(),
+        }
+    }
+}
+
+/// Each reserve's outcome, from the next rows of `outcomes`.
+fn reservations(
+    batch: Vec<(ActionId, ReserveRequest)>,
+    outcomes: &mut impl Iterator<Item = Option<Row>>,
+) -> Vec<LedgerResult<Reservation>> {
+    batch
+        .into_iter()
+        .map(|(_, request)| reservation_from(outcomes.next().flatten(), request))
+        .collect()
+}
+
+/// Each settle's outcome, from the next rows of `outcomes`.
+fn settlements(
+    batch: &[Settle],
+    outcomes: &mut impl Iterator<Item = Option<Row>>,
+) -> Vec<LedgerResult<Action>> {
+    batch
+        .iter()
+        .map(|s| match outcomes.next().flatten() {
+            Some(row) => resolved_from(&row, &s.id, ActionState::Charged, s.actual),
+            None => Err(backend("a settle of the batch had no outcome")),
+        })
+        .collect()
 }
 
 /// The rows of a batch function by request (`ord`, 1-based): one per request.

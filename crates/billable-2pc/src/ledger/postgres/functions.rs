@@ -223,6 +223,14 @@ pub(super) fn functions(s: &str, acc: &str, act: &str, slots: &str) -> String {
              RETURN QUERY SELECT v_outcome, a.* FROM {act} AS a WHERE a.id = p_id;
          END $fn$;"
     ) + &super::batch_functions::batch_functions(s, acc, act, slots, OUT)
+        + &super::combined_function::combined_function(
+            s,
+            acc,
+            act,
+            slots,
+            OUT,
+            super::sql::ACTION_COLUMNS,
+        )
 }
 
 /// The statement adding `pending` and `charged` (plpgsql expressions) to `account`'s slot

@@ -77,6 +77,8 @@ use super::{
 mod batch;
 mod batch_functions;
 mod calls;
+mod combined;
+mod combined_function;
 mod functions;
 mod rows;
 mod sql;
@@ -84,11 +86,16 @@ mod sql;
 use batch::{BatchConfig, Batcher};
 pub use batch::{BatchCounts, DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT, DEFAULT_WRITERS};
 use calls::Settle;
+use combined::Combined;
 use rows::backend;
 use sql::Sql;
 
 /// How long a resolved action is kept by default (24 h, as in memory).
 pub const DEFAULT_RETENTION: Duration = super::memory::DEFAULT_RETENTION;
+
+/// Whether one writer serves both kinds by default
+/// ([`PostgresLedgerBuilder::combined_batches`]).
+pub const DEFAULT_COMBINED: bool = false;
 
 /// The deadline of every ledger call by default (5 s).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
@@ -109,8 +116,16 @@ impl std::fmt::Debug for PostgresLedger {
 
 struct Inner {
     core: Arc<Core>,
-    reserves: Batcher<(ActionId, ReserveRequest), Reservation>,
-    settles: Batcher<Settle, Action>,
+    writers: Writers,
+}
+
+/// The batch writers: one per kind, or one for both.
+enum Writers {
+    Separate {
+        reserves: Batcher<(ActionId, ReserveRequest), Reservation>,
+        settles: Batcher<Settle, Action>,
+    },
+    Combined(Combined),
 }
 
 /// What the calls and the batch writers share.
@@ -136,6 +151,7 @@ pub struct PostgresLedgerBuilder {
     default_credit: Option<Amount>,
     deadline: Duration,
     batch: BatchConfig,
+    combined: bool,
     retention: Option<Duration>,
 }
 
@@ -146,6 +162,7 @@ impl std::fmt::Debug for PostgresLedgerBuilder {
             .field("default_credit", &self.default_credit)
             .field("deadline", &self.deadline)
             .field("batch", &self.batch)
+            .field("combined", &self.combined)
             .finish_non_exhaustive()
     }
 }
@@ -173,6 +190,7 @@ impl PostgresLedger {
                 max_wait: DEFAULT_MAX_WAIT,
                 writers: DEFAULT_WRITERS,
             },
+            combined: DEFAULT_COMBINED,
             retention: Some(DEFAULT_RETENTION),
         }
     }
@@ -193,14 +211,37 @@ impl PostgresLedger {
         self.inner.core.pruned.load(Ordering::Relaxed)
     }
 
-    /// The reserve batches sent so far and the reserves they carried.
+    /// The batches that carried reserves so far and the reserves they carried (with
+    /// [`PostgresLedgerBuilder::combined_batches`], a batch carrying both kinds counts here
+    /// and in [`settle_batches`](Self::settle_batches)).
     pub fn reserve_batches(&self) -> BatchCounts {
-        self.inner.reserves.counts()
+        match &self.inner.writers {
+            Writers::Separate { reserves, .. } => reserves.counts(),
+            Writers::Combined(combined) => combined.kind(0),
+        }
     }
 
-    /// The settle batches sent so far and the settles they carried.
+    /// The batches that carried settles so far and the settles they carried.
     pub fn settle_batches(&self) -> BatchCounts {
-        self.inner.settles.counts()
+        match &self.inner.writers {
+            Writers::Separate { settles, .. } => settles.counts(),
+            Writers::Combined(combined) => combined.kind(1),
+        }
+    }
+
+    /// Every batch sent so far, i.e. the writers' transactions (each one commit, or one
+    /// rollback), and the calls they carried, of both kinds.
+    pub fn batches(&self) -> BatchCounts {
+        match &self.inner.writers {
+            Writers::Separate { reserves, settles } => {
+                let (r, s) = (reserves.counts(), settles.counts());
+                BatchCounts {
+                    batches: r.batches + s.batches,
+                    calls: r.calls + s.calls,
+                }
+            }
+            Writers::Combined(combined) => combined.all(),
+        }
     }
 
     /// Bounds a batched call by the deadline.
@@ -302,6 +343,17 @@ impl PostgresLedgerBuilder {
         self
     }
 
+    /// One writer for both kinds (default [`DEFAULT_COMBINED`]): reserves and settles queue
+    /// together, and a batch holding both is one transaction, so under load one commit
+    /// serves a mint's reserve and another mint's settle (`dreamnet_billable_reserve_and_settle_batch`;
+    /// its lock order is that of the separate batches, over both parts). With `false`, one
+    /// writer per kind, each batch one kind. [`batch_writers`](Self::batch_writers) then
+    /// bounds the combined batches in flight.
+    pub fn combined_batches(mut self, combined: bool) -> Self {
+        self.combined = combined;
+        self
+    }
+
     /// How long a charged or failed action is kept after its last change before
     /// [`LedgerAdmin::prune`] (the [`Sweeper`](crate::Sweeper)) deletes it, in batches
     /// (default 24 h; `None` keeps everything). Its key then no longer replays; stats keep
@@ -342,26 +394,27 @@ impl PostgresLedgerBuilder {
             pruned: AtomicU64::new(0),
         });
         core.timed(core.migrate()).await?;
-        let reserves = {
-            let core = core.clone();
-            Batcher::spawn(self.batch, move |batch| {
+        let writers = if self.combined {
+            Writers::Combined(Combined::spawn(self.batch, core.clone()))
+        } else {
+            let reserves = {
                 let core = core.clone();
-                async move { core.timed(core.reserve_batch(batch)).await }
-            })
-        };
-        let settles = {
-            let core = core.clone();
-            Batcher::spawn(self.batch, move |batch| {
+                Batcher::spawn(self.batch, move |batch| {
+                    let core = core.clone();
+                    async move { core.timed(core.reserve_batch(batch)).await }
+                })
+            };
+            let settles = {
                 let core = core.clone();
-                async move { core.timed(core.resolve_batch(batch)).await }
-            })
+                Batcher::spawn(self.batch, move |batch| {
+                    let core = core.clone();
+                    async move { core.timed(core.resolve_batch(batch)).await }
+                })
+            };
+            Writers::Separate { reserves, settles }
         };
         Ok(PostgresLedger {
-            inner: Arc::new(Inner {
-                core,
-                reserves,
-                settles,
-            }),
+            inner: Arc::new(Inner { core, writers }),
         })
     }
 }
@@ -373,8 +426,15 @@ impl Ledger for PostgresLedger {
             let outcome = if request.amount < 0 {
                 Err(LedgerError::InvalidAmount(request.amount))
             } else {
-                self.batched(self.inner.reserves.call((ActionId::random(), request)))
-                    .await
+                let id = ActionId::random();
+                match &self.inner.writers {
+                    Writers::Separate { reserves, .. } => {
+                        self.batched(reserves.call((id, request))).await
+                    }
+                    Writers::Combined(combined) => {
+                        self.batched(combined.reserve(id, request)).await
+                    }
+                }
             };
             logged.emit(&outcome);
             outcome
@@ -407,7 +467,13 @@ impl Ledger for PostgresLedger {
             response,
             actual,
         };
-        self.batched(self.inner.settles.call(settle)).boxed()
+        async move {
+            match &self.inner.writers {
+                Writers::Separate { settles, .. } => self.batched(settles.call(settle)).await,
+                Writers::Combined(combined) => self.batched(combined.settle(settle)).await,
+            }
+        }
+        .boxed()
     }
 
     fn charge<'a>(&'a self, id: &'a ActionId) -> BoxFuture<'a, LedgerResult<Action>> {

@@ -19,6 +19,7 @@ pub(super) struct Sql {
     pub(super) reserve_batch: String,
     pub(super) resolve: String,
     pub(super) resolve_batch: String,
+    pub(super) reserve_and_settle_batch: String,
     pub(super) set_credit: String,
     pub(super) get_action: String,
     pub(super) get_account: String,
@@ -133,6 +134,13 @@ impl Sql {
             resolve_batch: format!(
                 "SELECT o_ord AS ord, o_outcome AS outcome, {returned}
                  FROM {s}.dreamnet_billable_resolve_batch($1, $2, $3, $4, $5)",
+                returned = returned_action_columns()
+            ),
+            reserve_and_settle_batch: format!(
+                "SELECT o_ord AS ord, o_outcome AS outcome, o_account_currency AS account_currency,
+                     o_available AS available, {returned}
+                 FROM {s}.dreamnet_billable_reserve_and_settle_batch($1, $2, $3, $4, $5, $6, $7,
+                     $8, $9, $10, $11, $12, $13, $14, $15)",
                 returned = returned_action_columns()
             ),
             set_credit: format!(
