@@ -315,4 +315,15 @@ proptest::proptest! {
             b.max_wait(std::time::Duration::from_millis(5)).batch_writers(3)
         })), ops);
     }
+
+    /// Batched with one writer for both kinds (`combined_batches`), two combined batches in
+    /// flight: a reserve and a settle (or a void beside them) share a transaction.
+    #[test]
+    fn postgres_combined_batches_keep_the_books(
+        ops in proptest::collection::vec(op_strategy(), 1..40)
+    ) {
+        random_interleavings(|| Box::pin(postgres_with(|b| {
+            b.max_wait(std::time::Duration::from_millis(5)).combined_batches(true).batch_writers(2)
+        })), ops);
+    }
 }
