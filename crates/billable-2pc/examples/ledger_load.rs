@@ -2,7 +2,8 @@
 //! ceiling measured in the same run, so the ratio is read at once.
 //!
 //! `cargo run --release -p dreamnet-billable --features postgres --example ledger_load --
-//! --clients 32 --accounts 1 --seconds 10` (`--writers N`: batches of a kind in flight) (server from `DREAMNET_DATABASE_URL`, default
+//! --clients 32 --accounts 1 --seconds 10` (`--writers N`: batches of a kind in flight;
+//! `--combined 1`: one writer for both kinds, `0`: one per kind) (server from `DREAMNET_DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`).
 //!
 //! 1. the ceiling: `clients` connections doing `UPDATE t SET n = n + 1 WHERE id = 1` in
@@ -39,6 +40,8 @@ struct Args {
     seconds: u64,
     /// Batches of one kind in flight at once (`PostgresLedgerBuilder::batch_writers`).
     writers: usize,
+    /// One writer for both kinds (`PostgresLedgerBuilder::combined_batches`).
+    combined: bool,
 }
 
 fn args() -> Args {
@@ -47,6 +50,7 @@ fn args() -> Args {
         accounts: 1,
         seconds: 10,
         writers: dreamnet_billable::ledger::postgres::DEFAULT_WRITERS,
+        combined: dreamnet_billable::ledger::postgres::DEFAULT_COMBINED,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,6 +63,7 @@ fn args() -> Args {
             "--accounts" => args.accounts = value,
             "--seconds" => args.seconds = value as u64,
             "--writers" => args.writers = value,
+            "--combined" => args.combined = value != 0,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -184,6 +189,7 @@ async fn main() {
         PostgresLedger::builder(pool_at(&ledger_url, 8))
             .schema(schema.clone())
             .batch_writers(args.writers)
+            .combined_batches(args.combined)
             .build()
             .await
             .expect("ledger"),
@@ -241,14 +247,18 @@ async fn main() {
         .map(|(pid, cpu)| cpu - backends_before.get(pid).copied().unwrap_or(0.0))
         .sum();
     let after = commits(&admin).await;
-    let (reserves, settles) = (ledger.reserve_batches(), ledger.settle_batches());
+    let (reserves, settles, all) = (
+        ledger.reserve_batches(),
+        ledger.settle_batches(),
+        ledger.batches(),
+    );
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     let charged = latencies.len() as f64;
     let rate = charged / elapsed;
     println!(
-        "clients {} accounts {} seconds {} writers {}",
-        args.clients, args.accounts, args.seconds, args.writers
+        "clients {} accounts {} seconds {} writers {} combined {}",
+        args.clients, args.accounts, args.seconds, args.writers, args.combined
     );
     println!("UPDATE ceiling: hot row {hot:.0}/s, spread over 64 rows {spread:.0}/s");
     println!(
@@ -261,13 +271,15 @@ async fn main() {
         b.calls as f64 / b.batches.max(1) as f64
     };
     println!(
-        "batches: {} reserve batches of {:.1} on average, {} settle batches of {:.1}: \
-         {:.3} ledger commits per mint",
+        "batches: {} with reserves ({:.1} on average), {} with settles ({:.1}), {} in all \
+         ({:.1} calls): {:.3} ledger commits per mint",
         reserves.batches,
         mean(reserves),
         settles.batches,
         mean(settles),
-        (reserves.batches + settles.batches) as f64 / charged
+        all.batches,
+        mean(all),
+        all.batches as f64 / charged
     );
     println!(
         "CPU per mint: {:.1} us in this process, {:.1} us in the ledger's PostgreSQL backends \
