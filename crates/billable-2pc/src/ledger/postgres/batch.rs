@@ -1,7 +1,8 @@
 //! Group commit at the application level: calls of one kind (reserves, settles) queue up
 //! for one writer task per ledger and kind, which sends whatever has queued as one function
 //! call, i.e. one round trip and one commit for the whole batch (TigerBeetle's batching,
-//! PostgreSQL's own group commit one level up).
+//! PostgreSQL's own group commit one level up). With combined batches one writer takes
+//! both kinds ([`combined`](super::combined)); the rules below are the same.
 //!
 //! A lone call never waits for company: the writer flushes as soon as the queue is empty
 //! (or the batch is full, or, with a `max_wait`, when that passes). Batches form by
