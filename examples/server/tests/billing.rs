@@ -2,17 +2,11 @@
 
 mod common;
 
-use common::{Stores, TestServer};
-use dreamnet_server::Config;
+use common::{Http, Stores, TestServer};
 
 const MINT: &str = r#"{"dreamId": "dream-123", "wallet": "0xabc"}"#;
 
-async fn mint_charges_once_and_replays(stores: Stores) {
-    let Some(server) = TestServer::on(stores, Config::default()).await else {
-        return;
-    };
-    let http = &server.http;
-
+async fn mint_charges_once_and_replays(http: &Http) {
     let first = http
         .post_json(
             "/api/mint-dream",
@@ -118,8 +112,6 @@ async fn mint_charges_once_and_replays(stores: Stores) {
         text.contains("dreamnet_billable_amount{state=\"charged\",currency=\"USD\"} 125"),
         "{text}"
     );
-
-    server.stop().await;
 }
 
 async fn credit_lines_refuse_overspending_with_402(stores: Stores) {
@@ -191,12 +183,7 @@ async fn credit_lines_refuse_overspending_with_402(stores: Stores) {
     server.stop().await;
 }
 
-async fn billable_api_validates_and_changes_nothing_on_bad_input(stores: Stores) {
-    let Some(server) = TestServer::on(stores, Config::default()).await else {
-        return;
-    };
-    let http = &server.http;
-
+async fn billable_api_validates_and_changes_nothing_on_bad_input(http: &Http) {
     http.admin_get("/api/billable/act_doesnotexist")
         .await
         .assert_problem(404);
@@ -259,12 +246,10 @@ async fn billable_api_validates_and_changes_nothing_on_bad_input(stores: Stores)
     let account = http.admin_get("/api/billable/accounts/acme").await.json();
     assert_eq!(account["credit"], 10);
     assert_eq!(account["currency"], "USD");
-
-    server.stop().await;
 }
 
 on_every_backend!(
     mint_charges_once_and_replays,
-    credit_lines_refuse_overspending_with_402,
-    billable_api_validates_and_changes_nothing_on_bad_input
+    billable_api_validates_and_changes_nothing_on_bad_input;
+    own_server: credit_lines_refuse_overspending_with_402
 );

@@ -26,10 +26,7 @@ async fn histograms_move_after_requests(stores: Stores) {
         return;
     };
     let http = &server.http;
-    let (redis, postgres) = match stores {
-        Stores::Memory => ("memory", "memory"),
-        Stores::Shared => ("redis", "postgres"),
-    };
+    let (redis, postgres) = stores.backends();
     let echo_2xx = [("route", "/api/{cluster}/echo"), ("status_class", "2xx")];
     let claim = [
         ("store", "idempotency"),
@@ -149,11 +146,7 @@ async fn histograms_move_after_requests(stores: Stores) {
     server.stop().await;
 }
 
-async fn rejections_by_route_code_and_problem_type(stores: Stores) {
-    let Some(server) = TestServer::on(stores, Config::default()).await else {
-        return;
-    };
-    let http = &server.http;
+async fn rejections_by_route_code_and_problem_type(http: &Http) {
     http.kill_switch_on("metrics test").await;
     http.get("/api/wolf-pack/echo").await.assert_problem(503);
     http.get("/api/wolf-pack/echo").await.assert_problem(503);
@@ -189,12 +182,11 @@ async fn rejections_by_route_code_and_problem_type(stores: Stores) {
     );
     let echo_5xx = [("route", "/api/{cluster}/echo"), ("status_class", "5xx")];
     assert_eq!(e.value(&format!("{HTTP_SECONDS}_count"), &echo_5xx), 2.0);
-    server.stop().await;
 }
 
 on_every_backend!(
-    histograms_move_after_requests,
-    rejections_by_route_code_and_problem_type
+    rejections_by_route_code_and_problem_type;
+    own_server: histograms_move_after_requests
 );
 
 /// Redis dies under a running server: an idempotent request is 503 marked as our own

@@ -25,10 +25,7 @@ async fn ready_when_every_store_answers(stores: Stores) {
     assert_eq!(reply.header("cache-control"), Some("no-store"));
     let body = reply.json();
     assert_eq!(body["status"], "ready");
-    let (redis, postgres) = match stores {
-        Stores::Memory => ("memory", "memory"),
-        Stores::Shared => ("redis", "postgres"),
-    };
+    let (redis, postgres) = stores.backends();
     for (name, backend) in [
         ("idempotency", redis),
         ("control", redis),
@@ -42,7 +39,7 @@ async fn ready_when_every_store_answers(stores: Stores) {
     server.stop().await;
 }
 
-on_every_backend!(ready_when_every_store_answers);
+on_every_backend!(own_server: ready_when_every_store_answers);
 
 /// The server's Redis dies (its port then has no listener): `/readyz` answers 503 naming the
 /// Redis-backed stores while `/healthz` stays 200;

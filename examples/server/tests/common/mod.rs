@@ -199,28 +199,61 @@ pub enum Stores {
     Shared,
 }
 
-/// Runs each named `async fn name(stores: Stores)` once per backend:
-/// `memory::name` and `redis_postgres::name`.
+impl Stores {
+    /// The backend names the server reports for these stores (in metrics labels and
+    /// `/readyz`): the idempotency and control stores', then the ledger's.
+    pub fn backends(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Memory => ("memory", "memory"),
+            Self::Shared => ("redis", "postgres"),
+        }
+    }
+}
+
+/// Runs each named test once per backend, as `memory::name` and `redis_postgres::name`.
+///
+/// A test listed first is an `async fn name(http: &Http)` run against a server with the
+/// default config ([`on_default_server`]); one listed after `own_server:` is an
+/// `async fn name(stores: Stores)` that starts the server it needs itself.
 #[macro_export]
 macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
+    (@backend $module:ident, $stores:ident; $($name:ident),*; $($own:ident),*) => {
+        mod $module {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name($crate::common::Stores::Memory).await;
+                    $crate::common::on_default_server(
+                        $crate::common::Stores::$stores,
+                        super::$name,
+                    )
+                    .await;
                 }
             )*
-        }
-        mod redis_postgres {
             $(
                 #[tokio::test]
-                async fn $name() {
-                    super::$name($crate::common::Stores::Shared).await;
+                async fn $own() {
+                    super::$own($crate::common::Stores::$stores).await;
                 }
             )*
         }
     };
+    (own_server: $($own:ident),* $(,)?) => {
+        $crate::on_every_backend!(; own_server: $($own),*);
+    };
+    ($($name:ident),* $(,)? $(; own_server: $($own:ident),* $(,)?)?) => {
+        $crate::on_every_backend!(@backend memory, Memory; $($name),*; $($($own),*)?);
+        $crate::on_every_backend!(@backend redis_postgres, Shared; $($name),*; $($($own),*)?);
+    };
+}
+
+/// Runs `test` against a server on `stores` with the default config, then stops it; does
+/// nothing when the backends are unreachable and not required (the skip was reported).
+pub async fn on_default_server(stores: Stores, test: impl AsyncFnOnce(&Http)) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
+    test(&server.http).await;
+    server.stop().await;
 }
 
 /// A server running in this test process on a real TCP socket.
