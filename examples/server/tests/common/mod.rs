@@ -360,20 +360,43 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts the binary with `args` and `envs` on `127.0.0.1:0`; returns once it listens.
-    pub async fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        use tokio::io::{AsyncBufReadExt, BufReader};
+    /// The binary on `127.0.0.1:0` with `args`, and of the environment's `DREAMNET_*`
+    /// settings only `envs`.
+    fn command(args: &[&str], envs: &[(&str, &str)]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_dreamnet-server"));
         command
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
             .env_remove("DREAMNET_ADMIN_TOKEN")
             .env_remove("DREAMNET_REDIS_URL")
+            .env_remove("DREAMNET_REDIS_CLUSTER")
             .env_remove("DREAMNET_DATABASE_URL")
             .env_remove("DREAMNET_CONFIG")
             .env_remove("DREAMNET_ADDR")
             .env("RUST_LOG", "info")
-            .envs(envs.iter().copied())
+            .envs(envs.iter().copied());
+        command
+    }
+
+    /// Runs the binary with `args` and `envs`, which must make it refuse to start: its
+    /// stderr.
+    pub async fn refused_start(args: &[&str], envs: &[(&str, &str)]) -> String {
+        let output = Self::command(args, envs)
+            .output()
+            .await
+            .expect("run dreamnet-server");
+        assert!(
+            !output.status.success(),
+            "dreamnet-server started with {args:?}"
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    /// Starts the binary with `args` and `envs` on `127.0.0.1:0`; returns once it listens.
+    pub async fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut command = Self::command(args, envs);
+        command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -486,9 +509,15 @@ impl Backends {
     }
 
     pub fn args(&self) -> Vec<String> {
+        self.args_on_redis(&self.redis_url)
+    }
+
+    /// The flags for these backends, but with `redis_url` (a Redis Cluster's seed list) as
+    /// the Redis URL.
+    pub fn args_on_redis(&self, redis_url: &str) -> Vec<String> {
         vec![
             "--redis-url".into(),
-            self.redis_url.clone(),
+            redis_url.to_owned(),
             "--redis-prefix".into(),
             self.prefix.clone(),
             "--database-url".into(),
@@ -499,10 +528,23 @@ impl Backends {
     }
 
     pub async fn replica(&self, extra: &[&str]) -> Process {
-        let args = self.args();
+        self.replica_on(&self.redis_url, extra, &[]).await
+    }
+
+    /// A replica on these backends but on `redis_url` (a Redis Cluster's seed list), with
+    /// `extra` flags and `envs` besides the admin token.
+    pub async fn replica_on(
+        &self,
+        redis_url: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Process {
+        let args = self.args_on_redis(redis_url);
         let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
         all.extend_from_slice(extra);
-        Process::spawn(&all, &[("DREAMNET_ADMIN_TOKEN", TOKEN)]).await
+        let mut all_envs = vec![("DREAMNET_ADMIN_TOKEN", TOKEN)];
+        all_envs.extend_from_slice(envs);
+        Process::spawn(&all, &all_envs).await
     }
 
     pub async fn drop_all(self) {
