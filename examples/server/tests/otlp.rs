@@ -77,10 +77,14 @@ fn attribute(span: &Span, key: &str) -> Option<Value> {
         .and_then(|v| v.value)
 }
 
-fn text(span: &Span, key: &str) -> Option<String> {
-    match attribute(span, key) {
-        Some(Value::StringValue(s)) => Some(s),
-        _ => None,
+/// Asserts each `(key, value)` is a string attribute of `span`.
+#[track_caller]
+fn assert_text_attributes(span: &Span, expected: &[(&str, &str)]) {
+    for &(key, value) in expected {
+        match attribute(span, key) {
+            Some(Value::StringValue(s)) => assert_eq!(s, value, "attribute {key}"),
+            other => panic!("attribute {key}: {other:?}, not the string {value:?}"),
+        }
     }
 }
 
@@ -148,15 +152,14 @@ async fn one_request_is_one_span_with_its_trace_id_and_attributes() {
     assert_eq!(span.name, "POST /api/{cluster}/echo");
     assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
     assert!(span.start_time_unix_nano > 0);
-    assert_eq!(text(span, "dreamnet.cluster").as_deref(), Some("wolf-pack"));
-    assert_eq!(text(span, "dreamnet.decision").as_deref(), Some("admitted"));
-    assert_eq!(
-        text(span, "dreamnet.idempotency.outcome").as_deref(),
-        Some("new")
-    );
-    assert_eq!(
-        text(span, "http.route").as_deref(),
-        Some("/api/{cluster}/echo")
+    assert_text_attributes(
+        span,
+        &[
+            ("dreamnet.cluster", "wolf-pack"),
+            ("dreamnet.decision", "admitted"),
+            ("dreamnet.idempotency.outcome", "new"),
+            ("http.route", "/api/{cluster}/echo"),
+        ],
     );
     assert_eq!(
         attribute(span, "http.response.status_code"),
@@ -182,13 +185,12 @@ async fn one_request_is_one_span_with_its_trace_id_and_attributes() {
     .assert_problem(503);
     server.stop().await;
     let killed = spans_of(&received, &hex::decode(killed).unwrap()).await;
-    assert_eq!(
-        text(&killed[0], "dreamnet.decision").as_deref(),
-        Some("kill-switch")
-    );
-    assert_eq!(
-        text(&killed[0], "dreamnet.problem.type").as_deref(),
-        Some("urn:dreamnet:control:kill-switch")
+    assert_text_attributes(
+        &killed[0],
+        &[
+            ("dreamnet.decision", "kill-switch"),
+            ("dreamnet.problem.type", "urn:dreamnet:control:kill-switch"),
+        ],
     );
 }
 
@@ -217,17 +219,13 @@ async fn a_mint_span_carries_the_billing_state_and_a_generated_id_is_mapped() {
     let spans = spans_of(&received, &hex::decode(w3c.as_ref()).unwrap()).await;
     assert_eq!(spans.len(), 1);
     let span = &spans[0];
-    assert_eq!(
-        text(span, "dreamnet.cluster").as_deref(),
-        Some("dream-state")
-    );
-    assert_eq!(
-        text(span, "dreamnet.billing.state").as_deref(),
-        Some("charged")
-    );
-    assert_eq!(
-        text(span, "dreamnet.trace_id").as_deref(),
-        Some("otlp-mint-trace")
+    assert_text_attributes(
+        span,
+        &[
+            ("dreamnet.cluster", "dream-state"),
+            ("dreamnet.billing.state", "charged"),
+            ("dreamnet.trace_id", "otlp-mint-trace"),
+        ],
     );
     assert!(
         span.parent_span_id.is_empty(),
