@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::{exposition::Exposition, own_redis::OwnRedis, Http, Stores, TestServer};
+use common::{exposition::Exposition, Http, Stores, TestServer};
 use dreamnet_server::Config;
+use dreamnet_test_support::redis_server::OwnRedis;
 
 const MINT: &str = r#"{"dreamId": "dream-1", "wallet": "0xabc"}"#;
 const HTTP_SECONDS: &str = "dreamnet_http_request_duration_seconds";
@@ -193,16 +194,10 @@ on_every_backend!(
 /// store's fault, the rejection counter names the store and the store's error counter moves.
 #[tokio::test]
 async fn a_dead_store_counts_as_a_store_fault_and_a_store_error() {
-    let port = common::own_redis::free_port();
-    let Some(redis) = OwnRedis::start(port).await else {
+    let Some(mut redis) = OwnRedis::start().await else {
         return;
     };
-    let config = Config {
-        redis_url: Some(redis.url()),
-        redis_prefix: dreamnet_test_support::unique_prefix("metrics"),
-        ..Config::default()
-    };
-    let server = TestServer::start_with(config).await;
+    let server = TestServer::on_own_redis(&redis, Config::default()).await;
     let http = &server.http;
     redis.stop().await;
 

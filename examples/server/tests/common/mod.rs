@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use dreamnet_server::{serve, App, Config, FileConfig, Shutdown};
-use dreamnet_test_support::backends;
+use dreamnet_test_support::{backends, redis_server::OwnRedis};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{
@@ -16,7 +16,6 @@ use serde_json::Value;
 use tokio::{sync::oneshot, task::JoinHandle};
 
 pub mod exposition;
-pub mod own_redis;
 
 pub const TOKEN: &str = "test-admin-token";
 
@@ -293,6 +292,18 @@ impl TestServer {
                 ..Config::default()
             },
         )
+        .await
+    }
+
+    /// A server whose Redis is `redis` (one of the test's own, to stop and restart) under
+    /// a fresh prefix, with `config` for the rest (its ledger in memory unless it says
+    /// otherwise).
+    pub async fn on_own_redis(redis: &OwnRedis, config: Config) -> Self {
+        Self::start_with(Config {
+            redis_url: Some(redis.url()),
+            redis_prefix: dreamnet_test_support::unique_prefix("own-redis"),
+            ..config
+        })
         .await
     }
 
