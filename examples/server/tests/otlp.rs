@@ -77,6 +77,17 @@ fn attribute(span: &Span, key: &str) -> Option<Value> {
         .and_then(|v| v.value)
 }
 
+/// A server exporting its spans to a fresh [`receiver`], and what that receiver got.
+async fn exporting_server() -> (TestServer, Arc<Mutex<Received>>) {
+    let (addr, received) = receiver().await;
+    let server = TestServer::start_with(Config {
+        otlp_endpoint: Some(format!("http://{addr}")),
+        ..Config::default()
+    })
+    .await;
+    (server, received)
+}
+
 /// Asserts each `(key, value)` is a string attribute of `span`.
 #[track_caller]
 fn assert_text_attributes(span: &Span, expected: &[(&str, &str)]) {
@@ -108,12 +119,7 @@ async fn spans_of(received: &Arc<Mutex<Received>>, trace_id: &[u8]) -> Vec<Span>
 
 #[tokio::test]
 async fn one_request_is_one_span_with_its_trace_id_and_attributes() {
-    let (addr, received) = receiver().await;
-    let server = TestServer::start_with(Config {
-        otlp_endpoint: Some(format!("http://{addr}")),
-        ..Config::default()
-    })
-    .await;
+    let (server, received) = exporting_server().await;
     let http = &server.http;
 
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -196,12 +202,7 @@ async fn one_request_is_one_span_with_its_trace_id_and_attributes() {
 
 #[tokio::test]
 async fn a_mint_span_carries_the_billing_state_and_a_generated_id_is_mapped() {
-    let (addr, received) = receiver().await;
-    let server = TestServer::start_with(Config {
-        otlp_endpoint: Some(format!("http://{addr}")),
-        ..Config::default()
-    })
-    .await;
+    let (server, received) = exporting_server().await;
     let reply = server
         .http
         .post_json(
