@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{Http, Stores, TestServer};
+use common::{assert_fields, Http, Stores, TestServer};
+use serde_json::json;
 
 const MINT: &str = r#"{"dreamId": "dream-123", "wallet": "0xabc"}"#;
 
@@ -62,14 +63,19 @@ async fn mint_charges_once_and_replays(http: &Http) {
         .admin_get(&format!("/api/billable/{action_id}"))
         .await
         .json();
-    assert_eq!(action["actionId"], action_id.as_str());
-    assert_eq!(action["idempotencyKey"], "unique-key-123");
-    assert_eq!(action["action"], "mint-dream");
-    assert_eq!(action["account"], "default");
-    assert_eq!(action["amount"], 100);
-    assert_eq!(action["currency"], "USD");
-    assert_eq!(action["state"], "charged");
-    assert_eq!(action["traceId"], "trace-456");
+    assert_fields(
+        &action,
+        json!({
+            "actionId": action_id,
+            "idempotencyKey": "unique-key-123",
+            "action": "mint-dream",
+            "account": "default",
+            "amount": 100,
+            "currency": "USD",
+            "state": "charged",
+            "traceId": "trace-456",
+        }),
+    );
     assert!(action["createdAt"].is_string());
     assert!(action["updatedAt"].is_string());
 

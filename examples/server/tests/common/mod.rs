@@ -77,6 +77,18 @@ impl Reply {
     }
 }
 
+/// Asserts that every field of the JSON object `expected` has that value in `actual`; fields
+/// `expected` does not name are not looked at.
+#[track_caller]
+pub fn assert_fields(actual: &Value, expected: Value) {
+    let Value::Object(expected) = expected else {
+        panic!("expected fields must be a JSON object: {expected}");
+    };
+    for (field, value) in expected {
+        assert_eq!(actual[&field], value, "{field} of {actual}");
+    }
+}
+
 /// An HTTP client for one server.
 #[derive(Clone)]
 pub struct Http {
