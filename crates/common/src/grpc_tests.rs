@@ -1,4 +1,5 @@
-//! Unit tests of the gRPC rendering: one per status mapping, the encoding of `grpc-message`,
+//! Unit tests of the gRPC rendering: the status mapping (one table, and a test for each
+//! status that carries more than a code), the encoding of `grpc-message`,
 //! the metadata kept, and the classification of gRPC outcomes.
 
 use super::*;
@@ -50,26 +51,6 @@ fn a_503_is_unavailable_with_pushback_only_when_known() {
 }
 
 #[test]
-fn a_409_in_flight_is_aborted() {
-    assert_eq!(code_of(409), 10);
-}
-
-#[test]
-fn a_422_mismatch_is_failed_precondition() {
-    assert_eq!(code_of(422), 9);
-}
-
-#[test]
-fn a_400_is_invalid_argument() {
-    assert_eq!(code_of(400), 3);
-}
-
-#[test]
-fn a_401_is_unauthenticated() {
-    assert_eq!(code_of(401), 16);
-}
-
-#[test]
 fn a_402_is_failed_precondition_with_the_detail_in_the_message() {
     let (code, response) = render(
         Problem::new(StatusCode::PAYMENT_REQUIRED, "Insufficient Funds")
@@ -83,23 +64,19 @@ fn a_402_is_failed_precondition_with_the_detail_in_the_message() {
 }
 
 #[test]
-fn a_413_is_resource_exhausted() {
-    assert_eq!(code_of(413), 8);
-}
-
-#[test]
-fn a_500_is_internal() {
-    assert_eq!(code_of(500), 13);
-}
-
-#[test]
-fn the_other_statuses_follow_the_table() {
+fn every_status_follows_the_table() {
     let table = [
+        (400, 3),  // INVALID_ARGUMENT
+        (401, 16), // UNAUTHENTICATED
         (403, 7),
         (404, 5),
         (408, 4),
+        (409, 10), // an in-flight duplicate: ABORTED
         (412, 9),
+        (413, 8), // RESOURCE_EXHAUSTED
         (418, 2),
+        (422, 9),  // a key reused with another payload: FAILED_PRECONDITION
+        (500, 13), // INTERNAL
         (501, 12),
         (502, 14),
         (504, 4),

@@ -73,46 +73,34 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_gone_beat_stops_the_beats_not_the_work() {
+    /// Runs `work` with a beat every 100 ms that answers `answer`: the work's output and
+    /// how many beats there were.
+    async fn beats_while<W: Future>(answer: Beat, work: W) -> (W::Output, u32) {
         let beats = AtomicU32::new(0);
         let beat = || async {
             beats.fetch_add(1, Ordering::SeqCst);
-            Beat::Gone
+            answer
         };
+        let output = while_running(Duration::from_millis(100), beat, work).await;
+        (output, beats.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gone_beat_stops_the_beats_not_the_work() {
         let work = async {
             tokio::time::sleep(Duration::from_millis(1_000)).await;
             7
         };
-        assert_eq!(
-            while_running(Duration::from_millis(100), beat, work).await,
-            7
-        );
-        assert_eq!(beats.load(Ordering::SeqCst), 1);
+        assert_eq!(beats_while(Beat::Gone, work).await, (7, 1));
     }
 
     #[tokio::test(start_paused = true)]
     async fn failed_beats_keep_beating_and_quick_work_never_beats() {
-        let beats = AtomicU32::new(0);
-        let failing = || async {
-            beats.fetch_add(1, Ordering::SeqCst);
-            Beat::Failed
-        };
         let slow = tokio::time::sleep(Duration::from_millis(450));
-        while_running(Duration::from_millis(100), failing, slow).await;
-        assert_eq!(beats.load(Ordering::SeqCst), 4);
+        assert_eq!(beats_while(Beat::Failed, slow).await.1, 4);
 
-        let early = AtomicU32::new(0);
-        let counted = || async {
-            early.fetch_add(1, Ordering::SeqCst);
-            Beat::Kept
-        };
-        while_running(Duration::from_millis(100), counted, async {}).await;
-        assert_eq!(
-            early.load(Ordering::SeqCst),
-            0,
-            "no beat before the first period"
-        );
+        let ((), early) = beats_while(Beat::Kept, async {}).await;
+        assert_eq!(early, 0, "no beat before the first period");
         assert_eq!(period_for(Duration::from_secs(30)), Duration::from_secs(10));
     }
 }

@@ -97,13 +97,11 @@ mod redis {
 
     #[cfg(feature = "conformance")]
     mod store {
-        use dreamnet_common::redis_connection::{RedisConnection, RedisEndpoint};
         use dreamnet_idempotency::{conformance::Harness, idempotency_store_tests};
 
         async fn redis() -> Option<Harness> {
-            let raw = dreamnet_test_support::redis_connection().await?;
-            let endpoint = RedisEndpoint::single(dreamnet_test_support::redis_url());
-            Some(super::super::redis_harness(endpoint, RedisConnection::Single(raw)).await)
+            let (endpoint, raw) = crate::support::redis_server().await?;
+            Some(crate::redis_harness(endpoint, raw).await)
         }
 
         idempotency_store_tests!(redis);
@@ -119,19 +117,11 @@ mod redis_cluster {
 
     #[cfg(feature = "conformance")]
     mod store {
-        use dreamnet_common::redis_connection::{RedisConnection, RedisEndpoint, RedisTimeouts};
         use dreamnet_idempotency::{conformance::Harness, idempotency_store_tests};
-        use std::time::Duration;
 
         async fn redis_cluster() -> Option<Harness> {
-            let cluster = dreamnet_test_support::redis_cluster::OwnRedisCluster::shared()?;
-            let endpoint = RedisEndpoint::cluster(cluster.urls());
-            let timeouts = RedisTimeouts {
-                connection: Duration::from_secs(1),
-                response: Duration::from_secs(1),
-            };
-            let raw = RedisConnection::lazy(&endpoint, timeouts).expect("valid URLs");
-            Some(super::super::redis_harness(endpoint, raw).await)
+            let (endpoint, raw) = crate::support::redis_cluster()?;
+            Some(crate::redis_harness(endpoint, raw).await)
         }
 
         idempotency_store_tests!(redis_cluster);

@@ -171,27 +171,9 @@ pub fn signal() -> impl std::future::Future<Output = ()> + Send + 'static {
         #[cfg(unix)]
         {
             let (interrupt, terminate) = handlers;
-            let interrupt = async {
-                match interrupt {
-                    Ok(mut sigint) => drop(sigint.recv().await),
-                    Err(err) => {
-                        tracing::error!(%err, "cannot listen for SIGINT");
-                        std::future::pending::<()>().await;
-                    }
-                }
-            };
-            let terminate = async {
-                match terminate {
-                    Ok(mut sigterm) => drop(sigterm.recv().await),
-                    Err(err) => {
-                        tracing::error!(%err, "cannot listen for SIGTERM");
-                        std::future::pending::<()>().await;
-                    }
-                }
-            };
             tokio::select! {
-                () = interrupt => tracing::info!("SIGINT received"),
-                () = terminate => tracing::info!("SIGTERM received"),
+                () = received(interrupt, "SIGINT") => tracing::info!("SIGINT received"),
+                () = received(terminate, "SIGTERM") => tracing::info!("SIGTERM received"),
             }
         }
         #[cfg(not(unix))]
@@ -201,6 +183,19 @@ pub fn signal() -> impl std::future::Future<Output = ()> + Send + 'static {
                 std::future::pending::<()>().await;
             }
             tracing::info!("Ctrl-C received");
+        }
+    }
+}
+
+/// Resolves when the handler installed for the signal `name` receives it; never, after
+/// logging why, when it could not be installed (the other signal still stops the server).
+#[cfg(unix)]
+async fn received(handler: std::io::Result<tokio::signal::unix::Signal>, name: &str) {
+    match handler {
+        Ok(mut signal) => drop(signal.recv().await),
+        Err(err) => {
+            tracing::error!(%err, "cannot listen for {name}");
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -2,17 +2,12 @@
 
 mod common;
 
-use common::{Stores, TestServer};
-use dreamnet_server::Config;
+use common::{assert_fields, Http, Stores, TestServer};
+use serde_json::json;
 
 const MINT: &str = r#"{"dreamId": "dream-123", "wallet": "0xabc"}"#;
 
-async fn mint_charges_once_and_replays(stores: Stores) {
-    let Some(server) = TestServer::on(stores, Config::default()).await else {
-        return;
-    };
-    let http = &server.http;
-
+async fn mint_charges_once_and_replays(http: &Http) {
     let first = http
         .post_json(
             "/api/mint-dream",
@@ -68,14 +63,19 @@ async fn mint_charges_once_and_replays(stores: Stores) {
         .admin_get(&format!("/api/billable/{action_id}"))
         .await
         .json();
-    assert_eq!(action["actionId"], action_id.as_str());
-    assert_eq!(action["idempotencyKey"], "unique-key-123");
-    assert_eq!(action["action"], "mint-dream");
-    assert_eq!(action["account"], "default");
-    assert_eq!(action["amount"], 100);
-    assert_eq!(action["currency"], "USD");
-    assert_eq!(action["state"], "charged");
-    assert_eq!(action["traceId"], "trace-456");
+    assert_fields(
+        &action,
+        json!({
+            "actionId": action_id,
+            "idempotencyKey": "unique-key-123",
+            "action": "mint-dream",
+            "account": "default",
+            "amount": 100,
+            "currency": "USD",
+            "state": "charged",
+            "traceId": "trace-456",
+        }),
+    );
     assert!(action["createdAt"].is_string());
     assert!(action["updatedAt"].is_string());
 
@@ -118,8 +118,6 @@ async fn mint_charges_once_and_replays(stores: Stores) {
         text.contains("dreamnet_billable_amount{state=\"charged\",currency=\"USD\"} 125"),
         "{text}"
     );
-
-    server.stop().await;
 }
 
 async fn credit_lines_refuse_overspending_with_402(stores: Stores) {
@@ -191,12 +189,7 @@ async fn credit_lines_refuse_overspending_with_402(stores: Stores) {
     server.stop().await;
 }
 
-async fn billable_api_validates_and_changes_nothing_on_bad_input(stores: Stores) {
-    let Some(server) = TestServer::on(stores, Config::default()).await else {
-        return;
-    };
-    let http = &server.http;
-
+async fn billable_api_validates_and_changes_nothing_on_bad_input(http: &Http) {
     http.admin_get("/api/billable/act_doesnotexist")
         .await
         .assert_problem(404);
@@ -259,12 +252,10 @@ async fn billable_api_validates_and_changes_nothing_on_bad_input(stores: Stores)
     let account = http.admin_get("/api/billable/accounts/acme").await.json();
     assert_eq!(account["credit"], 10);
     assert_eq!(account["currency"], "USD");
-
-    server.stop().await;
 }
 
 on_every_backend!(
     mint_charges_once_and_replays,
-    credit_lines_refuse_overspending_with_402,
-    billable_api_validates_and_changes_nothing_on_bad_input
+    billable_api_validates_and_changes_nothing_on_bad_input;
+    own_server: credit_lines_refuse_overspending_with_402
 );

@@ -5,17 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Stores, TestServer};
-use dreamnet_server::Config;
+use common::{Http, Stores, TestServer};
 
 const MINT: &str = r#"{"dreamId": "dream-1", "wallet": "0x1"}"#;
 
-async fn kill_switch_blocks_guarded_routes_only(stores: Stores) {
-    let Some(server) = TestServer::on(stores, Config::default()).await else {
-        return;
-    };
-    let http = &server.http;
-
+async fn kill_switch_blocks_guarded_routes_only(http: &Http) {
     let enabled = http.kill_switch_on("Emergency maintenance").await;
     assert_eq!(enabled.status, 200, "{}", enabled.text());
     assert_eq!(enabled.json()["enabled"], true);
@@ -81,16 +75,9 @@ async fn kill_switch_blocks_guarded_routes_only(stores: Stores) {
     let audit = http.admin_get("/api/control/audit").await;
     assert_eq!(audit.status, 200);
     assert!(audit.text().contains("Emergency maintenance"));
-
-    server.stop().await;
 }
 
-async fn cluster_switch_blocks_that_cluster_only(stores: Stores) {
-    let Some(server) = TestServer::on(stores, Config::default()).await else {
-        return;
-    };
-    let http = &server.http;
-
+async fn cluster_switch_blocks_that_cluster_only(http: &Http) {
     let disabled = http
         .admin_post(
             "/api/control/cluster/wolf-pack/disable",
@@ -114,15 +101,9 @@ async fn cluster_switch_blocks_that_cluster_only(stores: Stores) {
         .await;
     assert_eq!(enabled.status, 200, "{}", enabled.text());
     assert_eq!(http.get("/api/wolf-pack/echo").await.status, 200);
-    server.stop().await;
 }
 
-async fn rate_limit_admits_exactly_the_limit_and_reports_headers(stores: Stores) {
-    let Some(server) = TestServer::on(stores, Config::default()).await else {
-        return;
-    };
-    let http = &server.http;
-
+async fn rate_limit_admits_exactly_the_limit_and_reports_headers(http: &Http) {
     let set = http
         .admin_post(
             "/api/control/cluster/orca-pack/rate-limit",
@@ -193,7 +174,6 @@ async fn rate_limit_admits_exactly_the_limit_and_reports_headers(stores: Stores)
             "{metrics}"
         );
     }
-    server.stop().await;
 }
 
 async fn breaker_opens_on_failures_and_resets_by_hand(stores: Stores) {
@@ -253,11 +233,7 @@ async fn breaker_opens_on_failures_and_resets_by_hand(stores: Stores) {
     server.stop().await;
 }
 
-async fn idempotent_echo_replays_and_logs_nothing_twice(stores: Stores) {
-    let Some(server) = TestServer::on(stores, Config::default()).await else {
-        return;
-    };
-    let http = &server.http;
+async fn idempotent_echo_replays_and_logs_nothing_twice(http: &Http) {
     let key = [("idempotency-key", "\"echo-1\"")];
 
     let first = http
@@ -294,13 +270,12 @@ async fn idempotent_echo_replays_and_logs_nothing_twice(stores: Stores) {
     http.post_json("/api/wolf-pack/echo", &[("idempotency-key", "")], "{}")
         .await
         .assert_problem(400);
-    server.stop().await;
 }
 
 on_every_backend!(
     kill_switch_blocks_guarded_routes_only,
     cluster_switch_blocks_that_cluster_only,
     rate_limit_admits_exactly_the_limit_and_reports_headers,
-    breaker_opens_on_failures_and_resets_by_hand,
-    idempotent_echo_replays_and_logs_nothing_twice
+    idempotent_echo_replays_and_logs_nothing_twice;
+    own_server: breaker_opens_on_failures_and_resets_by_hand
 );

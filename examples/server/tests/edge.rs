@@ -1,8 +1,11 @@
 //! The edge over real TCP: header and idle timeouts, the connection cap, the body deadline,
 //! shutdown with half-sent requests, h2c, and admin brute-force throttling.
 
+mod common;
+
 use std::{net::SocketAddr, time::Duration};
 
+use common::Process;
 use dreamnet_server::{serve_with, App, Config, EdgeConfig, EdgeMetrics, Shutdown};
 use dreamnet_test_support::eventually;
 use tokio::{
@@ -377,15 +380,6 @@ async fn a_short_admin_token_refuses_to_start() {
         "{message}"
     );
 
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_dreamnet-server"))
-        .args(["--addr", "127.0.0.1:0"])
-        .env("DREAMNET_ADMIN_TOKEN", "s3cret")
-        .env_remove("DREAMNET_REDIS_URL")
-        .env_remove("DREAMNET_DATABASE_URL")
-        .output()
-        .await
-        .expect("run");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = Process::refused_start(&[], &[("DREAMNET_ADMIN_TOKEN", "s3cret")]).await;
     assert!(stderr.contains("at least 16"), "{stderr}");
 }

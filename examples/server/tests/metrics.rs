@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::{exposition::Exposition, own_redis::OwnRedis, Http, Stores, TestServer};
+use common::{exposition::Exposition, Http, Stores, TestServer};
 use dreamnet_server::Config;
+use dreamnet_test_support::redis_server::OwnRedis;
 
 const MINT: &str = r#"{"dreamId": "dream-1", "wallet": "0xabc"}"#;
 const HTTP_SECONDS: &str = "dreamnet_http_request_duration_seconds";
@@ -26,10 +27,7 @@ async fn histograms_move_after_requests(stores: Stores) {
         return;
     };
     let http = &server.http;
-    let (redis, postgres) = match stores {
-        Stores::Memory => ("memory", "memory"),
-        Stores::Shared => ("redis", "postgres"),
-    };
+    let (redis, postgres) = stores.backends();
     let echo_2xx = [("route", "/api/{cluster}/echo"), ("status_class", "2xx")];
     let claim = [
         ("store", "idempotency"),
@@ -149,11 +147,7 @@ async fn histograms_move_after_requests(stores: Stores) {
     server.stop().await;
 }
 
-async fn rejections_by_route_code_and_problem_type(stores: Stores) {
-    let Some(server) = TestServer::on(stores, Config::default()).await else {
-        return;
-    };
-    let http = &server.http;
+async fn rejections_by_route_code_and_problem_type(http: &Http) {
     http.kill_switch_on("metrics test").await;
     http.get("/api/wolf-pack/echo").await.assert_problem(503);
     http.get("/api/wolf-pack/echo").await.assert_problem(503);
@@ -189,28 +183,21 @@ async fn rejections_by_route_code_and_problem_type(stores: Stores) {
     );
     let echo_5xx = [("route", "/api/{cluster}/echo"), ("status_class", "5xx")];
     assert_eq!(e.value(&format!("{HTTP_SECONDS}_count"), &echo_5xx), 2.0);
-    server.stop().await;
 }
 
 on_every_backend!(
-    histograms_move_after_requests,
-    rejections_by_route_code_and_problem_type
+    rejections_by_route_code_and_problem_type;
+    own_server: histograms_move_after_requests
 );
 
 /// Redis dies under a running server: an idempotent request is 503 marked as our own
 /// store's fault, the rejection counter names the store and the store's error counter moves.
 #[tokio::test]
 async fn a_dead_store_counts_as_a_store_fault_and_a_store_error() {
-    let port = common::own_redis::free_port();
-    let Some(redis) = OwnRedis::start(port).await else {
+    let Some(mut redis) = OwnRedis::start().await else {
         return;
     };
-    let config = Config {
-        redis_url: Some(redis.url()),
-        redis_prefix: dreamnet_test_support::unique_prefix("metrics"),
-        ..Config::default()
-    };
-    let server = TestServer::start_with(config).await;
+    let server = TestServer::on_own_redis(&redis, Config::default()).await;
     let http = &server.http;
     redis.stop().await;
 

@@ -77,10 +77,25 @@ fn attribute(span: &Span, key: &str) -> Option<Value> {
         .and_then(|v| v.value)
 }
 
-fn text(span: &Span, key: &str) -> Option<String> {
-    match attribute(span, key) {
-        Some(Value::StringValue(s)) => Some(s),
-        _ => None,
+/// A server exporting its spans to a fresh [`receiver`], and what that receiver got.
+async fn exporting_server() -> (TestServer, Arc<Mutex<Received>>) {
+    let (addr, received) = receiver().await;
+    let server = TestServer::start_with(Config {
+        otlp_endpoint: Some(format!("http://{addr}")),
+        ..Config::default()
+    })
+    .await;
+    (server, received)
+}
+
+/// Asserts each `(key, value)` is a string attribute of `span`.
+#[track_caller]
+fn assert_text_attributes(span: &Span, expected: &[(&str, &str)]) {
+    for &(key, value) in expected {
+        match attribute(span, key) {
+            Some(Value::StringValue(s)) => assert_eq!(s, value, "attribute {key}"),
+            other => panic!("attribute {key}: {other:?}, not the string {value:?}"),
+        }
     }
 }
 
@@ -104,12 +119,7 @@ async fn spans_of(received: &Arc<Mutex<Received>>, trace_id: &[u8]) -> Vec<Span>
 
 #[tokio::test]
 async fn one_request_is_one_span_with_its_trace_id_and_attributes() {
-    let (addr, received) = receiver().await;
-    let server = TestServer::start_with(Config {
-        otlp_endpoint: Some(format!("http://{addr}")),
-        ..Config::default()
-    })
-    .await;
+    let (server, received) = exporting_server().await;
     let http = &server.http;
 
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -148,15 +158,14 @@ async fn one_request_is_one_span_with_its_trace_id_and_attributes() {
     assert_eq!(span.name, "POST /api/{cluster}/echo");
     assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
     assert!(span.start_time_unix_nano > 0);
-    assert_eq!(text(span, "dreamnet.cluster").as_deref(), Some("wolf-pack"));
-    assert_eq!(text(span, "dreamnet.decision").as_deref(), Some("admitted"));
-    assert_eq!(
-        text(span, "dreamnet.idempotency.outcome").as_deref(),
-        Some("new")
-    );
-    assert_eq!(
-        text(span, "http.route").as_deref(),
-        Some("/api/{cluster}/echo")
+    assert_text_attributes(
+        span,
+        &[
+            ("dreamnet.cluster", "wolf-pack"),
+            ("dreamnet.decision", "admitted"),
+            ("dreamnet.idempotency.outcome", "new"),
+            ("http.route", "/api/{cluster}/echo"),
+        ],
     );
     assert_eq!(
         attribute(span, "http.response.status_code"),
@@ -182,24 +191,18 @@ async fn one_request_is_one_span_with_its_trace_id_and_attributes() {
     .assert_problem(503);
     server.stop().await;
     let killed = spans_of(&received, &hex::decode(killed).unwrap()).await;
-    assert_eq!(
-        text(&killed[0], "dreamnet.decision").as_deref(),
-        Some("kill-switch")
-    );
-    assert_eq!(
-        text(&killed[0], "dreamnet.problem.type").as_deref(),
-        Some("urn:dreamnet:control:kill-switch")
+    assert_text_attributes(
+        &killed[0],
+        &[
+            ("dreamnet.decision", "kill-switch"),
+            ("dreamnet.problem.type", "urn:dreamnet:control:kill-switch"),
+        ],
     );
 }
 
 #[tokio::test]
 async fn a_mint_span_carries_the_billing_state_and_a_generated_id_is_mapped() {
-    let (addr, received) = receiver().await;
-    let server = TestServer::start_with(Config {
-        otlp_endpoint: Some(format!("http://{addr}")),
-        ..Config::default()
-    })
-    .await;
+    let (server, received) = exporting_server().await;
     let reply = server
         .http
         .post_json(
@@ -217,17 +220,13 @@ async fn a_mint_span_carries_the_billing_state_and_a_generated_id_is_mapped() {
     let spans = spans_of(&received, &hex::decode(w3c.as_ref()).unwrap()).await;
     assert_eq!(spans.len(), 1);
     let span = &spans[0];
-    assert_eq!(
-        text(span, "dreamnet.cluster").as_deref(),
-        Some("dream-state")
-    );
-    assert_eq!(
-        text(span, "dreamnet.billing.state").as_deref(),
-        Some("charged")
-    );
-    assert_eq!(
-        text(span, "dreamnet.trace_id").as_deref(),
-        Some("otlp-mint-trace")
+    assert_text_attributes(
+        span,
+        &[
+            ("dreamnet.cluster", "dream-state"),
+            ("dreamnet.billing.state", "charged"),
+            ("dreamnet.trace_id", "otlp-mint-trace"),
+        ],
     );
     assert!(
         span.parent_span_id.is_empty(),

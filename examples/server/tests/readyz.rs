@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{own_redis::OwnRedis, Stores, TestServer};
+use common::{Stores, TestServer};
 use dreamnet_server::Config;
+use dreamnet_test_support::redis_server::OwnRedis;
 use serde_json::Value;
 
 fn store<'a>(body: &'a Value, name: &str) -> &'a Value {
@@ -25,10 +26,7 @@ async fn ready_when_every_store_answers(stores: Stores) {
     assert_eq!(reply.header("cache-control"), Some("no-store"));
     let body = reply.json();
     assert_eq!(body["status"], "ready");
-    let (redis, postgres) = match stores {
-        Stores::Memory => ("memory", "memory"),
-        Stores::Shared => ("redis", "postgres"),
-    };
+    let (redis, postgres) = stores.backends();
     for (name, backend) in [
         ("idempotency", redis),
         ("control", redis),
@@ -42,23 +40,17 @@ async fn ready_when_every_store_answers(stores: Stores) {
     server.stop().await;
 }
 
-on_every_backend!(ready_when_every_store_answers);
+on_every_backend!(own_server: ready_when_every_store_answers);
 
 /// The server's Redis dies (its port then has no listener): `/readyz` answers 503 naming the
 /// Redis-backed stores while `/healthz` stays 200;
 /// once Redis is back on the same port, `/readyz` is 200 again.
 #[tokio::test]
 async fn a_dead_redis_port_is_503_naming_redis_and_recovers() {
-    let port = common::own_redis::free_port();
-    let Some(redis) = OwnRedis::start(port).await else {
+    let Some(mut redis) = OwnRedis::start().await else {
         return;
     };
-    let config = Config {
-        redis_url: Some(redis.url()),
-        redis_prefix: dreamnet_test_support::unique_prefix("readyz"),
-        ..Config::default()
-    };
-    let server = TestServer::start_with(config).await;
+    let server = TestServer::on_own_redis(&redis, Config::default()).await;
     let http = &server.http;
     assert_eq!(http.get("/readyz").await.status, 200);
 
@@ -82,9 +74,7 @@ async fn a_dead_redis_port_is_503_naming_redis_and_recovers() {
     // Liveness does not depend on the stores.
     assert_eq!(http.get("/healthz").await.status, 200);
 
-    let redis = OwnRedis::start(port)
-        .await
-        .expect("restarted on the same port");
+    redis.restart().await; // on the same port
     let reply = http.get("/readyz").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     server.stop().await;

@@ -12,41 +12,25 @@ use dreamnet_test_support::redis_cluster::OwnRedisCluster;
 
 const MINT: &str = r#"{"dreamId": "dream-123", "wallet": "0xabc"}"#;
 
-fn args(cluster: &OwnRedisCluster, backends: &Backends) -> Vec<String> {
-    vec![
-        "--redis-url".into(),
-        cluster.seeds(),
-        "--redis-prefix".into(),
-        backends.prefix.clone(),
-        "--database-url".into(),
-        backends.database_url.clone(),
-        "--database-schema".into(),
-        backends.schema.clone(),
-    ]
+/// The test's backends and a Redis Cluster of its own; `None` after a loud skip. The
+/// backends come first, so a skip leaves no cluster running.
+async fn backends_and_cluster() -> Option<(Backends, OwnRedisCluster)> {
+    let backends = Backends::reserve().await?;
+    let cluster = OwnRedisCluster::start()?;
+    Some((backends, cluster))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_a_redis_cluster_share_limits_and_idempotency_records() {
-    let Some(backends) = Backends::reserve().await else {
+    let Some((backends, cluster)) = backends_and_cluster().await else {
         return;
     };
-    let Some(cluster) = OwnRedisCluster::start() else {
-        return;
-    };
-    let args = args(&cluster, &backends);
-    let mut a_args: Vec<&str> = args.iter().map(String::as_str).collect();
-    a_args.push("--redis-cluster");
-    let a = Process::spawn(&a_args, &[("DREAMNET_ADMIN_TOKEN", TOKEN)]).await;
+    let seeds = cluster.seeds();
+    let a = backends.replica_on(&seeds, &["--redis-cluster"], &[]).await;
     // The environment variable works as the flag does.
-    let b_args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let b = Process::spawn(
-        &b_args,
-        &[
-            ("DREAMNET_ADMIN_TOKEN", TOKEN),
-            ("DREAMNET_REDIS_CLUSTER", "1"),
-        ],
-    )
-    .await;
+    let b = backends
+        .replica_on(&seeds, &[], &[("DREAMNET_REDIS_CLUSTER", "1")])
+        .await;
 
     // An exact day limit of 10 across both replicas.
     let (admitted, limited) = common::exact_day_limit_across(&a.http, &b.http).await;
@@ -148,18 +132,12 @@ async fn burst_of(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_client_limits_bind_exactly_across_two_replicas_on_a_redis_cluster() {
-    let Some(backends) = Backends::reserve().await else {
+    let Some((backends, cluster)) = backends_and_cluster().await else {
         return;
     };
-    let Some(cluster) = OwnRedisCluster::start() else {
-        return;
-    };
-    let mut args = args(&cluster, &backends);
-    args.push("--redis-cluster".into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let env = [("DREAMNET_ADMIN_TOKEN", TOKEN)];
-    let a = Process::spawn(&args, &env).await;
-    let b = Process::spawn(&args, &env).await;
+    let seeds = cluster.seeds();
+    let a = backends.replica_on(&seeds, &["--redis-cluster"], &[]).await;
+    let b = backends.replica_on(&seeds, &["--redis-cluster"], &[]).await;
 
     // 5 a minute per client, and 12 a day for the whole cluster.
     let set = a
@@ -208,19 +186,14 @@ async fn per_client_limits_bind_exactly_across_two_replicas_on_a_redis_cluster()
 
 #[tokio::test]
 async fn several_urls_without_cluster_mode_is_refused_at_start() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_dreamnet-server"))
-        .args(["--addr", "127.0.0.1:0"])
-        .args([
+    let stderr = Process::refused_start(
+        &[
             "--redis-url",
             "redis://:secret@127.0.0.1:1,redis://127.0.0.1:2",
-        ])
-        .env_remove("DREAMNET_REDIS_CLUSTER")
-        .env("DREAMNET_ADMIN_TOKEN", TOKEN)
-        .output()
-        .await
-        .expect("run dreamnet-server");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+        ],
+        &[("DREAMNET_ADMIN_TOKEN", TOKEN)],
+    )
+    .await;
     assert!(stderr.contains("--redis-cluster"), "{stderr}");
     assert!(
         !stderr.contains("secret"),

@@ -11,7 +11,7 @@ use std::time::Duration;
 // it many times over if they were counted.
 use common::{TestServer, TOUCHY_BREAKER};
 use dreamnet_server::{Config, FileConfig};
-use dreamnet_test_support::{redis_server::OwnRedis, unique_prefix};
+use dreamnet_test_support::redis_server::OwnRedis;
 
 const ECHO: &str = "/api/jaggy-core/echo";
 
@@ -20,13 +20,11 @@ async fn a_redis_restart_is_a_store_fault_not_an_upstream_failure_and_recovers_a
     let Some(mut redis) = OwnRedis::start().await else {
         return;
     };
-    let server = TestServer::start_with(Config {
-        redis_url: Some(redis.url()),
-        redis_prefix: unique_prefix("restart"),
+    let config = Config {
         file: FileConfig::from_toml(TOUCHY_BREAKER).expect("breaker config"),
         ..Config::default()
-    })
-    .await;
+    };
+    let server = TestServer::on_own_redis(&redis, config).await;
     let http = &server.http;
     let keyed = |key: String| async move {
         http.post_json(ECHO, &[("idempotency-key", &key)], r#"{"n": 1}"#)

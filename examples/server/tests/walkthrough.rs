@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Stores, TestServer, TOKEN};
+use common::{Http, TOKEN};
 use dreamnet_server::Config;
 use http::Method;
 
@@ -200,11 +200,7 @@ async fn the_readme_config_file_parses_and_builds() {
     app.shutdown().await;
 }
 
-async fn every_readme_command_succeeds_in_order(stores: Stores) {
-    let Some(server) = TestServer::on(stores, Config::default()).await else {
-        return;
-    };
-    let http = &server.http;
+async fn every_readme_command_succeeds_in_order(http: &Http) {
     let mut action_id = None;
     for command in readme_commands() {
         let path = command
@@ -236,15 +232,9 @@ async fn every_readme_command_succeeds_in_order(stores: Stores) {
         }
     }
     assert!(action_id.is_some(), "the walk-through mints");
-    server.stop().await;
 }
 
-async fn walkthrough_semantics(stores: Stores) {
-    let Some(server) = TestServer::on(stores, Config::default()).await else {
-        return;
-    };
-    let http = &server.http;
-
+async fn walkthrough_semantics(http: &Http) {
     // Kill switch on: guarded routes 503, operator routes still answer.
     http.kill_switch_on("Emergency maintenance").await;
     http.get("/api/wolf-pack/echo").await.assert_problem(503);
@@ -281,7 +271,6 @@ async fn walkthrough_semantics(stores: Stores) {
     assert_eq!(action["state"], "charged");
 
     let _ = http.send(Method::GET, "/metrics", &[], Bytes::new()).await;
-    server.stop().await;
 }
 
 on_every_backend!(

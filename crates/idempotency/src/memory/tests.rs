@@ -8,6 +8,15 @@ fn fp(s: &str) -> Fingerprint {
     Fingerprint::from_hex(s)
 }
 
+/// A store on a fake clock that starts at `start_ms`, and the clock.
+fn store_on_clock(start_ms: u64) -> (MemoryStore, ManualClock) {
+    let clock = ManualClock::new(start_ms);
+    let store = MemoryStore::builder()
+        .clock(Arc::new(clock.clone()))
+        .build();
+    (store, clock)
+}
+
 fn claim(store: &MemoryStore, key: &str, fingerprint: &Fingerprint) -> Claim {
     store
         .claim_now(&ClaimRequest {
@@ -37,10 +46,7 @@ fn token(claim: Claim) -> FencingToken {
 
 #[test]
 fn claim_complete_replay_mismatch() {
-    let clock = ManualClock::new(1_000);
-    let store = MemoryStore::builder()
-        .clock(Arc::new(clock.clone()))
-        .build();
+    let (store, clock) = store_on_clock(1_000);
     let a = fp("a");
     let t = token(claim(&store, "k", &a));
     assert!(matches!(
@@ -69,10 +75,7 @@ fn claim_complete_replay_mismatch() {
 
 #[test]
 fn lease_end_supersedes_and_release_needs_the_token() {
-    let clock = ManualClock::new(0);
-    let store = MemoryStore::builder()
-        .clock(Arc::new(clock.clone()))
-        .build();
+    let (store, clock) = store_on_clock(0);
     let a = fp("a");
     let first = token(claim(&store, "k", &a));
     clock.advance(Duration::from_secs(30));
@@ -158,10 +161,7 @@ fn bounded_by_bytes() {
 
 #[test]
 fn expired_records_are_swept() {
-    let clock = ManualClock::new(0);
-    let store = MemoryStore::builder()
-        .clock(Arc::new(clock.clone()))
-        .build();
+    let (store, clock) = store_on_clock(0);
     for i in 0..10 {
         claim(&store, &format!("k{i}"), &fp("a"));
     }
@@ -219,8 +219,7 @@ mod model {
         /// at most one live holder per key, stale tokens never complete or release.
         #[test]
         fn memory_store_matches_the_model(ops in proptest::collection::vec(op(), 1..80)) {
-            let clock = ManualClock::new(0);
-            let store = MemoryStore::builder().clock(Arc::new(clock.clone())).build();
+            let (store, clock) = store_on_clock(0);
             let mut model: HashMap<u8, (u8, Held, u64)> = HashMap::new();
             let mut tokens: HashMap<u8, Vec<FencingToken>> = HashMap::new();
             for op in ops {

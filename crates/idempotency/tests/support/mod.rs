@@ -69,24 +69,17 @@ impl Backend {
 
     #[cfg(feature = "redis")]
     pub async fn redis() -> Option<Self> {
-        use dreamnet_common::redis_connection::{RedisConnection, RedisEndpoint};
-        let raw = dreamnet_test_support::redis_connection().await?;
-        let endpoint = RedisEndpoint::single(dreamnet_test_support::redis_url());
+        use dreamnet_common::redis_connection::RedisEndpoint;
+        let (endpoint, raw) = redis_server().await?;
         let unreachable = RedisEndpoint::single("redis://127.0.0.1:1");
-        Some(Self::redis_on("redis", endpoint, unreachable, RedisConnection::Single(raw)).await)
+        Some(Self::redis_on("redis", endpoint, unreachable, raw).await)
     }
 
     /// The Redis store on the test binary's own 3-master Redis Cluster.
     #[cfg(feature = "redis")]
     pub async fn redis_cluster() -> Option<Self> {
-        use dreamnet_common::redis_connection::{RedisConnection, RedisEndpoint, RedisTimeouts};
-        let cluster = dreamnet_test_support::redis_cluster::OwnRedisCluster::shared()?;
-        let endpoint = RedisEndpoint::cluster(cluster.urls());
-        let timeouts = RedisTimeouts {
-            connection: Duration::from_secs(1),
-            response: Duration::from_secs(1),
-        };
-        let raw = RedisConnection::lazy(&endpoint, timeouts).expect("valid seed URLs");
+        use dreamnet_common::redis_connection::RedisEndpoint;
+        let (endpoint, raw) = redis_cluster()?;
         let unreachable = RedisEndpoint::cluster(["redis://127.0.0.1:1"]);
         Some(Self::redis_on("redis-cluster", endpoint, unreachable, raw).await)
     }
@@ -251,6 +244,37 @@ impl Backend {
             cleanup.await;
         }
     }
+}
+
+/// The test Redis server: its endpoint, and a connection of its own (for foreign values and
+/// the cleanup); `None` after a loud skip.
+#[cfg(feature = "redis")]
+pub async fn redis_server() -> Option<(
+    dreamnet_common::redis_connection::RedisEndpoint,
+    dreamnet_common::redis_connection::RedisConnection,
+)> {
+    use dreamnet_common::redis_connection::{RedisConnection, RedisEndpoint};
+    let raw = dreamnet_test_support::redis_connection().await?;
+    let endpoint = RedisEndpoint::single(dreamnet_test_support::redis_url());
+    Some((endpoint, RedisConnection::Single(raw)))
+}
+
+/// The test binary's own 3-master Redis Cluster (`OwnRedisCluster::shared`): its endpoint,
+/// and a connection of its own; `None` after a loud skip.
+#[cfg(feature = "redis")]
+pub fn redis_cluster() -> Option<(
+    dreamnet_common::redis_connection::RedisEndpoint,
+    dreamnet_common::redis_connection::RedisConnection,
+)> {
+    use dreamnet_common::redis_connection::{RedisConnection, RedisEndpoint, RedisTimeouts};
+    let cluster = dreamnet_test_support::redis_cluster::OwnRedisCluster::shared()?;
+    let endpoint = RedisEndpoint::cluster(cluster.urls());
+    let timeouts = RedisTimeouts {
+        connection: Duration::from_secs(1),
+        response: Duration::from_secs(1),
+    };
+    let raw = RedisConnection::lazy(&endpoint, timeouts).expect("valid seed URLs");
+    Some((endpoint, raw))
 }
 
 /// Deletes every Redis key under `prefix` (a test's cleanup), one DEL per key: on a cluster

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use dreamnet_server::{serve, App, Config, FileConfig, Shutdown};
-use dreamnet_test_support::backends;
+use dreamnet_test_support::{backends, redis_server::OwnRedis};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{
@@ -16,7 +16,6 @@ use serde_json::Value;
 use tokio::{sync::oneshot, task::JoinHandle};
 
 pub mod exposition;
-pub mod own_redis;
 
 pub const TOKEN: &str = "test-admin-token";
 
@@ -75,6 +74,18 @@ impl Reply {
             .expect("X-Trace-Id on every response");
         assert_eq!(json["traceId"], trace, "problem carries the trace id");
         json
+    }
+}
+
+/// Asserts that every field of the JSON object `expected` has that value in `actual`; fields
+/// `expected` does not name are not looked at.
+#[track_caller]
+pub fn assert_fields(actual: &Value, expected: Value) {
+    let Value::Object(expected) = expected else {
+        panic!("expected fields must be a JSON object: {expected}");
+    };
+    for (field, value) in expected {
+        assert_eq!(actual[&field], value, "{field} of {actual}");
     }
 }
 
@@ -199,28 +210,61 @@ pub enum Stores {
     Shared,
 }
 
-/// Runs each named `async fn name(stores: Stores)` once per backend:
-/// `memory::name` and `redis_postgres::name`.
+impl Stores {
+    /// The backend names the server reports for these stores (in metrics labels and
+    /// `/readyz`): the idempotency and control stores', then the ledger's.
+    pub fn backends(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Memory => ("memory", "memory"),
+            Self::Shared => ("redis", "postgres"),
+        }
+    }
+}
+
+/// Runs each named test once per backend, as `memory::name` and `redis_postgres::name`.
+///
+/// A test listed first is an `async fn name(http: &Http)` run against a server with the
+/// default config ([`on_default_server`]); one listed after `own_server:` is an
+/// `async fn name(stores: Stores)` that starts the server it needs itself.
 #[macro_export]
 macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
+    (@backend $module:ident, $stores:ident; $($name:ident),*; $($own:ident),*) => {
+        mod $module {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name($crate::common::Stores::Memory).await;
+                    $crate::common::on_default_server(
+                        $crate::common::Stores::$stores,
+                        super::$name,
+                    )
+                    .await;
                 }
             )*
-        }
-        mod redis_postgres {
             $(
                 #[tokio::test]
-                async fn $name() {
-                    super::$name($crate::common::Stores::Shared).await;
+                async fn $own() {
+                    super::$own($crate::common::Stores::$stores).await;
                 }
             )*
         }
     };
+    (own_server: $($own:ident),* $(,)?) => {
+        $crate::on_every_backend!(; own_server: $($own),*);
+    };
+    ($($name:ident),* $(,)? $(; own_server: $($own:ident),* $(,)?)?) => {
+        $crate::on_every_backend!(@backend memory, Memory; $($name),*; $($($own),*)?);
+        $crate::on_every_backend!(@backend redis_postgres, Shared; $($name),*; $($($own),*)?);
+    };
+}
+
+/// Runs `test` against a server on `stores` with the default config, then stops it; does
+/// nothing when the backends are unreachable and not required (the skip was reported).
+pub async fn on_default_server(stores: Stores, test: impl AsyncFnOnce(&Http)) {
+    let Some(server) = TestServer::on(stores, Config::default()).await else {
+        return;
+    };
+    test(&server.http).await;
+    server.stop().await;
 }
 
 /// A server running in this test process on a real TCP socket.
@@ -260,6 +304,18 @@ impl TestServer {
                 ..Config::default()
             },
         )
+        .await
+    }
+
+    /// A server whose Redis is `redis` (one of the test's own, to stop and restart) under
+    /// a fresh prefix, with `config` for the rest (its ledger in memory unless it says
+    /// otherwise).
+    pub async fn on_own_redis(redis: &OwnRedis, config: Config) -> Self {
+        Self::start_with(Config {
+            redis_url: Some(redis.url()),
+            redis_prefix: dreamnet_test_support::unique_prefix("own-redis"),
+            ..config
+        })
         .await
     }
 
@@ -327,20 +383,43 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts the binary with `args` and `envs` on `127.0.0.1:0`; returns once it listens.
-    pub async fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        use tokio::io::{AsyncBufReadExt, BufReader};
+    /// The binary on `127.0.0.1:0` with `args`, and of the environment's `DREAMNET_*`
+    /// settings only `envs`.
+    fn command(args: &[&str], envs: &[(&str, &str)]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_dreamnet-server"));
         command
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
             .env_remove("DREAMNET_ADMIN_TOKEN")
             .env_remove("DREAMNET_REDIS_URL")
+            .env_remove("DREAMNET_REDIS_CLUSTER")
             .env_remove("DREAMNET_DATABASE_URL")
             .env_remove("DREAMNET_CONFIG")
             .env_remove("DREAMNET_ADDR")
             .env("RUST_LOG", "info")
-            .envs(envs.iter().copied())
+            .envs(envs.iter().copied());
+        command
+    }
+
+    /// Runs the binary with `args` and `envs`, which must make it refuse to start: its
+    /// stderr.
+    pub async fn refused_start(args: &[&str], envs: &[(&str, &str)]) -> String {
+        let output = Self::command(args, envs)
+            .output()
+            .await
+            .expect("run dreamnet-server");
+        assert!(
+            !output.status.success(),
+            "dreamnet-server started with {args:?}"
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    /// Starts the binary with `args` and `envs` on `127.0.0.1:0`; returns once it listens.
+    pub async fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut command = Self::command(args, envs);
+        command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -453,9 +532,15 @@ impl Backends {
     }
 
     pub fn args(&self) -> Vec<String> {
+        self.args_on_redis(&self.redis_url)
+    }
+
+    /// The flags for these backends, but with `redis_url` (a Redis Cluster's seed list) as
+    /// the Redis URL.
+    pub fn args_on_redis(&self, redis_url: &str) -> Vec<String> {
         vec![
             "--redis-url".into(),
-            self.redis_url.clone(),
+            redis_url.to_owned(),
             "--redis-prefix".into(),
             self.prefix.clone(),
             "--database-url".into(),
@@ -466,10 +551,23 @@ impl Backends {
     }
 
     pub async fn replica(&self, extra: &[&str]) -> Process {
-        let args = self.args();
+        self.replica_on(&self.redis_url, extra, &[]).await
+    }
+
+    /// A replica on these backends but on `redis_url` (a Redis Cluster's seed list), with
+    /// `extra` flags and `envs` besides the admin token.
+    pub async fn replica_on(
+        &self,
+        redis_url: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Process {
+        let args = self.args_on_redis(redis_url);
         let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
         all.extend_from_slice(extra);
-        Process::spawn(&all, &[("DREAMNET_ADMIN_TOKEN", TOKEN)]).await
+        let mut all_envs = vec![("DREAMNET_ADMIN_TOKEN", TOKEN)];
+        all_envs.extend_from_slice(envs);
+        Process::spawn(&all, &all_envs).await
     }
 
     pub async fn drop_all(self) {
