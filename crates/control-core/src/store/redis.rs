@@ -907,6 +907,43 @@ pub(crate) mod tests {
         }
     }
 
+    /// A batch's answers are those of its takes run one by one: the first `granted`
+    /// admitted, each with the counts after it; the rest refused at the counts the admitted
+    /// ones left.
+    #[test]
+    fn a_batch_answers_each_take_as_if_it_ran_alone_in_order() {
+        let granted = Granted {
+            granted: 2,
+            now_millis: 7,
+            epoch: 3,
+            before: vec![1, 10],
+        };
+        let answers: Vec<_> = (0..4).map(|i| granted.taken(i)).collect();
+        let admitted: Vec<_> = answers.iter().map(|t| t.admitted).collect();
+        assert_eq!(admitted, [true, true, false, false]);
+        let counts: Vec<_> = answers.iter().map(|t| t.counts.clone()).collect();
+        assert_eq!(counts, [vec![2, 11], vec![3, 12], vec![3, 12], vec![3, 12]]);
+        assert!(answers
+            .iter()
+            .all(|t| t.now_millis == 7 && t.epoch == Some(3)));
+    }
+
+    /// Concurrent takes that share a failed run all fail, each with the cause.
+    #[tokio::test]
+    async fn every_take_of_a_failed_batch_gets_the_error() {
+        let store = RedisStore::lazy("redis://127.0.0.1:1").unwrap();
+        let (cluster, windows) = (Arc::from("c"), windows(&[WindowConfig::new("w", 5, 60)]));
+        let takes = (0..8).map(|_| store.count(&cluster, &windows, None, 0, Count::Take));
+        for result in futures_util::future::join_all(takes).await {
+            let err = result.unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+            assert!(
+                std::error::Error::source(&err).is_some(),
+                "the cause is kept"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn unreachable_redis_is_an_error_fast() {
         let store = RedisStore::lazy("redis://127.0.0.1:1").unwrap();
