@@ -589,3 +589,36 @@ async fn a_ttl_ending_is_audited_exactly_once_across_planes() {
     }
     store.purge().await.unwrap();
 }
+
+/// A clone of a store under another prefix counts on its own keys, also when both batch
+/// concurrent takes of a cluster of the same name: each plane admits its own limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_under_another_prefix_counts_on_its_own_keys() {
+    let Some(store) = store().await else { return };
+    let other = store
+        .clone()
+        .prefix(&dreamnet_test_support::unique_prefix("control-other"));
+    let a = guarded(&plane(&store, config(3, false)), "alpha");
+    let b = guarded(&plane(&other, config(3, false)), "alpha");
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let response = svc.oneshot(Request::new(Full::default())).await.unwrap();
+                (i % 2, response.status())
+            })
+        })
+        .collect();
+    let mut admitted = [0, 0];
+    for task in tasks {
+        let (plane, status) = task.await.unwrap();
+        if status == StatusCode::OK {
+            admitted[plane] += 1;
+        } else {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        }
+    }
+    assert_eq!(admitted, [3, 3], "each prefix has its own quota");
+    store.purge().await.unwrap();
+    other.purge().await.unwrap();
+}

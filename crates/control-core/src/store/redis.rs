@@ -15,7 +15,8 @@
 //! checks every window, takes one unit from each only if all admit, and returns the
 //! cluster's epoch so the plane notices a change made elsewhere in the same round trip.
 //! Concurrent decisions of one cluster share that run (`take_batch`): the script admits
-//! `n` takes in a row at once, each answered as if it had run alone in that order. A
+//! `n` takes in a row at once, each answered as if it had run alone in that order (with
+//! per-client windows, [`TAKE_CLIENTS_SCRIPT`] does the same over any clients' counters). A
 //! per-client decision is the same script with the client's counters after the cluster's:
 //! the script does not tell them apart, so aggregate and per-client windows admit all or
 //! nothing together, and the client's keys carry the cluster's hash tag (one slot) and the
@@ -105,6 +106,80 @@ for i = 1, n do out[#out + 1] = counts[i] end
 return out
 ";
 
+/// [`TAKE_SCRIPT`] for takes with per-client windows, for `m` requests in a row (one, or a
+/// batch of a cluster's concurrent requests, see `take_batch`): each is admitted only if the
+/// cluster's windows and its own client's all have room, then takes one unit from each,
+/// exactly as `m` runs of [`TAKE_SCRIPT`] over the cluster's and that client's counters
+/// would (a client may appear several times). Every key is under the cluster's hash tag.
+///
+/// `KEYS[1]` the epoch key, `KEYS[2..c+1]` the cluster's counters, then `p` counters per
+/// request (its client's windows); `ARGV` is `c, p`, then `limit, window_ms` per cluster
+/// window, the same per client window (plus, in tests only, a time). Returns `{now_ms,
+/// epoch}`, then per request `admitted` followed by its `c + p` counts after it.
+pub(crate) const TAKE_CLIENTS_SCRIPT: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local c, p = tonumber(ARGV[1]), tonumber(ARGV[2])
+local m = (#KEYS - 1 - c) / p
+local now
+if #ARGV > 2 + 2 * (c + p) then
+  now = tonumber(ARGV[3 + 2 * (c + p)])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- A counter as read: its key, limit, window start and length, count now and when read.
+local function read(key, w)
+  local limit, len = tonumber(ARGV[1 + 2 * w]), tonumber(ARGV[2 + 2 * w])
+  local start = now - (now % len)
+  local slot = redis.call('HMGET', key, 's', 'c')
+  local count = 0
+  if tonumber(slot[1]) == start then count = tonumber(slot[2]) or 0 end
+  return {key = key, limit = limit, start = start, len = len, count = count, read = count}
+end
+local counters, cluster, clients = {}, {}, {}
+for i = 1, c do
+  cluster[i] = read(KEYS[1 + i], i)
+  counters[#counters + 1] = cluster[i]
+end
+local out = {now, 0}
+for j = 1, m do
+  local own, admitted = {}, 1
+  for i = 1, c do
+    if cluster[i].count >= cluster[i].limit then admitted = 0 end
+  end
+  for k = 1, p do
+    local key = KEYS[1 + c + (j - 1) * p + k]
+    local counter = clients[key]
+    if not counter then
+      counter = read(key, c + k)
+      clients[key] = counter
+      counters[#counters + 1] = counter
+    end
+    own[k] = counter
+    if counter.count >= counter.limit then admitted = 0 end
+  end
+  if admitted == 1 then
+    for i = 1, c do cluster[i].count = cluster[i].count + 1 end
+    for k = 1, p do own[k].count = own[k].count + 1 end
+  end
+  out[#out + 1] = admitted
+  for i = 1, c do out[#out + 1] = cluster[i].count end
+  for k = 1, p do out[#out + 1] = own[k].count end
+end
+for _, counter in ipairs(counters) do
+  if counter.count > counter.read then
+    if counter.read == 0 then
+      redis.call('HSET', counter.key, 's', counter.start, 'c', counter.count)
+      redis.call('PEXPIREAT', counter.key, counter.start + counter.len + 60000)
+    else
+      redis.call('HINCRBY', counter.key, 'c', counter.count - counter.read)
+    end
+  end
+end
+out[2] = tonumber(redis.call('GET', KEYS[1]) or '0')
+return out
+";
+
 /// The read-only counterpart of [`TAKE_SCRIPT`] (writes nothing): `KEYS` one counter per
 /// window, `ARGV` `window_ms` per window (plus, in tests only, a time to use instead of the
 /// server's). Returns `{now_ms, count...}`.
@@ -159,6 +234,7 @@ pub struct RedisStore {
     prefix: Arc<str>,
     timeout: Duration,
     take: Arc<LuaScript>,
+    take_clients: Arc<LuaScript>,
     peek: Arc<LuaScript>,
     give_back: Arc<LuaScript>,
     cas: Arc<LuaScript>,
@@ -243,6 +319,7 @@ impl RedisStore {
             prefix: Arc::from("dreamnet:"),
             timeout: Duration::from_millis(500),
             take: Arc::new(LuaScript::new(TAKE_SCRIPT)),
+            take_clients: Arc::new(LuaScript::new(TAKE_CLIENTS_SCRIPT)),
             peek: Arc::new(LuaScript::new(PEEK_SCRIPT)),
             give_back: Arc::new(LuaScript::new(GIVE_BACK_SCRIPT)),
             cas: Arc::new(LuaScript::new(CAS_SCRIPT)),
@@ -255,7 +332,9 @@ impl RedisStore {
     /// round trip and one run of the script for every take that queued while the previous
     /// run was on the wire, each answered as if it had run alone in that order, so the
     /// counts stay exact (see `store/redis/take_batch.rs`). A lone take is sent at once.
-    /// Takes of clusters with per-client windows always run on their own.
+    /// Takes with per-client windows batch too (any clients of the cluster in one run of
+    /// [`TAKE_CLIENTS_SCRIPT`]). A clone under another [`prefix`](Self::prefix) or
+    /// [`timeout`](Self::timeout) batches on its own.
     #[must_use]
     pub fn batch_takes(mut self, enabled: bool) -> Self {
         self.takes = enabled.then(Arc::default);
@@ -281,7 +360,7 @@ impl RedisStore {
             "a Redis key prefix must not contain braces"
         );
         self.prefix = Arc::from(prefix);
-        self
+        self.own_batches()
     }
 
     /// Requests sent to Redis by this store and its clones (a pipeline counts once).
@@ -299,6 +378,16 @@ impl RedisStore {
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self.own_batches()
+    }
+
+    /// Takes batches of its own: a clone with another prefix or time limit must not queue
+    /// its takes for the writers of the store it was cloned from (they would run them
+    /// under that store's keys).
+    fn own_batches(mut self) -> Self {
+        if self.takes.is_some() {
+            self.takes = Some(Arc::default());
+        }
         self
     }
 
@@ -379,6 +468,64 @@ impl RedisStore {
         })
     }
 
+    /// One run of [`TAKE_CLIENTS_SCRIPT`] for takes in a row by `clients` (each with the
+    /// per-client `client_windows`); `at` replaces server time (tests only). One answer
+    /// per client, in order.
+    async fn run_take_clients(
+        &self,
+        cluster: &str,
+        windows: &[WindowConfig],
+        client_windows: &[WindowConfig],
+        clients: &[Arc<str>],
+        at: Option<u64>,
+    ) -> Result<Vec<Taken>, StoreError> {
+        let (c, p) = (windows.len(), client_windows.len());
+        let mut invocation = self.take_clients.call();
+        invocation.key(self.epoch_key(cluster)).arg(c).arg(p);
+        for window in windows.iter().chain(client_windows) {
+            invocation.arg(window.limit).arg(window_millis(window));
+        }
+        for window in windows {
+            invocation.key(self.counter_key(cluster, window));
+        }
+        for client in clients {
+            for window in client_windows {
+                invocation.key(self.client_counter_key(cluster, window, client));
+            }
+        }
+        if let Some(at) = at {
+            invocation.arg(at);
+        }
+        let invocation = &invocation;
+        let reply: Vec<i64> = self
+            .timed(Retry::IfUnsent, move |mut conn| async move {
+                invocation.invoke(&mut conn).await
+            })
+            .await?;
+        let each = 1 + c + p;
+        if reply.len() != 2 + each * clients.len() {
+            return Err(corrupt(
+                "per-client rate-limit script answered the wrong shape",
+            ));
+        }
+        let num = |v: i64| u64::try_from(v).map_err(|_| corrupt("negative counter"));
+        let (now_millis, epoch) = (num(reply[0])?, num(reply[1])?);
+        reply[2..]
+            .chunks(each)
+            .map(|answer| {
+                Ok(Taken {
+                    admitted: answer[0] == 1,
+                    now_millis,
+                    counts: answer[1..]
+                        .iter()
+                        .map(|&v| num(v))
+                        .collect::<Result<_, _>>()?,
+                    epoch: Some(epoch),
+                })
+            })
+            .collect()
+    }
+
     /// One run of [`PEEK_SCRIPT`]; `at` replaces server time (tests only).
     async fn run_peek(
         &self,
@@ -444,15 +591,19 @@ impl RedisStore {
             .iter()
             .map(move |w| (self.counter_key(cluster, w), w));
         let client = client.into_iter().flat_map(move |c| {
-            c.windows.iter().map(move |w| {
-                let key = format!(
-                    "{}ctl:{{{cluster}}}:rlc:{}:{}:{}",
-                    self.prefix, w.name, w.seconds, c.client
-                );
-                (key, w)
-            })
+            c.windows
+                .iter()
+                .map(move |w| (self.client_counter_key(cluster, w, &c.client), w))
         });
         own.chain(client)
+    }
+
+    /// The key of `client`'s counter of `window` (under the cluster's hash tag).
+    fn client_counter_key(&self, cluster: &str, window: &WindowConfig, client: &str) -> String {
+        format!(
+            "{}ctl:{{{cluster}}}:rlc:{}:{}:{client}",
+            self.prefix, window.name, window.seconds
+        )
     }
 
     /// Runs `op` on a clone of the connection within the store's time limit, and once more
@@ -561,9 +712,9 @@ impl CounterStore for RedisStore {
         let client = client.cloned();
         StoreFuture::new(async move {
             let client = client.as_ref();
-            match (mode, &store.takes, client) {
-                (Count::Take, Some(lanes), None) => {
-                    let answer = lanes.take(&store, &cluster, windows);
+            match (mode, &store.takes) {
+                (Count::Take, Some(lanes)) => {
+                    let answer = lanes.take(&store, &cluster, windows, client.cloned());
                     match tokio::time::timeout(store.timeout, answer).await {
                         Ok(Ok(taken)) => taken,
                         Ok(Err(_)) => Err(StoreError::unavailable("the take's batch was dropped")),
@@ -901,6 +1052,72 @@ pub(crate) mod tests {
                     let expected = expected.last().expect("at least one take");
                     let peeked = rt.block_on(store.run_peek(&windows, &cluster, None, Some(now))).unwrap();
                     prop_assert_eq!(&peeked.counts, &expected.counts);
+                }
+                rt.block_on(store.purge()).unwrap();
+            }
+
+            /// The per-client script, over batches of takes by a few clients (one may take
+            /// several times in a batch), answers as the memory store's per-client decisions
+            /// taken one by one.
+            #[test]
+            fn per_client_lua_script_matches_the_memory_store(
+                cluster_limits in proptest::collection::vec(0u64..8, 1..3),
+                client_limits in proptest::collection::vec(0u64..4, 1..3),
+                steps in proptest::collection::vec(
+                    (0u64..20_000, proptest::collection::vec(0usize..3, 1..5)),
+                    1..30,
+                ),
+            ) {
+                let (rt, Some(store)) = redis() else { return Ok(()) };
+                // Its own prefix: the other mirror test purges its keys while this one runs.
+                let store = &store
+                    .clone()
+                    .prefix(&dreamnet_test_support::unique_prefix("mirror-clients"));
+                static CASE: AtomicU64 = AtomicU64::new(0);
+                let cluster: Arc<str> =
+                    format!("mirror-clients-{}", CASE.fetch_add(1, Ordering::Relaxed)).into();
+                let spans = [1, 60, 3600];
+                let windows: Arc<[WindowConfig]> = cluster_limits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| WindowConfig::new(format!("w{i}"), l, spans[i % 3]))
+                    .collect();
+                let client_windows: Arc<[WindowConfig]> = client_limits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| WindowConfig::new(format!("c{i}"), l, spans[(i + 1) % 3]))
+                    .collect();
+                let names: [Arc<str>; 3] = ["ann".into(), "bob".into(), "cy".into()];
+                let memory = crate::MemoryStore::new();
+                let mut now = dreamnet_common::SystemClock.now_millis() + 86_400_000;
+                for (step, who) in steps {
+                    now += step;
+                    let clients: Vec<Arc<str>> = who.iter().map(|&i| Arc::clone(&names[i])).collect();
+                    let expected: Vec<Taken> = clients
+                        .iter()
+                        .map(|client| {
+                            let quota = ClientQuota {
+                                client: Arc::clone(client),
+                                windows: Arc::clone(&client_windows),
+                            };
+                            memory
+                                .count(&cluster, &windows, Some(&quota), now, Count::Take)
+                                .into_ready()
+                                .expect("the memory store answers at once")
+                                .unwrap()
+                        })
+                        .collect();
+                    let got = rt
+                        .block_on(store.run_take_clients(
+                            &cluster, &windows, &client_windows, &clients, Some(now),
+                        ))
+                        .unwrap();
+                    prop_assert_eq!(got.len(), expected.len());
+                    for (got, expected) in got.iter().zip(&expected) {
+                        prop_assert_eq!(got.admitted, expected.admitted);
+                        prop_assert_eq!(&got.counts, &expected.counts);
+                        prop_assert_eq!(got.now_millis, now);
+                    }
                 }
                 rt.block_on(store.purge()).unwrap();
             }

@@ -1,6 +1,8 @@
-//! Group commit for rate-limit takes: the concurrent takes of one cluster (without
-//! per-client windows) share one run of [`TAKE_SCRIPT`](super::TAKE_SCRIPT), the way the
-//! PostgreSQL ledger batches reserves.
+//! Group commit for rate-limit takes: the concurrent takes of one cluster share one run of
+//! [`TAKE_SCRIPT`](super::TAKE_SCRIPT) (or, with per-client windows, of
+//! [`TAKE_CLIENTS_SCRIPT`](super::TAKE_CLIENTS_SCRIPT): a client's counters sit under the
+//! cluster's hash tag, so any clients' takes fit in one run), the way the PostgreSQL ledger
+//! batches reserves.
 //!
 //! Each cluster gets a lane: a queue in front of one writer task. The writer sends whatever
 //! has queued as one script run for `n` takes in a row, which admits exactly the first
@@ -22,10 +24,10 @@ use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
-use super::RedisStore;
+use super::{Granted, RedisStore};
 use crate::{
     config::WindowConfig,
-    store::{BoxError, StoreError},
+    store::{BoxError, ClientQuota, StoreError},
     window::Taken,
 };
 
@@ -34,6 +36,7 @@ const MAX_BATCH: usize = 256;
 
 struct Job {
     windows: Arc<[WindowConfig]>,
+    client: Option<ClientQuota>,
     reply: oneshot::Sender<Result<Taken, StoreError>>,
 }
 
@@ -45,16 +48,22 @@ pub(super) struct TakeLanes {
 }
 
 impl TakeLanes {
-    /// Queues one take of `cluster` over `windows`; `store` runs the lane's writer when
-    /// this is the cluster's first take (or its writer's runtime has gone).
+    /// Queues one take of `cluster` over `windows` (and the client's, if any); `store`
+    /// runs the lane's writer when this is the cluster's first take (or its writer's
+    /// runtime has gone).
     pub(super) fn take(
         &self,
         store: &RedisStore,
         cluster: &Arc<str>,
         windows: Arc<[WindowConfig]>,
+        client: Option<ClientQuota>,
     ) -> oneshot::Receiver<Result<Taken, StoreError>> {
         let (reply, answer) = oneshot::channel();
-        let mut job = Job { windows, reply };
+        let mut job = Job {
+            windows,
+            client,
+            reply,
+        };
         loop {
             let lane = {
                 let mut lanes = self.lanes.lock();
@@ -99,20 +108,15 @@ async fn write(store: RedisStore, cluster: Arc<str>, mut queue: mpsc::UnboundedR
         jobs.retain(|job| !job.reply.is_closed());
         while !jobs.is_empty() {
             // One run per window layout (a settings change between takes), in order.
-            let windows = Arc::clone(&jobs[0].windows);
             let same = jobs
                 .iter()
-                .position(|job| !same_windows(&job.windows, &windows))
+                .position(|job| !same_layout(job, &jobs[0]))
                 .unwrap_or(jobs.len());
             let batch: Vec<Job> = jobs.drain(..same).collect();
-            let wanted = batch.len() as u64;
-            let result = store
-                .run_take_many(&cluster, &windows, None, wanted, None)
-                .await
-                .map_err(Arc::new);
-            for (i, job) in (0u64..).zip(batch) {
-                let answer = match &result {
-                    Ok(granted) => Ok(granted.taken(i)),
+            let answers = run(&store, &cluster, &batch).await.map_err(Arc::new);
+            for (i, job) in batch.into_iter().enumerate() {
+                let answer = match &answers {
+                    Ok(answers) => Ok(answers.get(i)),
                     Err(error) => Err(shared(error)),
                 };
                 // A caller that gave up meanwhile: nothing to tell.
@@ -120,6 +124,55 @@ async fn write(store: RedisStore, cluster: Arc<str>, mut queue: mpsc::UnboundedR
             }
         }
     }
+}
+
+/// What one script run answered for a batch.
+enum Answers {
+    /// Takes without per-client windows: the first `granted` admitted.
+    InARow(Granted),
+    /// Takes with per-client windows: one answer each.
+    Each(Vec<Taken>),
+}
+
+impl Answers {
+    /// The answer of the batch's `i`-th take.
+    fn get(&self, i: usize) -> Taken {
+        match self {
+            Self::InARow(granted) => granted.taken(i as u64),
+            Self::Each(taken) => taken[i].clone(),
+        }
+    }
+}
+
+/// One script run for `batch` (takes of one layout).
+async fn run(store: &RedisStore, cluster: &str, batch: &[Job]) -> Result<Answers, StoreError> {
+    let windows = &batch[0].windows;
+    match &batch[0].client {
+        None => {
+            let wanted = batch.len() as u64;
+            let granted = store.run_take_many(cluster, windows, None, wanted, None);
+            Ok(Answers::InARow(granted.await?))
+        }
+        Some(quota) => {
+            let clients: Vec<Arc<str>> = batch
+                .iter()
+                .filter_map(|job| job.client.as_ref().map(|c| Arc::clone(&c.client)))
+                .collect();
+            let taken = store.run_take_clients(cluster, windows, &quota.windows, &clients, None);
+            Ok(Answers::Each(taken.await?))
+        }
+    }
+}
+
+/// Whether two takes can share a run: the same cluster windows, and the same per-client
+/// windows (or none for both).
+fn same_layout(a: &Job, b: &Job) -> bool {
+    same_windows(&a.windows, &b.windows)
+        && match (&a.client, &b.client) {
+            (None, None) => true,
+            (Some(a), Some(b)) => same_windows(&a.windows, &b.windows),
+            _ => false,
+        }
 }
 
 fn same_windows(a: &Arc<[WindowConfig]>, b: &Arc<[WindowConfig]>) -> bool {
