@@ -12,7 +12,9 @@
 //! take never waits for company: the writer sends as soon as the queue is empty. Batches
 //! form by themselves under load, from the takes that arrive while the previous run is on
 //! the wire; with 32 concurrent requests on one cluster that is one round trip and one
-//! script run for many requests instead of one each.
+//! script run for many requests instead of one each. The price, under load only: a take
+//! that arrives while a run is on the wire waits for it before its own goes, up to two
+//! round trips instead of one (the ledger's batches make the same trade).
 //!
 //! A caller that gives up (its request was cancelled, or the store's time limit passed)
 //! before its batch is cut takes nothing; one that gives up later may have taken its unit,
