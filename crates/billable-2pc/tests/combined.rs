@@ -15,52 +15,35 @@ use dreamnet_billable::{
         postgres::{BatchCounts, PostgresLedgerBuilder},
         ActionId, ActionState, LedgerError, Reservation,
     },
-    recover, Ledger, LedgerAdmin, PostgresLedger,
+    recover, Ledger, LedgerAdmin,
 };
-use dreamnet_common::{AccountId, ManualClock};
+use dreamnet_common::AccountId;
 use futures_util::future::join_all;
 
 mod common;
 
-/// A combined-batch ledger in a schema of its own, its clock, and the schema.
-struct Combined {
-    ledger: Arc<PostgresLedger>,
-    clock: ManualClock,
-    schema: String,
-    pool: deadpool_postgres::Pool,
+/// A combined-batch ledger (its builder then configured by `configure`) in a schema of its
+/// own.
+async fn combined(
+    configure: fn(PostgresLedgerBuilder) -> PostgresLedgerBuilder,
+) -> Option<OwnSchema> {
+    OwnSchema::new(|builder| configure(builder.combined_batches(true))).await
 }
 
-impl Combined {
-    async fn new(configure: fn(PostgresLedgerBuilder) -> PostgresLedgerBuilder) -> Option<Self> {
-        let pool = dreamnet_test_support::pg_pool().await?;
-        let schema = dreamnet_test_support::unique_schema("bill");
-        let clock = ManualClock::new(1_800_000_000_000);
-        let ledger = configure(
-            PostgresLedger::builder(pool.clone())
-                .schema(schema.clone())
-                .clock(Arc::new(clock.clone()))
-                .combined_batches(true),
-        )
-        .build()
-        .await
-        .expect("tables created");
-        Some(Self {
-            ledger: Arc::new(ledger),
-            clock,
-            schema,
-            pool,
+/// Batches cut when 8 calls are queued, or after 2 s: 8 concurrent calls are one batch.
+async fn combined_by_8() -> Option<OwnSchema> {
+    combined(|b| b.max_batch(8).max_wait(Duration::from_secs(2))).await
+}
+
+/// The ids of the reservations `answers` made; panics on any other answer.
+fn reserved_ids(answers: Vec<Result<Reservation, LedgerError>>) -> Vec<ActionId> {
+    answers
+        .into_iter()
+        .map(|r| match r {
+            Ok(Reservation::Reserved(action)) => action.id,
+            other => panic!("expected a reservation, got {other:?}"),
         })
-    }
-
-    /// Batches cut when 8 calls are queued, or after 2 s: 8 concurrent calls are one batch.
-    async fn by_8() -> Option<Self> {
-        Self::new(|b| b.max_batch(8).max_wait(Duration::from_secs(2))).await
-    }
-
-    async fn finish(self) {
-        drop(self.ledger);
-        drop_schema(&self.pool, &self.schema).await;
-    }
+        .collect()
 }
 
 /// What one call of a mixed batch answered.
@@ -81,7 +64,7 @@ fn delta(after: BatchCounts, before: BatchCounts) -> (u64, u64) {
 /// transaction carrying both kinds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_combined_batch_mixes_covered_and_uncovered_holds_with_settles() {
-    let Some(f) = Combined::by_8().await else {
+    let Some(f) = combined_by_8().await else {
         return;
     };
     let ledger = &*f.ledger;
@@ -98,13 +81,7 @@ async fn a_combined_batch_mixes_covered_and_uncovered_holds_with_settles() {
         .map(|(acct, key)| ledger.reserve(reserve_request(acct, key, PRICE))),
     )
     .await;
-    let held: Vec<ActionId> = held
-        .into_iter()
-        .map(|r| match r {
-            Ok(Reservation::Reserved(action)) => action.id,
-            other => panic!("expected a reservation, got {other:?}"),
-        })
-        .collect();
+    let held = reserved_ids(held);
     let missing = ActionId::random();
     let (reserves0, settles0, all0) = (
         ledger.reserve_batches(),
@@ -181,7 +158,7 @@ async fn a_combined_batch_mixes_covered_and_uncovered_holds_with_settles() {
 /// move); the writer goes on, and the same calls without the poison go through together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_combined_batch_fails_every_caller_and_applies_nothing() {
-    let Some(f) = Combined::new(|b| b.max_batch(4).max_wait(Duration::from_secs(2))).await else {
+    let Some(f) = combined(|b| b.max_batch(4).max_wait(Duration::from_secs(2))).await else {
         return;
     };
     let s = format!("\"{}\"", f.schema);
@@ -205,13 +182,7 @@ async fn a_failing_combined_batch_fails_every_caller_and_applies_nothing() {
         ["poison", "h1", "h2", "h3"].map(|key| ledger.reserve(reserve_request(&acct, key, PRICE))),
     )
     .await;
-    let held: Vec<ActionId> = held
-        .into_iter()
-        .map(|r| match r {
-            Ok(Reservation::Reserved(action)) => action.id,
-            other => panic!("expected a reservation, got {other:?}"),
-        })
-        .collect();
+    let held = reserved_ids(held);
     let before = ledger.batches();
     let (settled, reserved) = tokio::join!(
         join_all(
@@ -271,7 +242,7 @@ async fn a_failing_combined_batch_fails_every_caller_and_applies_nothing() {
 /// the timeouts pass recovery releases every hold left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_combined_batches_never_overdraw_and_charge_each_success_once() {
-    let Some(f) = Combined::new(|b| b.batch_writers(2)).await else {
+    let Some(f) = combined(|b| b.batch_writers(2)).await else {
         return;
     };
     let ledger = f.ledger.clone();

@@ -9,19 +9,16 @@ use std::{
 };
 
 use bytes::Bytes;
+use common::{guarded, send, status, yearly};
 use dreamnet_control_core::{
     api, BreakerState, ClusterConfig, ControlConfig, ControlPlane, RateLimitUpdate, RedisStore,
     WindowConfig,
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use tower::{service_fn, util::BoxCloneService, ServiceBuilder, ServiceExt};
+use tower::{service_fn, ServiceBuilder, ServiceExt};
 
-type Svc = BoxCloneService<
-    Request<Full<Bytes>>,
-    Response<dreamnet_common::ResponseBody<Full<Bytes>>>,
-    Infallible,
->;
+mod common;
 
 /// A store on the test Redis with a fresh prefix, or `None` after a loud skip notice.
 async fn store() -> Option<RedisStore> {
@@ -38,11 +35,7 @@ async fn store() -> Option<RedisStore> {
 /// falls inside a test.
 fn config(limit: u64, fail_open: bool) -> ControlConfig {
     let mut clusters = BTreeMap::new();
-    let year = ClusterConfig {
-        windows: vec![WindowConfig::new("year", limit, 365 * 86_400)],
-        ..ClusterConfig::per_minute_hour_day(1, 1, 1)
-    };
-    clusters.insert("alpha".to_owned(), year);
+    clusters.insert("alpha".to_owned(), yearly(limit));
     clusters.insert(
         "beta".to_owned(),
         ClusterConfig::per_minute_hour_day(1000, 10_000, 100_000),
@@ -61,22 +54,14 @@ fn plane(store: &RedisStore, config: ControlConfig) -> ControlPlane {
         .build()
 }
 
-fn guarded(plane: &ControlPlane, cluster: &str) -> Svc {
-    BoxCloneService::new(
-        ServiceBuilder::new()
-            .layer(plane.layer(cluster))
-            .service(service_fn(|_req: Request<Full<Bytes>>| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-            })),
-    )
-}
-
-async fn status(svc: &Svc) -> StatusCode {
-    svc.clone()
-        .oneshot(Request::new(Full::default()))
-        .await
-        .unwrap()
-        .status()
+/// A plane that never polls in the background: only its requests (and `sync`) can notice
+/// a change made elsewhere.
+fn plane_without_polling(store: &RedisStore, config: ControlConfig) -> ControlPlane {
+    ControlPlane::builder()
+        .config(config)
+        .store(store.clone())
+        .refresh_interval(Duration::from_secs(3600))
+        .build()
 }
 
 /// Polls `check` until it holds, failing after `within`.
@@ -271,11 +256,7 @@ async fn unreachable_redis_fails_closed_when_configured() {
     let store = RedisStore::lazy("redis://127.0.0.1:1").unwrap();
     let plane = plane(&store, config(1, false));
     let alpha = guarded(&plane, "alpha");
-    let response = alpha
-        .clone()
-        .oneshot(Request::new(Full::default()))
-        .await
-        .unwrap();
+    let response = send(&alpha).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()["retry-after"], "1");
     assert_eq!(plane.metrics().rejected.store_unavailable, 1);
@@ -361,12 +342,7 @@ async fn the_last_known_state_stays_in_force_when_redis_goes_away() {
 async fn the_next_request_after_a_change_elsewhere_is_judged_by_it() {
     let Some(store) = store().await else { return };
     let plane_a = plane(&store, config(1000, true));
-    // B never polls in the background: only its requests can notice the change.
-    let plane_b = ControlPlane::builder()
-        .config(config(1000, true))
-        .store(store.clone())
-        .refresh_interval(Duration::from_secs(3600))
-        .build();
+    let plane_b = plane_without_polling(&store, config(1000, true));
     let b_beta = guarded(&plane_b, "beta");
     assert_eq!(status(&b_beta).await, StatusCode::OK);
     plane_a
@@ -407,11 +383,7 @@ async fn switched_off_503s_report_the_policy_without_touching_the_counters() {
     plane_b.sync().await.unwrap();
     let before = store.round_trips();
     for svc in [&a, &b, &a, &b] {
-        let response = svc
-            .clone()
-            .oneshot(Request::new(Full::default()))
-            .await
-            .unwrap();
+        let response = send(svc).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(!response.headers().contains_key("ratelimit"));
         assert!(response.headers().contains_key("ratelimit-policy"));
@@ -487,22 +459,14 @@ async fn a_503_without_redis_omits_ratelimit() {
 async fn a_kill_switch_noticed_through_the_epoch_gives_the_unit_back() {
     let Some(store) = store().await else { return };
     let plane_a = plane(&store, config(10, true));
-    let plane_b = ControlPlane::builder()
-        .config(config(10, true))
-        .store(store.clone())
-        .refresh_interval(Duration::from_secs(3600))
-        .build();
+    let plane_b = plane_without_polling(&store, config(10, true));
     let b_alpha = guarded(&plane_b, "alpha");
     assert_eq!(status(&b_alpha).await, StatusCode::OK);
     plane_a
         .engage_kill_switch("incident", "alice", None)
         .await
         .unwrap();
-    let response = b_alpha
-        .clone()
-        .oneshot(Request::new(Full::default()))
-        .await
-        .unwrap();
+    let response = send(&b_alpha).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(!response.headers().contains_key("ratelimit"));
     assert_eq!(

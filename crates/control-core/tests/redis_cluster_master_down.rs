@@ -6,48 +6,17 @@
 #![cfg(feature = "redis")]
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
-use std::{collections::BTreeMap, convert::Infallible, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
-use bytes::Bytes;
+use common::{counted as call, guarded, yearly, Svc};
 use dreamnet_common::redis_connection::RedisEndpoint;
-use dreamnet_control_core::{
-    BreakerState, ClusterConfig, ControlConfig, ControlPlane, RedisStore, WindowConfig,
-};
+use dreamnet_control_core::{BreakerState, ClusterConfig, ControlConfig, ControlPlane, RedisStore};
 use dreamnet_test_support::{logs::Capture, redis_cluster::OwnRedisCluster};
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use tower::{service_fn, util::BoxCloneService, ServiceBuilder, ServiceExt};
+use http::StatusCode;
 
-type Svc = BoxCloneService<
-    Request<Full<Bytes>>,
-    Response<dreamnet_common::ResponseBody<Full<Bytes>>>,
-    Infallible,
->;
+mod common;
 
 const LIMIT: u64 = 3;
-
-fn guarded(plane: &ControlPlane, cluster: &str) -> Svc {
-    BoxCloneService::new(
-        ServiceBuilder::new()
-            .layer(plane.layer(cluster))
-            .service(service_fn(|_req: Request<Full<Bytes>>| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-            })),
-    )
-}
-
-/// The status, and whether Redis counted the call (a `RateLimit` header with usage).
-async fn call(svc: &Svc) -> (StatusCode, bool) {
-    let response = svc
-        .clone()
-        .oneshot(Request::new(Full::default()))
-        .await
-        .unwrap();
-    (
-        response.status(),
-        response.headers().contains_key("ratelimit"),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_master_fails_open_only_its_clusters_with_the_metric_and_recovers() {
@@ -69,16 +38,8 @@ async fn a_dead_master_fails_open_only_its_clusters_with_the_metric_and_recovers
         }
     }
     let ids: Vec<String> = ids.into_iter().map(Option::unwrap).collect();
-    let clusters: BTreeMap<String, ClusterConfig> = ids
-        .iter()
-        .map(|id| {
-            let year = ClusterConfig {
-                windows: vec![WindowConfig::new("year", LIMIT, 365 * 86_400)],
-                ..ClusterConfig::per_minute_hour_day(1, 1, 1)
-            };
-            (id.clone(), year)
-        })
-        .collect();
+    let clusters: BTreeMap<String, ClusterConfig> =
+        ids.iter().map(|id| (id.clone(), yearly(LIMIT))).collect();
     let config = ControlConfig {
         clusters,
         fail_open: true,

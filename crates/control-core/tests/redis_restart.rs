@@ -3,14 +3,14 @@
 //! guarded calls fail open while it is down, the breaker stays closed, and the first call
 //! after it returns is counted by Redis again (no stale `Connection refused`).
 
-use std::{collections::BTreeMap, convert::Infallible, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
-use bytes::Bytes;
+use common::{counted, guarded};
 use dreamnet_control_core::{BreakerState, ClusterConfig, ControlConfig, ControlPlane, RedisStore};
 use dreamnet_test_support::redis_server::OwnRedis;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use tower::{service_fn, ServiceBuilder, ServiceExt};
+use http::StatusCode;
+
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_fails_open_keeps_the_breaker_closed_and_recovers_at_once() {
@@ -29,22 +29,8 @@ async fn a_redis_restart_fails_open_keeps_the_breaker_closed_and_recovers_at_onc
     };
     let store = RedisStore::connect(&url).await.unwrap();
     let plane = ControlPlane::builder().config(config).store(store).build();
-    let svc = ServiceBuilder::new()
-        .layer(plane.layer("alpha"))
-        .service(service_fn(|_req: Request<Full<Bytes>>| async {
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-        }));
-    let call = || async {
-        let response = svc
-            .clone()
-            .oneshot(Request::new(Full::default()))
-            .await
-            .unwrap();
-        (
-            response.status(),
-            response.headers().contains_key("ratelimit"),
-        )
-    };
+    let svc = guarded(&plane, "alpha");
+    let call = || counted(&svc);
     assert_eq!(call().await, (StatusCode::OK, true), "counted by Redis");
 
     redis.stop().await;

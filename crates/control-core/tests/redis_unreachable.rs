@@ -3,44 +3,31 @@
 
 use std::{
     collections::BTreeMap,
-    convert::Infallible,
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use dreamnet_control_core::{ClusterConfig, ControlConfig, ControlPlane, RedisStore, WindowConfig};
+use common::{guarded, send, yearly};
+use dreamnet_control_core::{ControlConfig, ControlPlane, RedisStore};
 use dreamnet_test_support::logs::Capture;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use tower::{service_fn, ServiceBuilder, ServiceExt};
+use http::StatusCode;
+
+mod common;
 
 #[tokio::test(flavor = "current_thread")]
 async fn unreachable_redis_fails_open_by_default_with_a_warning() {
     let (logs, _guard) = Capture::text(tracing::Level::WARN);
     let store = RedisStore::lazy("redis://127.0.0.1:1").unwrap();
     let mut clusters = BTreeMap::new();
-    let alpha = ClusterConfig {
-        windows: vec![WindowConfig::new("year", 1, 365 * 86_400)],
-        ..ClusterConfig::per_minute_hour_day(1, 1, 1)
-    };
-    clusters.insert("alpha".to_owned(), alpha);
+    clusters.insert("alpha".to_owned(), yearly(1));
     let config = ControlConfig {
         clusters,
         ..ControlConfig::default()
     };
     let plane = ControlPlane::builder().config(config).store(store).build();
-    let alpha = ServiceBuilder::new()
-        .layer(plane.layer("alpha"))
-        .service(service_fn(|_req: Request<Full<Bytes>>| async {
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-        }));
+    let alpha = guarded(&plane, "alpha");
     let started = Instant::now();
     for _ in 0..3 {
-        let response = alpha
-            .clone()
-            .oneshot(Request::new(Full::default()))
-            .await
-            .unwrap();
+        let response = send(&alpha).await;
         assert_eq!(response.status(), StatusCode::OK, "fail open admits");
         assert!(response.headers().contains_key("ratelimit-policy"));
         assert!(

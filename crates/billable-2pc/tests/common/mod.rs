@@ -69,24 +69,63 @@ pub async fn batched_by_6() -> Option<Fixture> {
 /// [`postgres_with`], and the schema of the ledger.
 #[cfg(feature = "postgres")]
 pub async fn postgres_in_schema(configure: Configure) -> Option<(Fixture, String)> {
-    use dreamnet_billable::PostgresLedger;
     use futures_util::FutureExt;
 
-    let pool = dreamnet_test_support::pg_pool().await?;
-    let schema = dreamnet_test_support::unique_schema("bill");
-    let clock = ManualClock::new(1_800_000_000_000);
-    let ledger = configure(
-        PostgresLedger::builder(pool.clone())
-            .schema(schema.clone())
-            .clock(Arc::new(clock.clone())),
-    )
-    .build()
-    .await
-    .expect("tables created");
+    let OwnSchema {
+        ledger,
+        clock,
+        schema,
+        pool,
+    } = OwnSchema::new(configure).await?;
     let named = schema.clone();
-    let fixture = Fixture::new(Arc::new(ledger), clock)
+    let fixture = Fixture::new(ledger, clock)
         .on_cleanup(move || async move { drop_schema(&pool, &schema).await }.boxed());
     Some((fixture, named))
+}
+
+/// A PostgreSQL ledger in a schema of its own, kept as its own type (for what only it
+/// offers, such as its batch counters), with its fake clock, its schema and the pool that
+/// drops it.
+#[cfg(feature = "postgres")]
+pub struct OwnSchema {
+    pub ledger: Arc<dreamnet_billable::PostgresLedger>,
+    pub clock: ManualClock,
+    pub schema: String,
+    pub pool: deadpool_postgres::Pool,
+}
+
+#[cfg(feature = "postgres")]
+impl OwnSchema {
+    /// The ledger with its builder configured by `configure`, or `None` after a loud skip.
+    pub async fn new(
+        configure: impl FnOnce(
+            dreamnet_billable::ledger::postgres::PostgresLedgerBuilder,
+        ) -> dreamnet_billable::ledger::postgres::PostgresLedgerBuilder,
+    ) -> Option<Self> {
+        let pool = dreamnet_test_support::pg_pool().await?;
+        let schema = dreamnet_test_support::unique_schema("bill");
+        let clock = ManualClock::new(1_800_000_000_000);
+        let ledger = configure(
+            dreamnet_billable::PostgresLedger::builder(pool.clone())
+                .schema(schema.clone())
+                .clock(Arc::new(clock.clone())),
+        )
+        .build()
+        .await
+        .expect("tables created");
+        Some(Self {
+            ledger: Arc::new(ledger),
+            clock,
+            schema,
+            pool,
+        })
+    }
+
+    /// Drops the ledger, then its schema.
+    pub async fn finish(self) {
+        drop(self.ledger);
+        drop_schema(&self.pool, &self.schema).await;
+    }
 }
 
 #[cfg(feature = "postgres")]

@@ -33,6 +33,7 @@ use crate::config::WindowConfig;
 
 mod clients;
 mod fleet;
+mod forward;
 mod future;
 mod layout;
 pub(crate) mod memory;
@@ -43,6 +44,7 @@ mod state;
 pub use crate::window::{decide, Slot, Taken};
 pub use clients::DEFAULT_CLIENT_CAPACITY;
 pub use fleet::{BreakerOp, BreakerStore, FleetReply, FleetTicket, OutcomeBatch};
+pub use forward::StoreOp;
 pub use future::StoreFuture;
 pub use memory::AUDIT_CAPACITY;
 pub use state::{AuditEntry, ClusterState, ControlState, RateLimitSettings, Switch, Versioned};

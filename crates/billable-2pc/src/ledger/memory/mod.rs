@@ -20,6 +20,7 @@
 //! `ledger-full`, and nothing changes.
 
 use std::{
+    ops::Deref,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
@@ -147,16 +148,25 @@ fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, T> {
     future::ready(value).boxed()
 }
 
-/// The typed error of resolving an action that is not in the state a step starts from.
-fn wrong_state(action: &Action) -> LedgerError {
-    let id = action.id.clone();
-    match action.state {
+/// `id`'s action (`&` or `&mut`) when it is in `state`; otherwise `NotFound`, or the typed
+/// error of resolving an action that is not in the state a step starts from.
+fn in_state<A: Deref<Target = Action>>(
+    action: Option<A>,
+    id: &ActionId,
+    state: ActionState,
+) -> LedgerResult<A> {
+    let action = action.ok_or_else(|| LedgerError::NotFound(id.clone()))?;
+    if action.state == state {
+        return Ok(action);
+    }
+    let id = id.clone();
+    Err(match action.state {
         // Only a charge starts from `confirmed`, only a void or a store from `pending`.
         ActionState::Pending => LedgerError::NotConfirmed(id),
         ActionState::Confirmed => LedgerError::AlreadyConfirmed(id),
         ActionState::Charged => LedgerError::AlreadyCharged(id),
         ActionState::Failed => LedgerError::AlreadyVoided(id),
-    }
+    })
 }
 
 impl MemoryLedger {
@@ -387,13 +397,7 @@ impl MemoryLedger {
     ) -> LedgerResult<Action> {
         let now = self.now();
         let mut shard = self.action_shard(id)?.lock();
-        let action = shard
-            .actions
-            .get(id)
-            .ok_or_else(|| LedgerError::NotFound(id.clone()))?;
-        if action.state != ActionState::Pending {
-            return Err(wrong_state(action));
-        }
+        let action = in_state(shard.actions.get(id), id, ActionState::Pending)?;
         let reserved = action.reserved;
         let amount = actual.unwrap_or(reserved);
         if amount < 0 {
@@ -419,13 +423,7 @@ impl MemoryLedger {
     fn resolve(&self, id: &ActionId, from: ActionState, to: ActionState) -> LedgerResult<Action> {
         let now = self.now();
         let mut shard = self.action_shard(id)?.lock();
-        let action = shard
-            .actions
-            .get(id)
-            .ok_or_else(|| LedgerError::NotFound(id.clone()))?;
-        if action.state != from {
-            return Err(wrong_state(action));
-        }
+        let action = in_state(shard.actions.get(id), id, from)?;
         let amount = action.amount;
         Ok(self.transition(&mut shard, id, to, amount, now))
     }
@@ -433,13 +431,7 @@ impl MemoryLedger {
     fn extend_now(&self, id: &ActionId, by: Duration) -> LedgerResult<Action> {
         let now = self.now();
         let mut shard = self.action_shard(id)?.lock();
-        let action = shard
-            .actions
-            .get_mut(id)
-            .ok_or_else(|| LedgerError::NotFound(id.clone()))?;
-        if action.state != ActionState::Pending {
-            return Err(wrong_state(action));
-        }
+        let action = in_state(shard.actions.get_mut(id), id, ActionState::Pending)?;
         if action.is_expired(now) {
             return Err(LedgerError::Expired(id.clone()));
         }

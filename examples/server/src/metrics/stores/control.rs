@@ -1,10 +1,11 @@
 //! [`TimedControl`]: the control plane's counter and state store, every call timed.
 
-use std::{fmt, sync::Arc, time::Instant};
+use std::{fmt, time::Instant};
 
 use dreamnet_control_core::{
-    store::{AuditEntry, ControlState, Count, StoreFuture, Taken, Versioned},
-    ClientQuota, CounterStore, StateStore, StoreError, WindowConfig,
+    forward_control_store,
+    store::{Count, StoreFuture, StoreOp},
+    CounterStore, StateStore, StoreError,
 };
 
 use super::{Op, StoreMetrics};
@@ -32,17 +33,30 @@ impl<S: fmt::Debug> fmt::Debug for TimedControl<S> {
 impl<S> TimedControl<S> {
     /// Wraps `inner`, whose backend (`memory`, `redis`) labels the series.
     pub(crate) fn new(inner: S, backend: &'static str, metrics: &StoreMetrics) -> Self {
-        let op = |name| metrics.op("control", backend, name);
+        let op = |op: StoreOp| metrics.op("control", backend, op.as_str());
         Self {
             inner,
-            count_take: op("count_take"),
-            count_peek: op("count_peek"),
-            give_back: op("give_back"),
-            load: op("load"),
-            version: op("version"),
-            compare_and_swap: op("compare_and_swap"),
-            audit: op("audit"),
-            notify: op("notify"),
+            count_take: op(StoreOp::Count(Count::Take)),
+            count_peek: op(StoreOp::Count(Count::Peek)),
+            give_back: op(StoreOp::GiveBack),
+            load: op(StoreOp::Load),
+            version: op(StoreOp::Version),
+            compare_and_swap: op(StoreOp::CompareAndSwap),
+            audit: op(StoreOp::Audit),
+            notify: op(StoreOp::Notify),
+        }
+    }
+
+    fn op(&self, op: StoreOp) -> &Op {
+        match op {
+            StoreOp::Count(Count::Take) => &self.count_take,
+            StoreOp::Count(Count::Peek) => &self.count_peek,
+            StoreOp::GiveBack => &self.give_back,
+            StoreOp::Load => &self.load,
+            StoreOp::Version => &self.version,
+            StoreOp::CompareAndSwap => &self.compare_and_swap,
+            StoreOp::Audit => &self.audit,
+            StoreOp::Notify => &self.notify,
         }
     }
 }
@@ -66,66 +80,8 @@ fn timed<'a, T: Send + 'a>(
     }
 }
 
-impl<S: CounterStore> CounterStore for TimedControl<S> {
-    fn count(
-        &self,
-        cluster: &Arc<str>,
-        windows: &Arc<[WindowConfig]>,
-        client: Option<&ClientQuota>,
-        now_millis: u64,
-        mode: Count,
-    ) -> StoreFuture<'static, Result<Taken, StoreError>> {
-        let op = match mode {
-            Count::Take => &self.count_take,
-            Count::Peek => &self.count_peek,
-        };
-        timed(op, || {
-            self.inner.count(cluster, windows, client, now_millis, mode)
-        })
-    }
-
-    fn give_back<'a>(
-        &'a self,
-        cluster: &'a str,
-        windows: &'a [WindowConfig],
-        client: Option<&'a ClientQuota>,
-        taken: &'a Taken,
-    ) -> StoreFuture<'a, Result<(), StoreError>> {
-        timed(&self.give_back, || {
-            self.inner.give_back(cluster, windows, client, taken)
-        })
-    }
-}
-
-impl<S: StateStore> StateStore for TimedControl<S> {
-    fn load(&self) -> StoreFuture<'_, Result<Option<Versioned>, StoreError>> {
-        timed(&self.load, || self.inner.load())
-    }
-
-    fn version(&self) -> StoreFuture<'_, Result<u64, StoreError>> {
-        timed(&self.version, || self.inner.version())
-    }
-
-    fn compare_and_swap<'a>(
-        &'a self,
-        expected: u64,
-        state: &'a ControlState,
-        audit: &'a AuditEntry,
-    ) -> StoreFuture<'a, Result<Option<u64>, StoreError>> {
-        timed(&self.compare_and_swap, || {
-            self.inner.compare_and_swap(expected, state, audit)
-        })
-    }
-
-    fn audit(&self, limit: usize) -> StoreFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
-        timed(&self.audit, || self.inner.audit(limit))
-    }
-
-    fn notify<'a>(&'a self, clusters: &'a [String]) -> StoreFuture<'a, Result<(), StoreError>> {
-        timed(&self.notify, || self.inner.notify(clusters))
-    }
-
-    fn is_shared(&self) -> bool {
-        self.inner.is_shared()
-    }
-}
+// Every method is forwarded (`notify` and `is_shared` included: otherwise replicas sharing
+// a Redis store would not hear of a change), each timed into the handle of its name.
+forward_control_store!(impl[S: CounterStore + StateStore] for TimedControl<S> => |this| this.inner, |op, call| {
+    timed(this.op(op), call)
+});
