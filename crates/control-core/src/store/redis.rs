@@ -36,7 +36,9 @@ use std::{
     time::Duration,
 };
 
-use dreamnet_common::redis_connection::{LuaScript, RedisConnection, RedisEndpoint, RedisTimeouts};
+use dreamnet_common::redis_connection::{
+    LuaScript, RedisConnection, RedisEndpoint, RedisTimeouts, ScriptCall,
+};
 use redis::{aio::ConnectionManager, AsyncCommands};
 
 mod breaker;
@@ -420,6 +422,24 @@ impl RedisStore {
             .taken(0))
     }
 
+    /// Runs one of the counter scripts, with `at` as the last argument when given (the
+    /// tests' clock in place of Redis time): its reply, a list of integers.
+    async fn run_counts(
+        &self,
+        mut invocation: ScriptCall<'_>,
+        at: Option<u64>,
+        retry: Retry,
+    ) -> Result<Vec<i64>, StoreError> {
+        if let Some(at) = at {
+            invocation.arg(at);
+        }
+        let invocation = &invocation;
+        self.timed(retry, move |mut conn| async move {
+            invocation.invoke(&mut conn).await
+        })
+        .await
+    }
+
     /// One run of [`TAKE_SCRIPT`] for `wanted` takes in a row; `at` replaces server time
     /// (tests only).
     async fn run_take_many(
@@ -440,30 +460,21 @@ impl RedisStore {
                 .arg(window_millis(window));
             counted += 1;
         }
-        if let Some(at) = at {
-            invocation.arg(at);
-        }
-        let invocation = &invocation;
-        let reply: Vec<i64> = self
-            .timed(Retry::IfUnsent, move |mut conn| async move {
-                invocation.invoke(&mut conn).await
-            })
-            .await?;
+        let reply = self.run_counts(invocation, at, Retry::IfUnsent).await?;
         if reply.len() != 3 + counted {
             return Err(corrupt("rate-limit script answered the wrong shape"));
         }
-        let num = |v: i64| u64::try_from(v).map_err(|_| corrupt("negative counter"));
-        let granted = num(reply[0])?;
+        let granted = count(reply[0])?;
         if granted > wanted {
             return Err(corrupt("rate-limit script granted more than asked"));
         }
         Ok(Granted {
             granted,
-            now_millis: num(reply[1])?,
-            epoch: num(reply[2])?,
+            now_millis: count(reply[1])?,
+            epoch: count(reply[2])?,
             before: reply[3..]
                 .iter()
-                .map(|&c| num(c))
+                .map(|&c| count(c))
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -493,23 +504,14 @@ impl RedisStore {
                 invocation.key(self.client_counter_key(cluster, window, client));
             }
         }
-        if let Some(at) = at {
-            invocation.arg(at);
-        }
-        let invocation = &invocation;
-        let reply: Vec<i64> = self
-            .timed(Retry::IfUnsent, move |mut conn| async move {
-                invocation.invoke(&mut conn).await
-            })
-            .await?;
+        let reply = self.run_counts(invocation, at, Retry::IfUnsent).await?;
         let each = 1 + c + p;
         if reply.len() != 2 + each * clients.len() {
             return Err(corrupt(
                 "per-client rate-limit script answered the wrong shape",
             ));
         }
-        let num = |v: i64| u64::try_from(v).map_err(|_| corrupt("negative counter"));
-        let (now_millis, epoch) = (num(reply[0])?, num(reply[1])?);
+        let (now_millis, epoch) = (count(reply[0])?, count(reply[1])?);
         reply[2..]
             .chunks(each)
             .map(|answer| {
@@ -518,7 +520,7 @@ impl RedisStore {
                     now_millis,
                     counts: answer[1..]
                         .iter()
-                        .map(|&v| num(v))
+                        .map(|&v| count(v))
                         .collect::<Result<_, _>>()?,
                     epoch: Some(epoch),
                 })
@@ -540,26 +542,19 @@ impl RedisStore {
             invocation.key(key).arg(window_millis(window));
             counted += 1;
         }
-        if let Some(at) = at {
-            invocation.arg(at);
-        }
-        let invocation = &invocation;
-        let reply: Vec<i64> = self
-            .timed(Retry::IfConnectionLost, move |mut conn| async move {
-                invocation.invoke(&mut conn).await
-            })
+        let reply = self
+            .run_counts(invocation, at, Retry::IfConnectionLost)
             .await?;
         if reply.len() != 1 + counted {
             return Err(corrupt("rate-limit peek script answered the wrong shape"));
         }
-        let num = |v: i64| u64::try_from(v).map_err(|_| corrupt("negative counter"));
         Ok(Taken {
             admitted: false,
-            now_millis: num(reply[0])?,
+            now_millis: count(reply[0])?,
             epoch: None,
             counts: reply[1..]
                 .iter()
-                .map(|&c| num(c))
+                .map(|&c| count(c))
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -690,6 +685,11 @@ impl Granted {
             epoch: Some(self.epoch),
         }
     }
+}
+
+/// A count from a counter script's reply.
+fn count(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| corrupt("negative counter"))
 }
 
 fn corrupt(what: &'static str) -> StoreError {
