@@ -709,7 +709,8 @@ impl CounterStore for RedisStore {
         // so the plane can wait on it after the request's borrow ends.
         let store = self.clone();
         let (cluster, windows) = (Arc::clone(cluster), Arc::clone(windows));
-        let client = client.cloned();
+        // A client without windows of its own counts in the cluster's only.
+        let client = client.filter(|c| !c.windows.is_empty()).cloned();
         StoreFuture::new(async move {
             let client = client.as_ref();
             match (mode, &store.takes) {
@@ -1143,6 +1144,26 @@ pub(crate) mod tests {
         assert!(answers
             .iter()
             .all(|t| t.now_millis == 7 && t.epoch == Some(3)));
+    }
+
+    /// A client quota without windows counts in the cluster's windows only, batched or not.
+    #[tokio::test]
+    async fn a_client_without_windows_counts_in_the_clusters_only() {
+        let Some(store) = store().await else { return };
+        let (cluster, windows) = (Arc::from("c"), windows(&[WindowConfig::new("w", 5, 60)]));
+        let quota = ClientQuota {
+            client: Arc::from("ann"),
+            windows: Arc::from(Vec::new()),
+        };
+        for store in [store.clone(), store.clone().batch_takes(false)] {
+            let taken = store
+                .count(&cluster, &windows, Some(&quota), 0, Count::Take)
+                .await
+                .unwrap();
+            assert!(taken.admitted);
+            assert_eq!(taken.counts.len(), 1);
+        }
+        store.purge().await.unwrap();
     }
 
     /// Concurrent takes that share a failed run all fail, each with the cause.
