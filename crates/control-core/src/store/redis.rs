@@ -335,7 +335,7 @@ impl RedisStore {
     /// run was on the wire, each answered as if it had run alone in that order, so the
     /// counts stay exact (see `store/redis/take_batch.rs`). A lone take is sent at once.
     /// Takes with per-client windows batch too (any clients of the cluster in one run of
-    /// [`TAKE_CLIENTS_SCRIPT`]). A clone under another [`prefix`](Self::prefix) or
+    /// `TAKE_CLIENTS_SCRIPT`). A clone under another [`prefix`](Self::prefix) or
     /// [`timeout`](Self::timeout) batches on its own.
     #[must_use]
     pub fn batch_takes(mut self, enabled: bool) -> Self {
