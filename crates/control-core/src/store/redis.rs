@@ -712,18 +712,23 @@ impl CounterStore for RedisStore {
         // A client without windows of its own counts in the cluster's only.
         let client = client.filter(|c| !c.windows.is_empty()).cloned();
         StoreFuture::new(async move {
-            let client = client.as_ref();
             match (mode, &store.takes) {
                 (Count::Take, Some(lanes)) => {
-                    let answer = lanes.take(&store, &cluster, windows, client.cloned());
+                    let answer = lanes.take(&store, &cluster, windows, client);
                     match tokio::time::timeout(store.timeout, answer).await {
                         Ok(Ok(taken)) => taken,
                         Ok(Err(_)) => Err(StoreError::unavailable("the take's batch was dropped")),
                         Err(_) => Err(store.no_answer()),
                     }
                 }
-                (Count::Take, ..) => store.run_take(&cluster, &windows, client, None).await,
-                (Count::Peek, ..) => store.run_peek(&windows, &cluster, client, None).await,
+                (Count::Take, None) => {
+                    let client = client.as_ref();
+                    store.run_take(&cluster, &windows, client, None).await
+                }
+                (Count::Peek, _) => {
+                    let client = client.as_ref();
+                    store.run_peek(&windows, &cluster, client, None).await
+                }
             }
         })
     }

@@ -115,14 +115,19 @@ async fn write(store: RedisStore, cluster: Arc<str>, mut queue: mpsc::UnboundedR
                 .position(|job| !same_layout(job, &jobs[0]))
                 .unwrap_or(jobs.len());
             let batch: Vec<Job> = jobs.drain(..same).collect();
-            let answers = run(&store, &cluster, &batch).await.map_err(Arc::new);
-            for (i, job) in batch.into_iter().enumerate() {
-                let answer = match &answers {
-                    Ok(answers) => Ok(answers.get(i)),
-                    Err(error) => Err(shared(error)),
-                };
-                // A caller that gave up meanwhile: nothing to tell.
-                let _ = job.reply.send(answer);
+            match run(&store, &cluster, &batch).await {
+                Ok(answers) => {
+                    for (job, answer) in batch.into_iter().zip(answers.into_each()) {
+                        // A caller that gave up meanwhile: nothing to tell.
+                        let _ = job.reply.send(Ok(answer));
+                    }
+                }
+                Err(error) => {
+                    let error = Arc::new(error);
+                    for job in batch {
+                        let _ = job.reply.send(Err(shared(&error)));
+                    }
+                }
             }
         }
     }
@@ -137,11 +142,11 @@ enum Answers {
 }
 
 impl Answers {
-    /// The answer of the batch's `i`-th take.
-    fn get(&self, i: usize) -> Taken {
+    /// The answers of the batch's takes, in order.
+    fn into_each(self) -> Box<dyn Iterator<Item = Taken>> {
         match self {
-            Self::InARow(granted) => granted.taken(i as u64),
-            Self::Each(taken) => taken[i].clone(),
+            Self::InARow(granted) => Box::new((0..).map(move |i| granted.taken(i))),
+            Self::Each(taken) => Box::new(taken.into_iter()),
         }
     }
 }
